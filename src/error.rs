@@ -1,0 +1,158 @@
+//! The error type for setting up and using shmq segments.
+
+use std::io;
+use std::time::Duration;
+
+/// A specialised `Result` for shmq's setup calls.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong when creating, opening or using a shmq segment.
+///
+/// Every variant names the segment it is about, so a message read in a log says which one failed
+/// and what was expected. Match on the variant to react; `Display` is for people.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No segment by that name exists (or it is being torn down).
+    #[error("no shmq segment named {name:?} (looked for /dev/shm/shmq.{name})")]
+    NotFound {
+        /// The segment name as given.
+        name: String,
+    },
+
+    /// `create` found a segment by that name already.
+    #[error("a shmq segment named {name:?} already exists (remove it with shmq::Segment::remove or `shmq rm`)")]
+    AlreadyExists {
+        /// The segment name as given.
+        name: String,
+    },
+
+    /// The name is empty, too long, or holds a character outside `[A-Za-z0-9._-]`.
+    #[error("invalid segment name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it, naming the offending character where there is one.
+        reason: String,
+    },
+
+    /// /dev/shm has no room for the requested bytes. Reported at creation, never as SIGBUS later.
+    #[error("not enough space in /dev/shm for segment {name:?}: {requested} bytes requested")]
+    OutOfSpace {
+        /// The segment name.
+        name: String,
+        /// Bytes the segment needed in all.
+        requested: u64,
+    },
+
+    /// The object exists but is not what the caller expected: another program's file, another
+    /// layout version, another kind of segment, another element type, or a file whose size
+    /// disagrees with its header.
+    #[error("segment {name:?} is incompatible: {what} is {found}, expected {expected}")]
+    Incompatible {
+        /// The segment name.
+        name: String,
+        /// Which property differs (`"magic"`, `"layout version"`, `"kind"`, `"file size"`, ...).
+        what: &'static str,
+        /// What this program expected.
+        expected: String,
+        /// What the segment holds.
+        found: String,
+    },
+
+    /// The segment exists but its creator did not finish initialising it in time; it may have
+    /// died while creating it (`shmq::gc` removes such leftovers).
+    #[error("segment {name:?} was not initialised within {waited:?}; its creator may have died")]
+    NotReady {
+        /// The segment name.
+        name: String,
+        /// How long `open` waited.
+        waited: Duration,
+    },
+
+    /// The segment belongs to another user, or the kernel refused access.
+    #[error("permission denied for segment {name:?}: {reason}")]
+    PermissionDenied {
+        /// The segment name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// Every participant slot of the segment is held by a live process.
+    #[error("segment {name:?} has no free participant slot: all {capacity} are held by live handles")]
+    TooManyParticipants {
+        /// The segment name.
+        name: String,
+        /// The segment's participant capacity.
+        capacity: u32,
+    },
+
+    /// A value read from the segment is out of range: the segment was corrupted, most likely by a
+    /// process that died or misbehaved while writing it.
+    #[error("segment {name:?} is corrupted: {what}")]
+    Corrupted {
+        /// The segment name.
+        name: String,
+        /// What was found wrong.
+        what: String,
+    },
+
+    /// A caller-supplied argument is out of range (a zero capacity, a length that overflows).
+    #[error("invalid argument for segment {name:?}: {what}")]
+    InvalidArgument {
+        /// The segment name.
+        name: String,
+        /// What is wrong.
+        what: String,
+    },
+
+    /// An operating-system call failed.
+    #[error("{op} failed for segment {name:?}: {source}")]
+    Io {
+        /// The segment name.
+        name: String,
+        /// The operation that failed (`"shm_open"`, `"mmap"`, ...).
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Maps an OS error from `op` on segment `name` to the most specific variant.
+    pub(crate) fn from_io(name: &str, op: &'static str, source: io::Error) -> Error {
+        let name = name.to_owned();
+        match source.raw_os_error() {
+            Some(libc::ENOENT) => Error::NotFound { name },
+            Some(libc::EEXIST) => Error::AlreadyExists { name },
+            Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied {
+                name,
+                reason: format!("{op}: {source}"),
+            },
+            _ => Error::Io { name, op, source },
+        }
+    }
+
+    pub(crate) fn corrupted(name: &str, what: impl Into<String>) -> Error {
+        Error::Corrupted {
+            name: name.to_owned(),
+            what: what.into(),
+        }
+    }
+
+    pub(crate) fn incompatible(
+        name: &str,
+        what: &'static str,
+        expected: impl ToString,
+        found: impl ToString,
+    ) -> Error {
+        Error::Incompatible {
+            name: name.to_owned(),
+            what,
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+}

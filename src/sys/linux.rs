@@ -1,0 +1,338 @@
+//! Linux: POSIX shared memory under /dev/shm, open-file-description locks for liveness, futexes
+//! for sleeping, and glibc's robust process-shared mutexes.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{FallocateFlags, Mode};
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::shm;
+use rustix::thread::futex;
+
+/// Where the kernel exposes POSIX shared-memory objects as files.
+pub(crate) const SHM_DIR: &str = "/dev/shm";
+
+/// Creates the shared-memory object `os_name` (e.g. `shmq.frames`), failing if it exists.
+/// Mode 0600: only the creating user may open it.
+pub(crate) fn shm_create_exclusive(os_name: &str) -> io::Result<OwnedFd> {
+    let flags = shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR;
+    Ok(shm::open(os_name, flags, Mode::RUSR | Mode::WUSR)?)
+}
+
+/// Opens the existing shared-memory object `os_name` for reading and writing.
+pub(crate) fn shm_open_existing(os_name: &str) -> io::Result<OwnedFd> {
+    Ok(shm::open(os_name, shm::OFlags::RDWR, Mode::empty())?)
+}
+
+/// Removes the name `os_name`; mappings that exist stay valid until they are unmapped.
+pub(crate) fn shm_unlink(os_name: &str) -> io::Result<()> {
+    Ok(shm::unlink(os_name)?)
+}
+
+/// Sizes the object to `len` bytes and makes tmpfs allocate every page now, so that a full
+/// /dev/shm shows up here as `ENOSPC` rather than as SIGBUS on a later write.
+pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    rustix::fs::ftruncate(fd, len)?;
+    if len > 0 {
+        rustix::fs::fallocate(fd, FallocateFlags::empty(), 0, len)?;
+    }
+    Ok(())
+}
+
+/// What `fstat` says about an open object.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FileInfo {
+    /// Size in bytes.
+    pub(crate) size: u64,
+    /// Owning user id.
+    pub(crate) uid: u32,
+    /// Last modification time.
+    pub(crate) modified: std::time::SystemTime,
+}
+
+/// `fstat` of an open object.
+pub(crate) fn file_info(fd: BorrowedFd<'_>) -> io::Result<FileInfo> {
+    let st = rustix::fs::fstat(fd)?;
+    Ok(FileInfo {
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        uid: st.st_uid,
+        modified: std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0))
+            + Duration::from_nanos(u64::try_from(st.st_mtime_nsec).unwrap_or(0)),
+    })
+}
+
+/// The effective user id of this process.
+pub(crate) fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// The id of this process.
+pub(crate) fn process_id() -> u32 {
+    rustix::process::getpid().as_raw_nonzero().get() as u32
+}
+
+/// Names of the entries of [`SHM_DIR`] that start with `prefix`.
+pub(crate) fn list_shm_names(prefix: &str) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(SHM_DIR)? {
+        let entry = entry?;
+        if let Some(name) = entry.file_name().to_str() {
+            if name.starts_with(prefix) {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// A shared, read-write mapping of a whole object, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is a plain address range; every access to the bytes behind it goes through
+// atomics or through types whose own Send/Sync rules govern it.
+unsafe impl Send for Mapping {}
+// SAFETY: see the Send impl above; &Mapping only hands out the raw pointer.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Start of the mapping (page aligned).
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned and nobody else unmaps them; every
+        // borrow of the mapping is tied to a handle that holds this Mapping alive.
+        unsafe {
+            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Maps the first `len` bytes of `fd` shared and read-write. With `populate`, the kernel fills
+/// the page tables now so that later accesses take no page fault.
+pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize, populate: bool) -> io::Result<Mapping> {
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+    }
+    let mut flags = MapFlags::SHARED;
+    if populate {
+        flags |= MapFlags::POPULATE;
+    }
+    // SAFETY: a fresh mapping at an address the kernel picks cannot alias any Rust object.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            flags,
+            fd,
+            0,
+        )?
+    };
+    let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+    Ok(Mapping { ptr, len })
+}
+
+fn ofd_lock_request(fd: BorrowedFd<'_>, cmd: libc::c_int, kind: libc::c_short, byte: u64) -> io::Result<libc::flock> {
+    // SAFETY: flock is a plain C struct for which all-zero is a valid value.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = kind;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    request.l_start = byte as libc::off_t;
+    request.l_len = 1;
+    request.l_pid = 0; // required for OFD locks
+    loop {
+        // SAFETY: fd is a live descriptor and `request` a valid flock for the whole call.
+        // rustix's fcntl_lock only locks whole files, so byte-range OFD locks go through libc.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), cmd, &mut request as *mut libc::flock) };
+        if rc == 0 {
+            return Ok(request);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Takes an exclusive open-file-description lock on one byte of `fd`, without waiting.
+/// Returns false if another open file description holds it. The kernel drops the lock when the
+/// last descriptor of this description closes, which includes the death of the process.
+pub(crate) fn try_lock_byte(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
+    match ofd_lock_request(fd, libc::F_OFD_SETLK, libc::F_WRLCK as libc::c_short, byte) {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Like [`try_lock_byte`], retrying until `deadline`. Returns false if the deadline passed.
+pub(crate) fn lock_byte_until(fd: BorrowedFd<'_>, byte: u64, deadline: Instant) -> io::Result<bool> {
+    let mut pause = Duration::from_micros(20);
+    loop {
+        if try_lock_byte(fd, byte)? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+/// Releases a lock taken with [`try_lock_byte`] through the same description.
+pub(crate) fn unlock_byte(fd: BorrowedFd<'_>, byte: u64) -> io::Result<()> {
+    ofd_lock_request(fd, libc::F_OFD_SETLK, libc::F_UNLCK as libc::c_short, byte).map(|_| ())
+}
+
+/// Whether an open file description other than `fd`'s holds a lock on `byte`.
+pub(crate) fn byte_locked_elsewhere(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
+    let answer = ofd_lock_request(fd, libc::F_OFD_GETLK, libc::F_WRLCK as libc::c_short, byte)?;
+    Ok(answer.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Sleeps while `*word == expected`, at most `timeout`. Returns on a wake-up, a timeout, a
+/// signal or a changed word alike: callers re-check their condition.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let spec = timeout.map(|t| futex::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: t.subsec_nanos() as _,
+    });
+    // Not FUTEX_PRIVATE: the word lives in memory shared between processes.
+    let _ = futex::wait(word, futex::Flags::empty(), expected, spec.as_ref());
+}
+
+/// Wakes every process sleeping on `word`.
+pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// Size of the robust mutex object that [`robust_mutex_init`] places in shared memory.
+pub(crate) const ROBUST_MUTEX_SIZE: usize = std::mem::size_of::<libc::pthread_mutex_t>();
+
+/// How an attempt to take a robust mutex ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockOutcome {
+    /// The caller holds the mutex.
+    Acquired,
+    /// The caller holds the mutex, and its previous holder died while holding it: the data it
+    /// guards may be half-updated. Call [`robust_mutex_mark_consistent`] once repaired.
+    OwnerDied,
+    /// Another thread holds it (try-lock) or the deadline passed.
+    Busy,
+    /// A holder died and nobody marked the mutex consistent: it can never be taken again.
+    Unrecoverable,
+}
+
+extern "C" {
+    // glibc >= 2.30; the libc crate does not declare it. Takes an absolute CLOCK_MONOTONIC time.
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// Initialises a process-shared, robust mutex at `mutex`.
+///
+/// # Safety
+/// `mutex` must be valid for writes of [`ROBUST_MUTEX_SIZE`] bytes, suitably aligned, and no
+/// process may be using a mutex there.
+pub(crate) unsafe fn robust_mutex_init(mutex: *mut u8) -> io::Result<()> {
+    let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+    check(libc::pthread_mutexattr_init(&mut attr))?;
+    let result = (|| {
+        check(libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED))?;
+        check(libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST))?;
+        check(libc::pthread_mutex_init(mutex.cast(), &attr))
+    })();
+    libc::pthread_mutexattr_destroy(&mut attr);
+    result
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+fn outcome(rc: libc::c_int) -> io::Result<LockOutcome> {
+    match rc {
+        0 => Ok(LockOutcome::Acquired),
+        libc::EOWNERDEAD => Ok(LockOutcome::OwnerDied),
+        libc::EBUSY | libc::ETIMEDOUT => Ok(LockOutcome::Busy),
+        libc::ENOTRECOVERABLE => Ok(LockOutcome::Unrecoverable),
+        other => Err(io::Error::from_raw_os_error(other)),
+    }
+}
+
+/// Locks the robust mutex at `mutex`, waiting until `deadline` (forever with `None`).
+///
+/// # Safety
+/// `mutex` must point to a mutex initialised by [`robust_mutex_init`] that stays mapped for the
+/// whole call.
+pub(crate) unsafe fn robust_mutex_lock(mutex: *mut u8, deadline: Option<Instant>) -> io::Result<LockOutcome> {
+    let Some(deadline) = deadline else {
+        return outcome(libc::pthread_mutex_lock(mutex.cast()));
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let total_ns = now.tv_nsec as u128 + remaining.subsec_nanos() as u128;
+    let abstime = libc::timespec {
+        tv_sec: (now.tv_sec as u64)
+            .saturating_add(remaining.as_secs())
+            .saturating_add((total_ns / 1_000_000_000) as u64)
+            .min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: (total_ns % 1_000_000_000) as _,
+    };
+    outcome(pthread_mutex_clocklock(mutex.cast(), libc::CLOCK_MONOTONIC, &abstime))
+}
+
+/// Tries to lock the robust mutex at `mutex` without waiting.
+///
+/// # Safety
+/// As for [`robust_mutex_lock`].
+pub(crate) unsafe fn robust_mutex_try_lock(mutex: *mut u8) -> io::Result<LockOutcome> {
+    outcome(libc::pthread_mutex_trylock(mutex.cast()))
+}
+
+/// Unlocks a robust mutex that the calling thread holds.
+///
+/// # Safety
+/// As for [`robust_mutex_lock`], and the calling thread must hold the mutex.
+pub(crate) unsafe fn robust_mutex_unlock(mutex: *mut u8) {
+    libc::pthread_mutex_unlock(mutex.cast());
+}
+
+/// Declares the data behind a mutex taken with [`LockOutcome::OwnerDied`] repaired.
+///
+/// # Safety
+/// As for [`robust_mutex_unlock`].
+pub(crate) unsafe fn robust_mutex_mark_consistent(mutex: *mut u8) {
+    libc::pthread_mutex_consistent(mutex.cast());
+}
+
+/// Borrows a descriptor (helper so callers need not import `AsFd`).
+pub(crate) fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
+    fd.as_fd()
+}
