@@ -80,7 +80,9 @@ pub enum Error {
     },
 
     /// Every participant slot of the segment is held by a live process.
-    #[error("segment {name:?} has no free participant slot: all {capacity} are held by live handles")]
+    #[error(
+        "segment {name:?} has no free participant slot: all {capacity} are held by live handles"
+    )]
     TooManyParticipants {
         /// The segment name.
         name: String,
@@ -96,6 +98,20 @@ pub enum Error {
         name: String,
         /// What was found wrong.
         what: String,
+    },
+
+    /// A holder of the lock of a [`SharedValue`](crate::SharedValue) or
+    /// [`SharedArray`](crate::SharedArray) died while holding it (or a later holder released it
+    /// without marking the data consistent), so the data may be half-updated.
+    ///
+    /// This is what a [`LockError::OwnerDied`](crate::LockError::OwnerDied) becomes when it is
+    /// converted (with `?`) into an `Error`, and what `load`, `store` and `to_vec` report. The
+    /// segment stays poisoned until a caller takes the lock with `lock`, repairs the data through
+    /// the guard inside the `LockError` and calls its `mark_consistent`.
+    #[error("the holder of the lock of segment {name:?} died while holding it, so the data may be half-updated (lock it, repair the data through the guard in LockError::OwnerDied and call mark_consistent)")]
+    OwnerDied {
+        /// The segment name.
+        name: String,
     },
 
     /// A caller-supplied argument is out of range (a zero capacity, a length that overflows).

@@ -114,7 +114,11 @@ impl<'a, W: Words> Txn<'a, W> {
 
 /// Replays a committed journal left by a process that died while holding the lock.
 /// Returns whether there was one. Indices outside `allowed` are skipped.
-pub(crate) fn replay_journal<W: Words>(words: &W, journal: u64, allowed: std::ops::Range<u64>) -> bool {
+pub(crate) fn replay_journal<W: Words>(
+    words: &W,
+    journal: u64,
+    allowed: std::ops::Range<u64>,
+) -> bool {
     let n = words.load(journal).unwrap_or(0);
     if n == 0 {
         return false;
@@ -183,9 +187,13 @@ impl AllocLayout {
 
     fn tag<W: Words>(&self, txn: &Txn<'_, W>, page: u64) -> Result<u64, AllocError> {
         if page >= self.pages {
-            return Err(corrupted(format!("run tag index {page} beyond {} pages", self.pages)));
+            return Err(corrupted(format!(
+                "run tag index {page} beyond {} pages",
+                self.pages
+            )));
         }
-        txn.get(self.run + page).ok_or_else(|| corrupted("run tag out of the segment"))
+        txn.get(self.run + page)
+            .ok_or_else(|| corrupted("run tag out of the segment"))
     }
 
     /// Reads the run that starts at `start`: (used, length), checked against its end tag.
@@ -202,10 +210,14 @@ impl AllocLayout {
     }
 
     fn links<W: Words>(&self, txn: &Txn<'_, W>, start: u64) -> Result<(u64, u64), AllocError> {
-        let word = txn.get(self.link + start).ok_or_else(|| corrupted("link out of range"))?;
+        let word = txn
+            .get(self.link + start)
+            .ok_or_else(|| corrupted("link out of range"))?;
         let (next, prev) = (word >> 32, word & 0xffff_ffff);
         if next > self.pages || prev > self.pages {
-            return Err(corrupted(format!("free-list link {word:#x} at page {start}")));
+            return Err(corrupted(format!(
+                "free-list link {word:#x} at page {start}"
+            )));
         }
         Ok((next, prev))
     }
@@ -254,7 +266,12 @@ impl AllocLayout {
     }
 
     /// Adds to `txn` the allocation of `pages` pages owned by `owner`; returns the first page.
-    pub(crate) fn alloc<W: Words>(&self, txn: &mut Txn<'_, W>, pages: u64, owner: u64) -> Result<u64, AllocError> {
+    pub(crate) fn alloc<W: Words>(
+        &self,
+        txn: &mut Txn<'_, W>,
+        pages: u64,
+        owner: u64,
+    ) -> Result<u64, AllocError> {
         if pages == 0 || pages > self.pages {
             return Err(AllocError::NoSpace);
         }
@@ -267,7 +284,9 @@ impl AllocLayout {
             let start = cursor - 1;
             let (used, len) = self.run_at(txn, start)?;
             if used {
-                return Err(corrupted(format!("used run at page {start} is on the free list")));
+                return Err(corrupted(format!(
+                    "used run at page {start} is on the free list"
+                )));
             }
             let (next, _) = self.links(txn, start)?;
             if len >= pages {
@@ -289,7 +308,11 @@ impl AllocLayout {
     }
 
     /// Checks that `chunk` starts an allocated run and returns its length in pages.
-    pub(crate) fn chunk_pages<W: Words>(&self, txn: &Txn<'_, W>, chunk: u64) -> Result<u64, AllocError> {
+    pub(crate) fn chunk_pages<W: Words>(
+        &self,
+        txn: &Txn<'_, W>,
+        chunk: u64,
+    ) -> Result<u64, AllocError> {
         match self.run_at(txn, chunk)? {
             (true, len) => Ok(len),
             (false, _) => Err(corrupted(format!("page {chunk} is not an allocated chunk"))),
@@ -297,7 +320,11 @@ impl AllocLayout {
     }
 
     /// Adds to `txn` the freeing of the chunk starting at `chunk`, merging free neighbours.
-    pub(crate) fn free<W: Words>(&self, txn: &mut Txn<'_, W>, chunk: u64) -> Result<(), AllocError> {
+    pub(crate) fn free<W: Words>(
+        &self,
+        txn: &mut Txn<'_, W>,
+        chunk: u64,
+    ) -> Result<(), AllocError> {
         let len = self.chunk_pages(txn, chunk)?;
         let (mut start, mut total) = (chunk, len);
         if chunk > 0 {
@@ -375,12 +402,20 @@ mod tests {
 
     fn arena(pages: u64) -> (HeapWords, AllocLayout) {
         let layout = AllocLayout::at(0, pages);
-        let words = HeapWords(RefCell::new(vec![0; AllocLayout::words_needed(pages) as usize]));
+        let words = HeapWords(RefCell::new(vec![
+            0;
+            AllocLayout::words_needed(pages) as usize
+        ]));
         layout.init(&words);
         (words, layout)
     }
 
-    fn alloc(words: &HeapWords, layout: &AllocLayout, pages: u64, owner: u64) -> Result<u64, AllocError> {
+    fn alloc(
+        words: &HeapWords,
+        layout: &AllocLayout,
+        pages: u64,
+        owner: u64,
+    ) -> Result<u64, AllocError> {
         let mut txn = Txn::new(words);
         let chunk = layout.alloc(&mut txn, pages, owner)?;
         assert!(txn.commit(layout.journal));
@@ -408,7 +443,10 @@ mod tests {
         let mut last_free = false;
         while page < layout.pages {
             let (used, len) = layout.run_at(&txn, page).unwrap();
-            assert!(!(last_free && !used), "two adjacent free runs at page {page}");
+            assert!(
+                !(last_free && !used),
+                "two adjacent free runs at page {page}"
+            );
             if !used {
                 free_runs.push(page);
             }
@@ -437,7 +475,10 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![(1u64..20).prop_map(Op::Alloc), (0usize..64).prop_map(Op::Free)]
+        prop_oneof![
+            (1u64..20).prop_map(Op::Alloc),
+            (0usize..64).prop_map(Op::Free)
+        ]
     }
 
     proptest! {

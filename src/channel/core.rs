@@ -23,7 +23,9 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::alloc::{replay_journal, AllocError, AllocLayout, Txn, Words, ARENA_PAGE, JOURNAL_CAPACITY};
+use super::alloc::{
+    replay_journal, AllocError, AllocLayout, Txn, Words, ARENA_PAGE, JOURNAL_CAPACITY,
+};
 use super::errors::WaitError;
 use crate::error::{Error, Result};
 use crate::segment::{Region, Role};
@@ -78,7 +80,12 @@ pub(crate) enum WaitOn {
     Done = 3,
 }
 
-const ALL_WAITS: [WaitOn; 4] = [WaitOn::NotEmpty, WaitOn::NotFull, WaitOn::Space, WaitOn::Done];
+const ALL_WAITS: [WaitOn; 4] = [
+    WaitOn::NotEmpty,
+    WaitOn::NotFull,
+    WaitOn::Space,
+    WaitOn::Done,
+];
 
 /// Where a payload lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +135,8 @@ impl Geometry {
         }
         let alloc_base_bytes = C_PARTICIPANTS + participants * 24;
         let alloc = AllocLayout::at(alloc_base_bytes / 8, pages);
-        let alloc_end = alloc_base_bytes.checked_add(AllocLayout::words_needed(pages).checked_mul(8)?)?;
+        let alloc_end =
+            alloc_base_bytes.checked_add(AllocLayout::words_needed(pages).checked_mul(8)?)?;
         let ring_offset = alloc_end.next_multiple_of(SLOT_BYTES);
         let ring_end = ring_offset.checked_add(ring_slots.checked_mul(SLOT_BYTES)?)?;
         let arena_offset = ring_end.next_multiple_of(ARENA_PAGE);
@@ -149,6 +157,7 @@ impl Geometry {
 /// One process's view of one channel segment.
 pub(crate) struct Chan {
     /// Keeps the mapping alive for views owned by handles; `None` for borrowed views.
+    #[allow(dead_code)] // held for its Drop, never read
     keep: Option<Arc<Region>>,
     region: *const Region,
     geo: Geometry,
@@ -213,9 +222,12 @@ impl Chan {
     }
 
     fn init_words(&self) -> Result<()> {
-        self.word(C_CAPACITY / 8).store(self.geo.capacity, Ordering::Relaxed);
-        self.word(C_ARENA_BYTES / 8).store(self.geo.arena_bytes, Ordering::Relaxed);
-        self.word(C_OVERFLOW_NEXT_ID / 8).store(1, Ordering::Relaxed);
+        self.word(C_CAPACITY / 8)
+            .store(self.geo.capacity, Ordering::Relaxed);
+        self.word(C_ARENA_BYTES / 8)
+            .store(self.geo.arena_bytes, Ordering::Relaxed);
+        self.word(C_OVERFLOW_NEXT_ID / 8)
+            .store(1, Ordering::Relaxed);
         self.geo.alloc.init(self);
         for lock in [C_PRODUCER_LOCK, C_CONSUMER_LOCK, C_ALLOC_LOCK] {
             // SAFETY: the offset lies inside the data area (Geometry puts it there), is 64-byte
@@ -223,7 +235,8 @@ impl Chan {
             unsafe { sys::robust_mutex_init(self.base.add(lock as usize)) }
                 .map_err(|e| Error::from_io(self.region().name(), "pthread_mutex_init", e))?;
         }
-        self.word(C_MAGIC / 8).store(CHANNEL_MAGIC, Ordering::Release);
+        self.word(C_MAGIC / 8)
+            .store(CHANNEL_MAGIC, Ordering::Release);
         Ok(())
     }
 
@@ -272,11 +285,6 @@ impl Chan {
         unsafe { &*self.region }
     }
 
-    /// The Arc behind this view, for handles that must keep the mapping alive.
-    pub(crate) fn region_arc(&self) -> Option<&Arc<Region>> {
-        self.keep.as_ref()
-    }
-
     pub(crate) fn name(&self) -> &str {
         self.region().name()
     }
@@ -297,7 +305,8 @@ impl Chan {
 
     /// A word of the fixed layout; `index` comes from this module's constants or the geometry.
     fn word(&self, index: u64) -> &AtomicU64 {
-        self.word_checked(index).expect("channel layout word in bounds")
+        self.word_checked(index)
+            .expect("channel layout word in bounds")
     }
 
     fn wait_word(&self, on: WaitOn) -> &AtomicU32 {
@@ -314,10 +323,6 @@ impl Chan {
 
     fn participant_word(&self, slot: u32, field: u64) -> &AtomicU64 {
         self.word((C_PARTICIPANTS + (slot as u64 % self.geo.participants) * 24) / 8 + field)
-    }
-
-    fn taken(&self, slot: u32) -> &AtomicU64 {
-        self.participant_word(slot, 0)
     }
 
     fn dropped(&self, slot: u32) -> &AtomicU64 {
@@ -388,7 +393,8 @@ impl Chan {
     }
 
     pub(crate) fn bump_membership(&self) {
-        self.word(C_MEMBERSHIP_EPOCH / 8).fetch_add(1, Ordering::AcqRel);
+        self.word(C_MEMBERSHIP_EPOCH / 8)
+            .fetch_add(1, Ordering::AcqRel);
         for on in ALL_WAITS {
             self.wait_word(on).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake_all(self.wait_word(on));
@@ -411,7 +417,10 @@ impl Chan {
                 unsafe { sys::robust_mutex_mark_consistent(ptr) };
             }
             LockOutcome::Busy | LockOutcome::Unrecoverable => {
-                return Err(Error::corrupted(self.name(), "a channel lock is unrecoverable"));
+                return Err(Error::corrupted(
+                    self.name(),
+                    "a channel lock is unrecoverable",
+                ));
             }
         }
         Ok(Held { ptr, _chan: self })
@@ -487,7 +496,10 @@ impl Chan {
                 ));
             }
             let mut txn = Txn::new(self);
-            self.geo.alloc.free(&mut txn, chunk).map_err(|e| self.alloc_error(e))?;
+            self.geo
+                .alloc
+                .free(&mut txn, chunk)
+                .map_err(|e| self.alloc_error(e))?;
             self.commit(txn, self.geo.alloc.journal * 8)?;
         }
         self.notify(WaitOn::Space);
@@ -537,7 +549,10 @@ impl Chan {
             let found_id = self.load(self.overflow_word(entry, 0)).unwrap_or(0);
             let owner = self.load(self.overflow_word(entry, 1)).unwrap_or(0);
             if found_id != id || owner != slot as u64 + 1 {
-                return Err(Error::corrupted(self.name(), format!("overflow entry {entry} changed hands")));
+                return Err(Error::corrupted(
+                    self.name(),
+                    format!("overflow entry {entry} changed hands"),
+                ));
             }
             let _ = sys::shm_unlink(&crate::segment::os_name(&self.overflow_name(id)));
             let mut txn = Txn::new(self);
@@ -561,7 +576,12 @@ impl Chan {
 
     fn slot_word(&self, position: u64, field: u64) -> &AtomicU64 {
         // SAFETY: field < 4 keeps the word inside the slot's 32-byte descriptor; 8-aligned.
-        unsafe { &*self.slot_ptr(position).add(8 * field as usize).cast::<AtomicU64>() }
+        unsafe {
+            &*self
+                .slot_ptr(position)
+                .add(8 * field as usize)
+                .cast::<AtomicU64>()
+        }
     }
 
     /// Publishes a descriptor (and inline bytes). `Ok(false)`: the ring is full.
@@ -579,7 +599,11 @@ impl Chan {
                     let n = inline.len().min(INLINE_MAX);
                     // SAFETY: the slot's inline area is INLINE_MAX bytes at offset 32; n fits.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(inline.as_ptr(), self.slot_ptr(tail).add(32), n)
+                        std::ptr::copy_nonoverlapping(
+                            inline.as_ptr(),
+                            self.slot_ptr(tail).add(32),
+                            n,
+                        )
                     };
                     (DESC_INLINE, 0, 0)
                 }
@@ -625,7 +649,8 @@ impl Chan {
             DESC_ARENA => {
                 let txn = Txn::new(self);
                 let pages = self.geo.alloc.chunk_pages(&txn, loc).ok()?;
-                let fits = AllocLayout::pages_for(len) <= pages && self.chunk_ptr(loc, len).is_some();
+                let fits =
+                    AllocLayout::pages_for(len) <= pages && self.chunk_ptr(loc, len).is_some();
                 let queued = self.load(self.geo.alloc.owner_index(loc)) == Some(0);
                 if !(fits && queued) {
                     return None;
@@ -662,15 +687,20 @@ impl Chan {
                 let Some(desc) = desc else {
                     // Garbage in the slot: skip it rather than wedge every consumer behind it.
                     self.commit(txn, C_CONSUMER_JOURNAL)?;
-                    self.word(C_CORRUPT_SKIPPED / 8).fetch_add(1, Ordering::Relaxed);
+                    self.word(C_CORRUPT_SKIPPED / 8)
+                        .fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
                 let taken_index = (C_PARTICIPANTS + (slot as u64 % self.geo.participants) * 24) / 8;
                 txn.set(taken_index, txn.get(taken_index).unwrap_or(0) + 1);
                 match desc.place {
                     Place::Inline => {}
-                    Place::Arena(chunk) => txn.set(self.geo.alloc.owner_index(chunk), slot as u64 + 1),
-                    Place::Overflow { entry, .. } => txn.set(self.overflow_word(entry, 1), slot as u64 + 1),
+                    Place::Arena(chunk) => {
+                        txn.set(self.geo.alloc.owner_index(chunk), slot as u64 + 1)
+                    }
+                    Place::Overflow { entry, .. } => {
+                        txn.set(self.overflow_word(entry, 1), slot as u64 + 1)
+                    }
                 }
                 self.commit(txn, C_CONSUMER_JOURNAL)?;
                 break desc;
@@ -714,7 +744,10 @@ impl Chan {
         let owner = slot as u64 + 1;
         let chunks = {
             let _held = self.lock_alloc()?;
-            self.geo.alloc.chunks(self).map_err(|e| self.alloc_error(e))?
+            self.geo
+                .alloc
+                .chunks(self)
+                .map_err(|e| self.alloc_error(e))?
         };
         for (chunk, _, chunk_owner) in chunks {
             if chunk_owner == owner {
@@ -733,9 +766,11 @@ impl Chan {
         for on in ALL_WAITS {
             let n = ((sleeping >> (16 * on as u64)) & 0xffff) as u32;
             if n > 0 {
-                let _ = self.sleepers(on).fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                    Some(s.saturating_sub(n))
-                });
+                let _ = self
+                    .sleepers(on)
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+                        Some(s.saturating_sub(n))
+                    });
             }
         }
         Ok(())
@@ -778,6 +813,9 @@ impl Chan {
         };
         if let Some(done) = run(&mut attempt) {
             return done;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(WaitError::Timeout); // try_ forms: one attempt, no spinning
         }
         let start = Instant::now();
         let mut spins = 0u32;

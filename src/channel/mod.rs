@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use self::core::{Chan, Desc, Geometry, InlineBuf, Place, Step, WaitOn, INLINE_MAX};
+use self::errors::WaitError;
 pub use self::errors::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
-use self::errors::WaitError;
 use crate::error::{Error, Result};
 use crate::segment::{
     validate_name, CreateSpec, Kind, KindHooks, Participant, Region, Role, DEFAULT_PARTICIPANTS,
@@ -135,15 +135,19 @@ pub fn channel(name: &str, config: ChannelConfig) -> Result<(Sender, Receiver)> 
         )));
     }
     let arena = (config.arena_bytes as u64).div_ceil(4096) * 4096;
-    let geo = Geometry::new(config.capacity as u64, arena, config.max_participants as u64)
-        .ok_or_else(|| {
-            invalid(format!(
-                "capacity {} (1 to {}) with an arena of {} bytes",
-                config.capacity,
-                core::MAX_CAPACITY,
-                config.arena_bytes
-            ))
-        })?;
+    let geo = Geometry::new(
+        config.capacity as u64,
+        arena,
+        config.max_participants as u64,
+    )
+    .ok_or_else(|| {
+        invalid(format!(
+            "capacity {} (1 to {}) with an arena of {} bytes",
+            config.capacity,
+            core::MAX_CAPACITY,
+            config.arena_bytes
+        ))
+    })?;
     let spec = CreateSpec {
         name,
         kind: Kind::Channel,
@@ -253,7 +257,13 @@ impl Endpoint {
 
     // ----- sending ---------------------------------------------------------------------------
 
-    fn publish(&self, place: Place, len: u64, inline: &[u8], deadline: Option<Instant>) -> Result<(), WaitError> {
+    fn publish(
+        &self,
+        place: Place,
+        len: u64,
+        inline: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), WaitError> {
         self.wait_for(WaitOn::NotFull, deadline, || {
             if self.chan.try_publish(place, len, inline)? {
                 Ok(Step::Ready(()))
@@ -277,10 +287,9 @@ impl Endpoint {
                     None => Ok(Step::Retry),
                 }
             })?;
-            let ptr = self
-                .chan
-                .chunk_ptr(chunk, len)
-                .ok_or_else(|| WaitError::Failed(Error::corrupted(self.chan.name(), "chunk outside arena")))?;
+            let ptr = self.chan.chunk_ptr(chunk, len).ok_or_else(|| {
+                WaitError::Failed(Error::corrupted(self.chan.name(), "chunk outside arena"))
+            })?;
             return Ok(Reserved::Arena { chunk, ptr });
         }
         let (entry, id) = self.wait_for(WaitOn::Space, deadline, || {
@@ -310,14 +319,24 @@ impl Endpoint {
     fn release(&self, reserved: &Reserved) {
         let _ = match reserved {
             Reserved::Arena { chunk, .. } => self.chan.free_chunk(*chunk, self.slot),
-            Reserved::Overflow { entry, id, .. } => self.chan.release_overflow(*entry, *id, self.slot),
+            Reserved::Overflow { entry, id, .. } => {
+                self.chan.release_overflow(*entry, *id, self.slot)
+            }
         };
     }
 
-    fn send_reserved(&self, reserved: &Reserved, len: u64, deadline: Option<Instant>) -> Result<(), WaitError> {
+    fn send_reserved(
+        &self,
+        reserved: &Reserved,
+        len: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(), WaitError> {
         let place = match reserved {
             Reserved::Arena { chunk, .. } => Place::Arena(*chunk),
-            Reserved::Overflow { entry, id, .. } => Place::Overflow { entry: *entry, id: *id },
+            Reserved::Overflow { entry, id, .. } => Place::Overflow {
+                entry: *entry,
+                id: *id,
+            },
         };
         self.publish(place, len, &[], deadline)
     }
@@ -366,18 +385,25 @@ impl Endpoint {
             Place::Inline => Body::Inline(inline),
             Place::Arena(chunk) => {
                 // read_desc checked that the chunk holds `len` bytes.
-                let ptr = self.chan.chunk_ptr(chunk, desc.len).unwrap_or(std::ptr::null_mut());
+                let ptr = self
+                    .chan
+                    .chunk_ptr(chunk, desc.len)
+                    .unwrap_or(std::ptr::null_mut());
                 Body::Arena { chunk, ptr }
             }
             Place::Overflow { entry, id } => {
                 let name = self.chan.overflow_name(id);
-                let opened = Region::open(&name, Kind::Overflow, &[], true).and_then(|(region, _)| {
-                    if (region.data_len() as u64) < desc.len {
-                        Err(Error::corrupted(&name, "overflow payload shorter than its descriptor"))
-                    } else {
-                        Ok(region)
-                    }
-                });
+                let opened =
+                    Region::open(&name, Kind::Overflow, &[], true).and_then(|(region, _)| {
+                        if (region.data_len() as u64) < desc.len {
+                            Err(Error::corrupted(
+                                &name,
+                                "overflow payload shorter than its descriptor",
+                            ))
+                        } else {
+                            Ok(region)
+                        }
+                    });
                 match opened {
                     Ok(region) => Body::Overflow { entry, id, region },
                     Err(e) => {
@@ -408,8 +434,15 @@ impl Drop for Endpoint {
 
 /// Room for one payload, not yet published.
 enum Reserved {
-    Arena { chunk: u64, ptr: *mut u8 },
-    Overflow { entry: u64, id: u64, region: Arc<Region> },
+    Arena {
+        chunk: u64,
+        ptr: *mut u8,
+    },
+    Overflow {
+        entry: u64,
+        id: u64,
+        region: Arc<Region>,
+    },
 }
 
 impl Reserved {
@@ -440,13 +473,17 @@ pub struct Receiver {
 
 impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sender").field("channel", &self.name()).finish_non_exhaustive()
+        f.debug_struct("Sender")
+            .field("channel", &self.name())
+            .finish_non_exhaustive()
     }
 }
 
 impl fmt::Debug for Receiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Receiver").field("channel", &self.name()).finish_non_exhaustive()
+        f.debug_struct("Receiver")
+            .field("channel", &self.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -541,12 +578,14 @@ impl Sender {
 
     /// Like [`loan`](Self::loan), if the arena has room now.
     pub fn try_loan(&self, len: usize) -> Result<Loan, TrySendError> {
-        self.loan_until(len, Some(Instant::now())).map_err(Into::into)
+        self.loan_until(len, Some(Instant::now()))
+            .map_err(Into::into)
     }
 
     /// Like [`loan`](Self::loan), waiting at most `timeout` for room.
     pub fn loan_timeout(&self, len: usize, timeout: Duration) -> Result<Loan, SendTimeoutError> {
-        self.loan_until(len, deadline_after(timeout)).map_err(Into::into)
+        self.loan_until(len, deadline_after(timeout))
+            .map_err(Into::into)
     }
 
     /// Lends room for `n` values of `T` (payloads are 4096-byte aligned).
@@ -742,7 +781,9 @@ impl Drop for Loan {
 
 impl fmt::Debug for Loan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Loan").field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("Loan")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -783,14 +824,23 @@ impl<T: Pod> DerefMut for SliceLoan<T> {
 
 impl<T: Pod> fmt::Debug for SliceLoan<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SliceLoan").field("len", &self.n).finish_non_exhaustive()
+        f.debug_struct("SliceLoan")
+            .field("len", &self.n)
+            .finish_non_exhaustive()
     }
 }
 
 enum Body {
     Inline(InlineBuf),
-    Arena { chunk: u64, ptr: *mut u8 },
-    Overflow { entry: u64, id: u64, region: Arc<Region> },
+    Arena {
+        chunk: u64,
+        ptr: *mut u8,
+    },
+    Overflow {
+        entry: u64,
+        id: u64,
+        region: Arc<Region>,
+    },
 }
 
 /// A received payload, read in place in shared memory. Dropping it frees its memory.
@@ -810,9 +860,17 @@ unsafe impl Send for Message {}
 unsafe impl Sync for Message {}
 
 impl Message {
-    /// The payload as `&[T]`; fails if the length is not a multiple of `size_of::<T>()`.
-    pub fn as_slice<T: Pod>(&self) -> Result<&[T], bytemuck::PodCastError> {
-        bytemuck::try_cast_slice(self)
+    /// The payload as `&[T]`, read in place. Fails with [`Error::InvalidArgument`] if the length
+    /// is not a multiple of `size_of::<T>()` (or `T` needs more than 4096-byte alignment).
+    pub fn as_slice<T: Pod>(&self) -> Result<&[T], Error> {
+        bytemuck::try_cast_slice(self).map_err(|e| Error::InvalidArgument {
+            name: self.ep.chan.name().to_owned(),
+            what: format!(
+                "a {}-byte message cannot be read as [{}]: {e:?}",
+                self.len,
+                std::any::type_name::<T>()
+            ),
+        })
     }
 
     /// A copy of the payload in fresh heap memory.
@@ -856,7 +914,9 @@ impl Drop for Message {
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Message").field("len", &self.len).finish_non_exhaustive()
+        f.debug_struct("Message")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
     }
 }
 
