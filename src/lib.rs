@@ -3,6 +3,7 @@
 
 mod channel;
 mod error;
+mod inspect;
 mod segment;
 mod shared;
 mod sys;
@@ -12,6 +13,7 @@ pub use channel::{
     SendTimeoutError, Sender, SliceLoan, TryIter, TryRecvError, TrySendError, DEFAULT_SPIN,
 };
 pub use error::{Error, Result};
+pub use inspect::{inspect, list, ChannelStats, SegmentInfo};
 pub use segment::{gc, Kind, ParticipantInfo, Role, Segment, DEFAULT_PARTICIPANTS, MAX_NAME_LEN};
 pub use shared::{
     LockError, LockResult, OwnerDiedError, SharedArray, SharedArrayGuard, SharedValue,

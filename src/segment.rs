@@ -312,8 +312,8 @@ impl HeaderCopy {
                 ),
             });
         }
-        let capacity_ok = self.capacity <= MAX_PARTICIPANTS
-            && (self.capacity > 0 || kind == Kind::Overflow);
+        let capacity_ok =
+            self.capacity <= MAX_PARTICIPANTS && (self.capacity > 0 || kind == Kind::Overflow);
         if !capacity_ok {
             return Err(Error::corrupted(
                 name,
@@ -431,7 +431,10 @@ impl Region {
         let os = os_name(name);
         let too_big = || Error::InvalidArgument {
             name: name.to_owned(),
-            what: format!("a data area of {} bytes does not fit in memory", spec.data_len),
+            what: format!(
+                "a data area of {} bytes does not fit in memory",
+                spec.data_len
+            ),
         };
         let data_offset = data_offset_for(spec.capacity);
         let total_len = data_offset.checked_add(spec.data_len).ok_or_else(too_big)?;
@@ -439,7 +442,10 @@ impl Region {
         if spec.capacity > MAX_PARTICIPANTS || (spec.capacity == 0 && !roles.is_empty()) {
             return Err(Error::InvalidArgument {
                 name: name.to_owned(),
-                what: format!("participant capacity {} (1 to {MAX_PARTICIPANTS})", spec.capacity),
+                what: format!(
+                    "participant capacity {} (1 to {MAX_PARTICIPANTS})",
+                    spec.capacity
+                ),
             });
         }
 
@@ -496,23 +502,22 @@ impl Region {
             membership: Mutex::new(()),
         });
         region.write_header();
+        // Declared before the membership guard is taken: if attaching a later role fails, the
+        // participants attached so far must be dropped after the guard is released, because
+        // dropping one takes the membership lock again.
+        let mut participants = Vec::with_capacity(roles.len());
         let attached = init(&region).and_then(|()| {
             let _membership = region.lock_membership()?;
-            let participants = roles
-                .iter()
-                .map(|&role| region.attach_locked(role))
-                .collect::<Result<Vec<_>>>()?;
+            region.attach_all_locked(roles, &mut participants)?;
             // Set last: openers wait for this word before trusting anything else.
             region.u32_at(H_INITIALIZED).store(1, Ordering::Release);
-            Ok(participants)
+            Ok(())
         });
-        let participants = match attached {
-            Ok(p) => p,
-            Err(e) => {
-                region.u32_at(H_CLOSED).store(1, Ordering::Release);
-                return Err(unlink_on_error(e));
-            }
-        };
+        if let Err(e) = attached {
+            region.u32_at(H_CLOSED).store(1, Ordering::Release);
+            drop(participants);
+            return Err(unlink_on_error(e));
+        }
         let _ = sys::unlock_byte(sys::borrow(&region.fd), CREATOR_LOCK);
         Ok((region, participants))
     }
@@ -522,6 +527,16 @@ impl Region {
     pub(crate) fn open(
         name: &str,
         kind: Kind,
+        roles: &[Role],
+        populate: bool,
+    ) -> Result<(Arc<Region>, Vec<Participant>)> {
+        Region::open_as(name, Some(kind), roles, populate)
+    }
+
+    /// Like [`Region::open`]; `kind` of `None` accepts any kind (for inspection tools).
+    pub(crate) fn open_as(
+        name: &str,
+        kind: Option<Kind>,
         roles: &[Role],
         populate: bool,
     ) -> Result<(Arc<Region>, Vec<Participant>)> {
@@ -554,8 +569,9 @@ impl Region {
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        let file = sys::file_info(sys::borrow(&fd)).map_err(|e| Error::from_io(name, "fstat", e))?;
-        let found_kind = header.validate(name, Some(kind), file)?;
+        let file =
+            sys::file_info(sys::borrow(&fd)).map_err(|e| Error::from_io(name, "fstat", e))?;
+        let found_kind = header.validate(name, kind, file)?;
         if header.closed != 0 {
             return Err(Error::NotFound {
                 name: name.to_owned(),
@@ -573,18 +589,17 @@ impl Region {
             kind: found_kind,
             membership: Mutex::new(()),
         });
-        let participants = {
+        // Declared before the guard: see `create`.
+        let mut participants = Vec::with_capacity(roles.len());
+        {
             let _membership = region.lock_membership()?;
             if region.is_closed() {
                 return Err(Error::NotFound {
                     name: name.to_owned(),
                 });
             }
-            roles
-                .iter()
-                .map(|&role| region.attach_locked(role))
-                .collect::<Result<Vec<_>>>()?
-        };
+            region.attach_all_locked(roles, &mut participants)?;
+        }
         Ok((region, participants))
     }
 
@@ -593,13 +608,18 @@ impl Region {
         self.u64_at(H_MAGIC).store(h.magic, Ordering::Relaxed);
         self.u32_at(H_VERSION).store(h.version, Ordering::Relaxed);
         self.u32_at(H_KIND).store(h.kind, Ordering::Relaxed);
-        self.u64_at(H_TOTAL_LEN).store(h.total_len, Ordering::Relaxed);
-        self.u32_at(H_CREATOR_UID).store(h.creator_uid, Ordering::Relaxed);
-        self.u32_at(H_CREATOR_PID).store(h.creator_pid, Ordering::Relaxed);
-        self.u64_at(H_CREATED_NS).store(h.created_unix_ns, Ordering::Relaxed);
+        self.u64_at(H_TOTAL_LEN)
+            .store(h.total_len, Ordering::Relaxed);
+        self.u32_at(H_CREATOR_UID)
+            .store(h.creator_uid, Ordering::Relaxed);
+        self.u32_at(H_CREATOR_PID)
+            .store(h.creator_pid, Ordering::Relaxed);
+        self.u64_at(H_CREATED_NS)
+            .store(h.created_unix_ns, Ordering::Relaxed);
         self.u32_at(H_CAPACITY).store(h.capacity, Ordering::Relaxed);
         self.u32_at(H_FLAGS).store(h.flags, Ordering::Relaxed);
-        self.u64_at(H_DATA_OFFSET).store(h.data_offset, Ordering::Relaxed);
+        self.u64_at(H_DATA_OFFSET)
+            .store(h.data_offset, Ordering::Relaxed);
         self.u64_at(H_DATA_LEN).store(h.data_len, Ordering::Relaxed);
         self.u32_at(H_CLOSED).store(0, Ordering::Relaxed);
     }
@@ -621,7 +641,9 @@ impl Region {
     /// Start of the data area.
     pub(crate) fn data_ptr(&self) -> *mut u8 {
         // The header check guarantees data_offset <= total_len == mapping length.
-        self.map.as_ptr().wrapping_add(self.header.data_offset as usize)
+        self.map
+            .as_ptr()
+            .wrapping_add(self.header.data_offset as usize)
     }
 
     /// Length of the data area in bytes.
@@ -632,14 +654,20 @@ impl Region {
     /// An atomic view of the 32-bit word at `offset` of the mapping.
     /// Callers pass offsets of the fixed layout, which the header check keeps in bounds.
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= self.map.len(), "layout offset out of bounds");
+        assert!(
+            offset % 4 == 0 && offset + 4 <= self.map.len(),
+            "layout offset out of bounds"
+        );
         // SAFETY: in bounds and aligned (checked above; the mapping is page aligned); the mapping
         // lives as long as &self, and all shared accesses to this word are atomic.
         unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU32>() }
     }
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.map.len(), "layout offset out of bounds");
+        assert!(
+            offset % 8 == 0 && offset + 8 <= self.map.len(),
+            "layout offset out of bounds"
+        );
         // SAFETY: as for u32_at.
         unsafe { &*self.map.as_ptr().add(offset).cast::<AtomicU64>() }
     }
@@ -728,11 +756,40 @@ impl Region {
             .collect()
     }
 
+    /// Attaches one participant per role, pushing each onto `into` as soon as it exists. The
+    /// caller holds the membership lock and must drop `into` only after releasing it (dropping a
+    /// participant takes the lock).
+    fn attach_all_locked(
+        self: &Arc<Self>,
+        roles: &[Role],
+        into: &mut Vec<Participant>,
+    ) -> Result<()> {
+        // Every attach frees what dead participants left, so that a long-lived segment whose
+        // peers come and go never fills up with the dead or their memory.
+        if !roles.is_empty() {
+            self.reclaim_dead_locked();
+        }
+        for &role in roles {
+            into.push(self.attach_locked(role)?);
+        }
+        Ok(())
+    }
+
     fn attach_locked(self: &Arc<Self>, role: Role) -> Result<Participant> {
         // A description of our own: its lock marks this participant alive, and closing it (or
         // dying) releases exactly this participant.
         let fd = sys::shm_open_existing(&os_name(&self.name))
             .map_err(|e| Error::from_io(&self.name, "shm_open", e))?;
+        // The name is opened again, so it must still be the object we mapped: if it was
+        // removed and re-created meanwhile, a lock on the new object would make our slot in the
+        // old one look dead (and hold a slot of the new one that no table entry accounts for).
+        let same = sys::same_object(sys::borrow(&fd), sys::borrow(&self.fd))
+            .map_err(|e| Error::from_io(&self.name, "fstat", e))?;
+        if !same {
+            return Err(Error::NotFound {
+                name: self.name.clone(),
+            });
+        }
         for slot in 0..self.capacity() {
             let base = self.slot_offset(slot);
             let state = self.u32_at(base + S_STATE).load(Ordering::Acquire);
@@ -749,15 +806,19 @@ impl Region {
                 self.reclaim_slot_locked(slot);
             }
             let generation = self.u64_at(base + S_GENERATION).load(Ordering::Relaxed);
-            self.u32_at(base + S_ROLE).store(role as u32, Ordering::Relaxed);
-            self.u32_at(base + S_PID).store(sys::process_id(), Ordering::Relaxed);
+            self.u32_at(base + S_ROLE)
+                .store(role as u32, Ordering::Relaxed);
+            self.u32_at(base + S_PID)
+                .store(sys::process_id(), Ordering::Relaxed);
             self.u64_at(base + S_GENERATION)
                 .store(generation.wrapping_add(1), Ordering::Relaxed);
-            self.u64_at(base + S_ATTACHED_NS).store(unix_now_ns(), Ordering::Relaxed);
+            self.u64_at(base + S_ATTACHED_NS)
+                .store(unix_now_ns(), Ordering::Relaxed);
             for i in 0..SLOT_EXTRA_WORDS {
                 self.slot_extra(slot, i).store(0, Ordering::Relaxed);
             }
-            self.u32_at(base + S_STATE).store(SLOT_ACTIVE, Ordering::Release);
+            self.u32_at(base + S_STATE)
+                .store(SLOT_ACTIVE, Ordering::Release);
             return Ok(Participant {
                 region: Arc::clone(self),
                 slot,
@@ -778,7 +839,8 @@ impl Region {
             (hooks.reclaim)(self, slot);
         }
         let base = self.slot_offset(slot);
-        self.u32_at(base + S_STATE).store(SLOT_FREE, Ordering::Release);
+        self.u32_at(base + S_STATE)
+            .store(SLOT_FREE, Ordering::Release);
     }
 
     /// Reclaims every participant whose process died. Returns how many were reclaimed.
@@ -811,7 +873,8 @@ impl Region {
         if let Some(hooks) = hooks_for(self.kind) {
             (hooks.teardown)(self);
         }
-        let _ = sys::shm_unlink(&os_name(&self.name));
+        // Only if the name is still ours: after `Segment::remove` it may name a new segment.
+        let _ = sys::shm_unlink_if_same(&os_name(&self.name), sys::borrow(&self.fd));
     }
 }
 
@@ -848,7 +911,9 @@ impl Drop for Participant {
             return;
         };
         let base = region.slot_offset(self.slot);
-        region.u32_at(base + S_STATE).store(SLOT_FREE, Ordering::Release);
+        region
+            .u32_at(base + S_STATE)
+            .store(SLOT_FREE, Ordering::Release);
         // Closing our description drops our slot lock.
         drop(self.fd.take());
         if region.header.flags & FLAG_AUTO_UNLINK == 0 || region.is_closed() {
@@ -981,7 +1046,10 @@ fn collect_one(os: &str) -> Option<String> {
     if header.initialized != 1 {
         // Magic zero or ours, never finished, creator gone: a creation that died half-way.
         let abandoned = (header.magic == 0 || header.magic == MAGIC)
-            && file.modified.elapsed().is_ok_and(|age| age >= ABANDONED_AGE);
+            && file
+                .modified
+                .elapsed()
+                .is_ok_and(|age| age >= ABANDONED_AGE);
         return (abandoned && sys::shm_unlink(os).is_ok()).then(|| name.to_owned());
     }
     // Anything that does not validate is not ours to judge: leave it.
@@ -1014,4 +1082,75 @@ fn collect_one(os: &str) -> Option<String> {
 pub fn gc() -> Result<Vec<String>> {
     let names = sys::list_shm_names(OS_PREFIX).map_err(|e| Error::from_io("*", "read_dir", e))?;
     Ok(names.iter().filter_map(|os| collect_one(os)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on a thread and fails if it has not finished within a minute: a deadlock shows
+    /// up as a failure instead of a hung test run.
+    fn finishes<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("did not finish within 60 s: deadlock")
+    }
+
+    fn spec(name: &str, capacity: u32) -> CreateSpec<'_> {
+        CreateSpec {
+            name,
+            kind: Kind::Raw,
+            data_len: 4096,
+            capacity,
+            flags: FLAG_AUTO_UNLINK,
+            populate: false,
+        }
+    }
+
+    fn exists(name: &str) -> bool {
+        std::path::Path::new(sys::SHM_DIR)
+            .join(os_name(name))
+            .exists()
+    }
+
+    // Attaching several roles where a later one fails dropped the earlier participants while
+    // the membership lock was held; their Drop takes that lock again and hung forever.
+    #[test]
+    fn create_with_more_roles_than_slots_fails_without_deadlock() {
+        let name = format!("unit-create-roles-{}", std::process::id());
+        let result = finishes({
+            let name = name.clone();
+            move || Region::create(spec(&name, 1), &[Role::User, Role::User], |_| Ok(())).err()
+        });
+        assert!(
+            matches!(result, Some(Error::TooManyParticipants { capacity: 1, .. })),
+            "{result:?}"
+        );
+        assert!(!exists(&name), "a failed create left its name behind");
+    }
+
+    #[test]
+    fn open_with_more_roles_than_free_slots_fails_without_deadlock() {
+        let name = format!("unit-open-roles-{}", std::process::id());
+        let (_region, creator) = Region::create(spec(&name, 2), &[Role::User], |_| Ok(()))
+            .expect("create a 2-slot segment");
+        let result = finishes({
+            let name = name.clone();
+            move || {
+                Region::open(&name, Kind::Raw, &[Role::User, Role::User], false)
+                    .err()
+                    .map(|e| e.to_string())
+            }
+        });
+        let message = result.expect("opening two roles into one free slot must fail");
+        assert!(message.contains("no free participant slot"), "{message}");
+        // The partly attached opener let go of its slot: one more participant fits again.
+        let (_r, again) = Region::open(&name, Kind::Raw, &[Role::User], false).expect("reopen");
+        drop(again);
+        drop(creator);
+        assert!(!exists(&name), "the last detach did not unlink");
+    }
 }

@@ -358,11 +358,14 @@ struct Totals {
 }
 
 #[derive(Clone, Copy, Debug)]
+/// Who is killed in a channel trial.
 enum Scenario {
-    KillProducer,
-    KillConsumer,
-    KillReclaimer,
-    KillLockHolder,
+    /// A producer is killed.
+    Producer,
+    /// A consumer is killed.
+    Consumer,
+    /// A process that keeps opening handles (and so reclaiming the dead) is killed.
+    Reclaimer,
 }
 
 fn spawn_ready(role: &str, args: &[&str]) -> Child {
@@ -413,8 +416,8 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
         ));
     }
     let victim = match scenario {
-        Scenario::KillProducer => rng.below(2) as usize,
-        Scenario::KillConsumer => 2 + rng.below(2) as usize,
+        Scenario::Producer => rng.below(2) as usize,
+        Scenario::Consumer => 2 + rng.below(2) as usize,
         _ => {
             children.push((4, spawn_ready("reopener", &[&chan, &book_name, "4"])));
             4
@@ -601,9 +604,9 @@ fn run_trials(trials: u64, base_seed: u64) -> Totals {
     for t in 0..trials {
         let seed = base_seed.wrapping_add(t.wrapping_mul(0x2545_f491_4f6c_dd1d));
         match t % 8 {
-            0..=2 => channel_trial(Scenario::KillProducer, seed, &mut totals),
-            3..=5 => channel_trial(Scenario::KillConsumer, seed, &mut totals),
-            6 => channel_trial(Scenario::KillReclaimer, seed, &mut totals),
+            0..=2 => channel_trial(Scenario::Producer, seed, &mut totals),
+            3..=5 => channel_trial(Scenario::Consumer, seed, &mut totals),
+            6 => channel_trial(Scenario::Reclaimer, seed, &mut totals),
             _ => lock_trial(seed, &mut totals),
         }
         totals.trials += 1;

@@ -443,10 +443,7 @@ mod tests {
         let mut last_free = false;
         while page < layout.pages {
             let (used, len) = layout.run_at(&txn, page).unwrap();
-            assert!(
-                !(last_free && !used),
-                "two adjacent free runs at page {page}"
-            );
+            assert!(!last_free || used, "two adjacent free runs at page {page}");
             if !used {
                 free_runs.push(page);
             }

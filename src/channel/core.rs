@@ -387,6 +387,30 @@ impl Chan {
         self.word(C_CORRUPT_SKIPPED / 8).load(Ordering::Relaxed)
     }
 
+    /// The channel's figures now, for inspection tools.
+    pub(crate) fn stats(&self) -> crate::inspect::ChannelStats {
+        let mut stats = crate::inspect::ChannelStats {
+            capacity: self.capacity(),
+            queued: self.len(),
+            arena_bytes: self.geo.arena_bytes,
+            arena_free_bytes: self.free_arena_bytes(),
+            sent_total: self.sent_total(),
+            done_total: self.done_total(),
+            corrupt_skipped: self.corrupt_skipped(),
+            ..Default::default()
+        };
+        stats.messages_in_flight = stats.sent_total.saturating_sub(stats.done_total);
+        stats.bytes_in_flight = stats.arena_bytes.saturating_sub(stats.arena_free_bytes);
+        for entry in 0..OVERFLOW_SLOTS {
+            if self.load(self.overflow_word(entry, 0)).unwrap_or(0) != 0 {
+                stats.overflow_payloads += 1;
+                let len = self.load(self.overflow_word(entry, 2)).unwrap_or(0);
+                stats.bytes_in_flight = stats.bytes_in_flight.saturating_add(len);
+            }
+        }
+        stats
+    }
+
     /// Changes whenever a participant attaches, detaches or is reclaimed.
     pub(crate) fn membership_epoch(&self) -> u64 {
         self.word(C_MEMBERSHIP_EPOCH / 8).load(Ordering::Acquire)

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
-use self::core::{Chan, Desc, Geometry, InlineBuf, Place, Step, WaitOn, INLINE_MAX};
+pub(crate) use self::core::Chan;
+use self::core::{Desc, Geometry, InlineBuf, Place, Step, WaitOn, INLINE_MAX};
 use self::errors::WaitError;
 pub use self::errors::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,

@@ -54,6 +54,8 @@ pub(crate) struct FileInfo {
 }
 
 /// `fstat` of an open object.
+// The stat fields' integer types differ between targets; on some the conversions are identities.
+#[allow(clippy::useless_conversion)]
 pub(crate) fn file_info(fd: BorrowedFd<'_>) -> io::Result<FileInfo> {
     let st = rustix::fs::fstat(fd)?;
     Ok(FileInfo {
@@ -63,6 +65,32 @@ pub(crate) fn file_info(fd: BorrowedFd<'_>) -> io::Result<FileInfo> {
             + Duration::from_secs(u64::try_from(st.st_mtime).unwrap_or(0))
             + Duration::from_nanos(u64::try_from(st.st_mtime_nsec).unwrap_or(0)),
     })
+}
+
+/// Whether two descriptors refer to the same object (same device and inode).
+pub(crate) fn same_object(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<bool> {
+    let (a, b) = (rustix::fs::fstat(a)?, rustix::fs::fstat(b)?);
+    Ok(a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+}
+
+/// Removes the name `os_name` only if it still refers to the object open as `fd`: once a name
+/// was removed and reused for a new object, the old object's users must not unlink the new one.
+/// Returns whether it unlinked. (A removal and re-creation between the check and the unlink, a
+/// window of microseconds, is not caught: POSIX has no unlink-by-descriptor.)
+pub(crate) fn shm_unlink_if_same(os_name: &str, fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let current = match shm_open_existing(os_name) {
+        Ok(current) => current,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !same_object(current.as_fd(), fd)? {
+        return Ok(false);
+    }
+    match shm_unlink(os_name) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The effective user id of this process.
@@ -150,7 +178,12 @@ pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize, populate: bool) -> io::
     Ok(Mapping { ptr, len })
 }
 
-fn ofd_lock_request(fd: BorrowedFd<'_>, cmd: libc::c_int, kind: libc::c_short, byte: u64) -> io::Result<libc::flock> {
+fn ofd_lock_request(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    kind: libc::c_short,
+    byte: u64,
+) -> io::Result<libc::flock> {
     // SAFETY: flock is a plain C struct for which all-zero is a valid value.
     let mut request: libc::flock = unsafe { std::mem::zeroed() };
     request.l_type = kind;
@@ -184,7 +217,11 @@ pub(crate) fn try_lock_byte(fd: BorrowedFd<'_>, byte: u64) -> io::Result<bool> {
 }
 
 /// Like [`try_lock_byte`], retrying until `deadline`. Returns false if the deadline passed.
-pub(crate) fn lock_byte_until(fd: BorrowedFd<'_>, byte: u64, deadline: Instant) -> io::Result<bool> {
+pub(crate) fn lock_byte_until(
+    fd: BorrowedFd<'_>,
+    byte: u64,
+    deadline: Instant,
+) -> io::Result<bool> {
     let mut pause = Duration::from_micros(20);
     loop {
         if try_lock_byte(fd, byte)? {
@@ -260,8 +297,14 @@ pub(crate) unsafe fn robust_mutex_init(mutex: *mut u8) -> io::Result<()> {
     let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
     check(libc::pthread_mutexattr_init(&mut attr))?;
     let result = (|| {
-        check(libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED))?;
-        check(libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST))?;
+        check(libc::pthread_mutexattr_setpshared(
+            &mut attr,
+            libc::PTHREAD_PROCESS_SHARED,
+        ))?;
+        check(libc::pthread_mutexattr_setrobust(
+            &mut attr,
+            libc::PTHREAD_MUTEX_ROBUST,
+        ))?;
         check(libc::pthread_mutex_init(mutex.cast(), &attr))
     })();
     libc::pthread_mutexattr_destroy(&mut attr);
@@ -291,7 +334,10 @@ fn outcome(rc: libc::c_int) -> io::Result<LockOutcome> {
 /// # Safety
 /// `mutex` must point to a mutex initialised by [`robust_mutex_init`] that stays mapped for the
 /// whole call.
-pub(crate) unsafe fn robust_mutex_lock(mutex: *mut u8, deadline: Option<Instant>) -> io::Result<LockOutcome> {
+pub(crate) unsafe fn robust_mutex_lock(
+    mutex: *mut u8,
+    deadline: Option<Instant>,
+) -> io::Result<LockOutcome> {
     let Some(deadline) = deadline else {
         return outcome(libc::pthread_mutex_lock(mutex.cast()));
     };
@@ -305,7 +351,11 @@ pub(crate) unsafe fn robust_mutex_lock(mutex: *mut u8, deadline: Option<Instant>
             .min(i64::MAX as u64) as libc::time_t,
         tv_nsec: (total_ns % 1_000_000_000) as _,
     };
-    outcome(pthread_mutex_clocklock(mutex.cast(), libc::CLOCK_MONOTONIC, &abstime))
+    outcome(pthread_mutex_clocklock(
+        mutex.cast(),
+        libc::CLOCK_MONOTONIC,
+        &abstime,
+    ))
 }
 
 /// Tries to lock the robust mutex at `mutex` without waiting.

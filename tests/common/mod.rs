@@ -26,7 +26,14 @@ pub fn unique_name(tag: &str) -> String {
 /// Starts this test binary again as child `role` with `args`.
 pub fn spawn_child(role: &str, args: &[&str]) -> Child {
     Command::new(std::env::current_exe().expect("current_exe"))
-        .args(["--exact", "child_entry", "--ignored", "--nocapture", "--test-threads=1", "-q"])
+        .args([
+            "--exact",
+            "child_entry",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+            "-q",
+        ])
         .env(CHILD_VAR, role)
         .env(ARGS_VAR, args.join("\u{1f}"))
         .stdin(Stdio::null())

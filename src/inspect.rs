@@ -1,0 +1,126 @@
+//! Read-only views of the segments in /dev/shm, for tools such as `shmq ls` and `shmq info`.
+//!
+//! Inspecting maps a segment but never attaches to it: it changes no participant table and
+//! keeps nothing alive.
+
+use crate::channel::Chan;
+use crate::error::{Error, Result};
+use crate::segment::{os_name, Kind, ParticipantInfo, Region, OS_PREFIX};
+use crate::sys;
+
+/// What [`inspect`] and [`list`] report about one segment.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SegmentInfo {
+    /// The segment's name (without the `shmq.` prefix). Overflow payloads are `<channel>~<id>`.
+    pub name: String,
+    /// What it holds; `None` if it could not be read as a shmq segment (see `problem`).
+    pub kind: Option<Kind>,
+    /// Size of the object in bytes.
+    pub file_bytes: u64,
+    /// Process that created it (informative; may have exited).
+    pub creator_pid: u32,
+    /// Creation time, nanoseconds since the Unix epoch.
+    pub created_unix_ns: u64,
+    /// Participant slots in its table.
+    pub participant_capacity: u32,
+    /// Slots in use, live or dead.
+    pub participants: Vec<ParticipantInfo>,
+    /// Queue figures, for channels.
+    pub channel: Option<ChannelStats>,
+    /// Why the segment could not be read (foreign file, other version, unfinished...).
+    pub problem: Option<String>,
+}
+
+impl SegmentInfo {
+    /// Participants whose process is alive.
+    pub fn alive(&self) -> usize {
+        self.participants.iter().filter(|p| p.alive).count()
+    }
+
+    /// Participants that died without detaching (not yet reclaimed).
+    pub fn dead(&self) -> usize {
+        self.participants.len() - self.alive()
+    }
+}
+
+/// A channel's figures at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStats {
+    /// Ring capacity in messages.
+    pub capacity: usize,
+    /// Messages waiting in the ring.
+    pub queued: usize,
+    /// Messages sent and not yet received and dropped (queued plus held by receivers).
+    pub messages_in_flight: u64,
+    /// Payload bytes in the arena and in overflow segments, queued or held.
+    pub bytes_in_flight: u64,
+    /// Arena size in bytes.
+    pub arena_bytes: u64,
+    /// Arena bytes free.
+    pub arena_free_bytes: u64,
+    /// Overflow payloads in flight.
+    pub overflow_payloads: u64,
+    /// Messages ever sent.
+    pub sent_total: u64,
+    /// Messages received and dropped (or reclaimed from dead receivers).
+    pub done_total: u64,
+    /// Ring descriptors skipped because they did not validate (a sign of corruption).
+    pub corrupt_skipped: u64,
+}
+
+/// Inspects segment `name` (as listed by [`list`]) without attaching to it.
+pub fn inspect(name: &str) -> Result<SegmentInfo> {
+    if name.is_empty() || name.contains('/') {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason: "a segment name has no '/' and is not empty".into(),
+        });
+    }
+    let file_bytes = std::fs::metadata(format!("{}/{}", sys::SHM_DIR, os_name(name)))
+        .map_err(|e| Error::from_io(name, "stat", e))?
+        .len();
+    let mut info = SegmentInfo {
+        name: name.to_owned(),
+        kind: None,
+        file_bytes,
+        creator_pid: 0,
+        created_unix_ns: 0,
+        participant_capacity: 0,
+        participants: Vec::new(),
+        channel: None,
+        problem: None,
+    };
+    let region = match Region::open_as(name, None, &[], false) {
+        Ok((region, _)) => region,
+        Err(e @ Error::NotFound { .. }) => return Err(e),
+        Err(e) => {
+            info.problem = Some(e.to_string());
+            return Ok(info);
+        }
+    };
+    let header = region.header();
+    info.kind = Some(region.kind());
+    info.creator_pid = header.creator_pid;
+    info.created_unix_ns = header.created_unix_ns;
+    info.participant_capacity = header.capacity;
+    info.participants = region.participants();
+    if region.kind() == Kind::Channel {
+        match Chan::with_view(&region, |chan| chan.stats()) {
+            Ok(stats) => info.channel = Some(stats),
+            Err(e) => info.problem = Some(e.to_string()),
+        }
+    }
+    Ok(info)
+}
+
+/// Inspects every shmq segment in /dev/shm, sorted by name.
+pub fn list() -> Result<Vec<SegmentInfo>> {
+    let names = sys::list_shm_names(OS_PREFIX).map_err(|e| Error::from_io("*", "read_dir", e))?;
+    Ok(names
+        .iter()
+        .filter_map(|os| os.strip_prefix(OS_PREFIX))
+        .filter_map(|name| inspect(name).ok())
+        .collect())
+}
