@@ -364,17 +364,21 @@ impl Chan {
 
     /// Messages received and dropped (or reclaimed from dead receivers).
     pub(crate) fn done_total(&self) -> u64 {
-        loop {
+        // A reclaim in progress makes the epoch odd. One that died half-way leaves it odd for
+        // good, so the retries are bounded: then the sum may count a retiring slot twice.
+        let mut done = 0;
+        for _ in 0..10_000 {
             let epoch = self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire);
-            let mut done = self.word(C_RETIRED / 8).load(Ordering::Acquire);
+            done = self.word(C_RETIRED / 8).load(Ordering::Acquire);
             for slot in 0..self.geo.participants as u32 {
                 done = done.wrapping_add(self.dropped(slot).load(Ordering::Acquire));
             }
             if epoch % 2 == 0 && self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire) == epoch {
-                return done;
+                break;
             }
             std::hint::spin_loop();
         }
+        done
     }
 
     /// Pages of the arena free right now.
@@ -437,6 +441,12 @@ impl Chan {
             LockOutcome::OwnerDied => {
                 // The previous holder died inside its critical section: finish what it committed.
                 replay_journal(self, journal / 8, self.journal_span());
+                if offset == C_ALLOC_LOCK {
+                    // It may have died inside retire_participant with the epoch odd.
+                    let epoch = self.word(C_RECLAIM_EPOCH / 8);
+                    let value = epoch.load(Ordering::Acquire);
+                    epoch.store(value + value % 2, Ordering::Release);
+                }
                 // SAFETY: we hold the mutex (OwnerDied means acquired).
                 unsafe { sys::robust_mutex_mark_consistent(ptr) };
             }
@@ -614,7 +624,11 @@ impl Chan {
             let _held = self.lock_producer()?;
             let tail = self.tail().load(Ordering::Relaxed);
             let head = self.head().load(Ordering::Acquire);
-            if tail.wrapping_sub(head) >= self.geo.capacity {
+            let queued = tail.wrapping_sub(head);
+            if queued > self.geo.capacity {
+                return Err(self.ring_corrupted(head, tail));
+            }
+            if queued == self.geo.capacity {
                 return Ok(false);
             }
             // The slot is invisible to consumers until `tail` moves past it.
@@ -649,6 +663,16 @@ impl Chan {
         }
         self.notify(WaitOn::NotEmpty);
         Ok(true)
+    }
+
+    fn ring_corrupted(&self, head: u64, tail: u64) -> Error {
+        Error::corrupted(
+            self.name(),
+            format!(
+                "ring head {head} and tail {tail} are more than {} apart",
+                self.geo.capacity
+            ),
+        )
     }
 
     /// Copies out and checks the descriptor at `position`.
@@ -704,6 +728,10 @@ impl Chan {
                 let tail = self.tail().load(Ordering::Acquire);
                 if head == tail {
                     return Ok(None);
+                }
+                if tail.wrapping_sub(head) > self.geo.capacity {
+                    // Without this check a garbage head would be walked towards tail forever.
+                    return Err(self.ring_corrupted(head, tail));
                 }
                 let desc = self.read_desc(head, inline);
                 let mut txn = Txn::new(self);
