@@ -1,4 +1,104 @@
-//! shmq: large payloads between processes through shared memory.
+//! Large payloads between processes on one Linux host, through POSIX shared memory.
+//!
+//! shmq is for programs that split work across processes and move big buffers between them:
+//! what Python's `multiprocessing` queues, pipes and `shared_memory` do, without pickling,
+//! without copying every byte through the kernel, and without leaking `/dev/shm` when a process
+//! is killed.
+//!
+//! - [`channel`] creates a bounded multi-producer, multi-consumer queue of byte messages
+//!   ([`Sender`], [`Receiver`]). Payloads live in a shared arena: the sender copies them in once
+//!   ([`Sender::send`], [`Sender::send_slice`]) or builds them there ([`Sender::loan`],
+//!   [`Sender::loan_slice`]); the receiver reads them in place through a [`Message`], whose drop
+//!   frees the memory. Every blocking call has `try_` and `_timeout` forms, and
+//!   [`Sender::join`] waits like `JoinableQueue.join()`.
+//! - [`SharedValue`] and [`SharedArray`] hold `Pod` data behind a cross-process lock, like
+//!   `multiprocessing.Value` and `Array`. When a holder dies, the next locker gets
+//!   [`LockError::OwnerDied`] with the guard, instead of a deadlock.
+//! - [`Segment`] is a raw named segment, like `shared_memory.SharedMemory`.
+//! - [`gc`] removes what processes that all died left in `/dev/shm`; [`list`] and [`inspect`]
+//!   show what is there (the `shmq` command prints them).
+//!
+//! # Names, lifetime and crashes
+//!
+//! Processes find each other by name: the segment `jobs` is `/dev/shm/shmq.jobs`. Create it in
+//! one process, hand the name to the others (on their command line or in an environment
+//! variable) and `open` it there. Every handle is registered in its segment, and the last live
+//! handle to be dropped unlinks it: there is no resource tracker. A handle's liveness is a lock
+//! the kernel releases when its process dies, SIGKILL included, so a blocked call notices a
+//! killed peer within about 100 ms (`Disconnected`), messages already sent survive their sender,
+//! and whatever the dead held is reclaimed.
+//!
+//! # A channel
+//!
+//! Workers would normally be other processes (see `examples/producer_consumer.rs`); a thread
+//! stands in for one here.
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmq::{ChannelConfig, Receiver};
+//!
+//! let name = format!("doc-queue-{}", std::process::id()); // unique per run
+//! // At most 16 messages and 16 MiB of payload queued.
+//! let config = ChannelConfig::default().capacity(16).arena_bytes(16 << 20);
+//! let (tx, rx) = shmq::channel(&name, config)?;
+//!
+//! let rx_worker = Receiver::open(&name)?; // in a worker process: `Receiver::open(name)`
+//! let worker = std::thread::spawn(move || -> shmq::Result<f64> {
+//!     let mut total = 0.0;
+//!     for msg in rx_worker.iter() {
+//!         // Ends once every sender is dropped.
+//!         total += msg.as_slice::<f64>()?.iter().sum::<f64>(); // read in place
+//!     } // dropping `msg` frees its memory, and is `task_done()`
+//!     Ok(total)
+//! });
+//! drop(rx); // the worker holds its own receiver
+//!
+//! tx.send_slice(&[1.0f64, 2.0, 3.0])?; // one copy, into shared memory
+//! let mut loan = tx.loan_slice::<f64>(1 << 20)?; // 8 MiB built in place: no copy at all
+//! loan.fill(0.5);
+//! loan.send()?;
+//! tx.join()?; // like `JoinableQueue.join()`: every message received and dropped
+//! drop(tx); // no sentinel needed: the worker's loop ends
+//! assert_eq!(worker.join().expect("worker panicked")?, 6.0 + 0.5 * (1 << 20) as f64);
+//! # Ok(()) }
+//! ```
+//!
+//! # Shared values
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use shmq::{SharedArray, SharedValue};
+//!
+//! let name = format!("doc-hits-{}", std::process::id());
+//! let hits = SharedValue::<u64>::create(&name, 0)?; // `Value('Q', 0)`
+//! let per_worker = SharedArray::<u64>::create(&format!("{name}-per-worker"), 4, 0)?;
+//! let workers: Vec<_> = (0..4)
+//!     .map(|i| {
+//!         let (hits, per_worker) = (hits.clone(), per_worker.clone()); // or `open(name)` elsewhere
+//!         std::thread::spawn(move || -> shmq::Result<()> {
+//!             for _ in 0..1000 {
+//!                 *hits.lock()? += 1; // `with v.get_lock(): v.value += 1`
+//!             }
+//!             per_worker.lock()?[i] = 1000;
+//!             Ok(())
+//!         })
+//!     })
+//!     .collect();
+//! for worker in workers {
+//!     worker.join().expect("worker panicked")?;
+//! }
+//! assert_eq!(hits.load()?, 4000);
+//! assert_eq!(per_worker.to_vec()?, [1000; 4]);
+//! # Ok(()) }
+//! ```
+//!
+//! # More
+//!
+//! `docs/guide.md` maps each `multiprocessing` call to its shmq counterpart, tells how to size a
+//! channel and what happens when a process is killed; `docs/design.md` describes the layout and
+//! the crash-safety protocol; `docs/reliability.md` the crash trials. The examples
+//! (`producer_consumer`, `worker_pool`, `big_array`, `shared_counter`, `transfer`) run real
+//! processes. Linux only.
 #![warn(missing_docs)]
 
 mod channel;

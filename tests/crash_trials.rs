@@ -468,7 +468,7 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
     }
     // Audit: each acknowledged message exactly once, intact.
     let mut seen = HashSet::new();
-    let killed_consumer = (2..4).contains(&victim).then_some(victim - 2);
+    let killed_consumer = (2..4).contains(&victim).then(|| victim - 2);
     let mut survivors_and_drain = drained;
     for c in 0..2 {
         totals.corrupted += book.corrupted(c).load(Ordering::Relaxed);

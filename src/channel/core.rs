@@ -555,7 +555,10 @@ impl Chan {
 
     /// The name of overflow payload `id` of this channel.
     pub(crate) fn overflow_name(&self, id: u64) -> String {
-        format!("{}~{id:x}", self.name())
+        // The creation time tells apart channels that reuse a name, so a leftover of an earlier
+        // incarnation never collides with a new payload.
+        let incarnation = self.region().header().created_unix_ns;
+        format!("{}~{incarnation:x}.{id:x}", self.name())
     }
 
     /// Reserves an overflow table entry for `len` bytes owned by `slot`. `Ok(None)`: table full.
@@ -871,7 +874,7 @@ impl Chan {
         }
         let start = Instant::now();
         let mut spins = 0u32;
-        while start.elapsed() < spin {
+        while start.elapsed() < spin && deadline.is_none_or(|d| Instant::now() < d) {
             for _ in 0..32 {
                 std::hint::spin_loop();
             }

@@ -86,6 +86,10 @@ impl ChannelConfig {
 
     /// Bytes of payload the arena holds (rounded up to 4 KiB pages). Payloads larger than the
     /// arena travel in overflow segments of their own; `send` blocks while the arena has no room.
+    ///
+    /// The arena is reserved and faulted in when the channel is created, and mapped in full
+    /// (prefaulted) by every `open`: this costs up to about a second per GiB, once. Create
+    /// channels once and reuse them.
     pub fn arena_bytes(mut self, bytes: usize) -> Self {
         self.arena_bytes = bytes;
         self
@@ -113,6 +117,9 @@ impl ChannelConfig {
 ///
 /// Other processes attach with [`Sender::open`] and [`Receiver::open`]. The channel's segment is
 /// unlinked when its last handle anywhere is dropped.
+///
+/// A channel counts as disconnected while it has no receiver (or no sender): keep the returned
+/// `Receiver` until the processes that will receive have opened theirs.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -239,6 +246,16 @@ impl Endpoint {
         if epoch == self.peer_epoch.load(Ordering::Acquire) && fresh_enough {
             return self.peer_alive.load(Ordering::Acquire);
         }
+        if max_age.is_some() {
+            // Whoever finds the cache stale frees what dead peers held, rather than leaving it
+            // to a call that happens to sleep (rate-limited by max_age; no lock is held here).
+            if let Ok(n) = self.chan.region().reclaim_dead() {
+                if n > 0 {
+                    self.chan.bump_membership();
+                }
+            }
+        }
+        let epoch = self.chan.membership_epoch();
         let alive = self.chan.any_alive(self.peer_role);
         self.peer_alive.store(alive, Ordering::Release);
         self.peer_checked_ns.store(clock_ns(), Ordering::Relaxed);
@@ -280,7 +297,8 @@ impl Endpoint {
         if !self.peers_alive(None) {
             return Err(WaitError::Disconnected);
         }
-        if len <= self.chan.geometry().arena_bytes {
+        let arena = self.chan.geometry().arena_bytes;
+        if len <= arena && arena > 0 {
             let chunk = self.wait_for(WaitOn::Space, deadline, || {
                 match self.chan.try_alloc(len, self.slot)? {
                     Some(chunk) => Ok(Step::Ready(chunk)),
@@ -623,6 +641,8 @@ impl Sender {
     ///
     /// Counts messages, not identities: a later message dropped early can stand in for an
     /// earlier one still held. Messages taken by a receiver that died count as done.
+    /// A `Receiver` held by this process keeps the channel connected: if it never receives,
+    /// `join` waits for workers that may be gone (use [`join_timeout`](Self::join_timeout)).
     pub fn join(&self) -> Result<(), SendError> {
         self.join_until(None).map_err(Into::into)
     }
@@ -673,12 +693,15 @@ impl Receiver {
         self.ep.receive(deadline_after(timeout)).map_err(Into::into)
     }
 
-    /// Blocking iterator over messages; ends when the channel is disconnected and drained.
+    /// Blocking iterator over messages. Ends when every sender is gone and the channel is
+    /// drained, or at the first error (`RecvError::Failed`); loop on [`recv`](Self::recv) to
+    /// tell the two apart.
     pub fn iter(&self) -> Iter<'_> {
         Iter { rx: self }
     }
 
-    /// Iterator over the messages waiting now.
+    /// Iterator over the messages waiting now. Ends at the first `Empty`, `Disconnected` or
+    /// error.
     pub fn try_iter(&self) -> TryIter<'_> {
         TryIter { rx: self }
     }
