@@ -17,33 +17,21 @@
 //! `producer_consumer consumer <index>`. If anything fails, it kills and reaps them, and every
 //! shared-memory segment is unlinked by the last handle to go: nothing stays in /dev/shm.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::io::Write;
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
+use common::{BoxResult, Children, DEADLINE};
 
 /// Where a consumer finds the channel's name.
 const CHANNEL_ENV: &str = "SHMQ_CHANNEL";
-/// Upper bound on the whole run, so that a bug shows up as a failure rather than a hang.
-const DEADLINE: Duration = Duration::from_secs(60);
 /// Work a consumer does per item, standing for real processing.
 const WORK: Duration = Duration::from_micros(200);
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("consumer") => consumer(&args[1..]),
-        _ => producer(&args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("producer_consumer: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run("producer_consumer", "consumer", consumer, producer)
 }
 
 /// Item `id`: `100 * (1 + id % 8)` words (800 B to 6.4 KiB), word `j` holding `id + j`.
@@ -118,12 +106,7 @@ fn producer(args: &[String]) -> BoxResult<()> {
             .env(CHANNEL_ENV, &name);
         children.spawn(command)?;
     }
-    for _ in 0..consumers {
-        let (index, line) = children.next_line(deadline)?;
-        if line != "ready" {
-            return Err(format!("consumer {index} said {line:?} instead of ready").into());
-        }
-    }
+    children.wait_ready(deadline, |index| format!("consumer {index}"))?;
     // Keep our own receiver until the consumers hold theirs: a channel with no receiver at
     // all is disconnected, and `send` would fail.
     drop(rx);
@@ -188,110 +171,10 @@ fn producer(args: &[String]) -> BoxResult<()> {
         );
     }
     // The last consumer to exit dropped the last handle, which unlinked the segment.
-    if std::path::Path::new(&format!("/dev/shm/shmq.{name}")).exists() {
-        return Err(format!("/dev/shm/shmq.{name} is still there").into());
-    }
+    common::ensure_unlinked(&[&name])?;
     println!(
         "ok: every item processed exactly once, in {:.2?}; /dev/shm/shmq.{name} is gone",
         started.elapsed()
     );
     Ok(())
-}
-
-/// Child processes whose stdout lines we read; any still running are killed and reaped on
-/// drop, so that a failed run leaves no process (and so no segment) behind.
-struct Children {
-    procs: Vec<Child>,
-    /// Children whose stdout is still open.
-    open: usize,
-    lines_tx: mpsc::Sender<(usize, Option<String>)>,
-    lines: mpsc::Receiver<(usize, Option<String>)>,
-}
-
-impl Children {
-    fn new() -> Self {
-        let (lines_tx, lines) = mpsc::channel();
-        Children {
-            procs: Vec::new(),
-            open: 0,
-            lines_tx,
-            lines,
-        }
-    }
-
-    /// Starts `command` with no stdin and its stdout read line by line.
-    fn spawn(&mut self, mut command: Command) -> BoxResult<()> {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take();
-        let index = self.procs.len();
-        self.procs.push(child);
-        let stdout = stdout.ok_or("child stdout is not piped")?;
-        self.open += 1;
-        let lines_tx = self.lines_tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send((index, Some(line))).is_err() {
-                    return;
-                }
-            }
-            let _ = lines_tx.send((index, None));
-        });
-        Ok(())
-    }
-
-    /// The next line a child printed, waiting until `deadline`. A child that closes its stdout
-    /// having said everything and exited with success is fine; one that failed is an error.
-    fn next_line(&mut self, deadline: Instant) -> BoxResult<(usize, String)> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((index, Some(line))) => return Ok((index, line)),
-                Ok((index, None)) => {
-                    self.open -= 1;
-                    let status = self.procs[index].wait()?;
-                    if !status.success() {
-                        return Err(format!("child {index} failed ({status})").into());
-                    }
-                    if self.open == 0 {
-                        return Err("every child exited before saying what was expected".into());
-                    }
-                }
-                Err(_) => return Err("timed out waiting for the children".into()),
-            }
-        }
-    }
-
-    /// Waits until `deadline` for every child to exit, and checks that each succeeded.
-    fn wait_all(&mut self, deadline: Instant) -> BoxResult<()> {
-        for (index, child) in self.procs.iter_mut().enumerate() {
-            let status = loop {
-                if let Some(status) = child.try_wait()? {
-                    break status;
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!("child {index} did not exit in time").into());
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            };
-            if !status.success() {
-                return Err(format!("child {index} failed ({status})").into());
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.procs {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
 }

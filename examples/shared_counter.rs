@@ -12,12 +12,15 @@
 //! this program as `shared_counter worker <index> <counter-name> <results-name> [hold-at <n>]`,
 //! prints the totals and exits with status 0 if they are consistent.
 
+mod common;
+
 use std::error::Error;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use common::{wait_until, DEADLINE};
 use shmq::{LockError, SharedArray, SharedArrayGuard, SharedValue, SharedValueGuard};
 
 /// Worker processes.
@@ -30,8 +33,6 @@ const VICTIM: usize = 2;
 const VICTIM_HOLDS_AT: u64 = 500;
 /// Work a worker does between updates, without holding a lock.
 const WORK: Duration = Duration::from_micros(100);
-/// Upper bound on the whole run, so that a bug shows as a failure rather than a hang.
-const DEADLINE: Duration = Duration::from_secs(60);
 /// What a worker's stdout reader reports when the worker's stdout closes.
 const EOF: &str = "<eof>";
 
@@ -133,22 +134,6 @@ impl Drop for Workers {
                 let _ = child.wait();
             }
         }
-    }
-}
-
-/// Waits for `child` until `deadline`; `None` if it is still running then.
-fn wait_until(
-    child: &mut Child,
-    deadline: Instant,
-) -> std::io::Result<Option<std::process::ExitStatus>> {
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

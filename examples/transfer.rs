@@ -40,7 +40,7 @@ fn parse_options(args: &[String]) -> BoxResult<Options> {
             other => return Err(format!("unknown option {other}").into()),
         }
     }
-    if options.message_bytes == 0 || options.total_bytes % options.message_bytes != 0 {
+    if options.message_bytes == 0 || !options.total_bytes.is_multiple_of(options.message_bytes) {
         return Err("--total-mib must be a multiple of --message-mib".into());
     }
     Ok(options)

@@ -19,18 +19,16 @@
 //! The progress bar is drawn on stderr when it is a terminal; otherwise (in CI, or piped) the
 //! example prints a plain progress line every 25 %.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::io::Write;
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use bytemuck::{Pod, Zeroable};
+use common::{BoxResult, Children, DEADLINE};
 use indicatif::{ProgressBar, ProgressStyle};
 
-type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-/// Upper bound on the whole run, so that a bug shows up as a failure rather than a hang.
-const DEADLINE: Duration = Duration::from_secs(60);
 /// Time a job takes besides its computation, standing for real work.
 const WORK: Duration = Duration::from_millis(3);
 
@@ -62,18 +60,7 @@ const STATUS_FAILED: u32 = 1;
 const ERR_REJECTED: u64 = 3;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("worker") => worker(&args[1..]),
-        _ => pool(&args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("worker_pool: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run("worker_pool", "worker", worker, pool)
 }
 
 fn job(id: u64) -> Job {
@@ -165,12 +152,7 @@ fn pool(args: &[String]) -> BoxResult<()> {
             .arg(&results_name);
         children.spawn(command)?;
     }
-    for _ in 0..workers {
-        let (index, line) = children.next_line(deadline)?;
-        if line != "ready" {
-            return Err(format!("worker {index} said {line:?} instead of ready").into());
-        }
-    }
+    children.wait_ready(deadline, |index| format!("worker {index}"))?;
     // The workers hold their own handles now. Our receiver of jobs and sender of results must
     // go: the workers' job loop ends only when no sender of jobs is left, ours only when no
     // sender of results is left.
@@ -278,109 +260,7 @@ fn pool(args: &[String]) -> BoxResult<()> {
         return Err(format!("expected {jobs} results of which {} failed", (jobs + 3) / 7).into());
     }
     drop(results_rx); // our last handle: it unlinks the results segment
-    for name in [&jobs_name, &results_name] {
-        if std::path::Path::new(&format!("/dev/shm/shmq.{name}")).exists() {
-            return Err(format!("/dev/shm/shmq.{name} is still there").into());
-        }
-    }
+    common::ensure_unlinked(&[&jobs_name, &results_name])?;
     println!("ok: every job ran once and every answer checks; both segments are gone");
     Ok(())
-}
-
-/// Child processes whose stdout lines we read; any still running are killed and reaped on
-/// drop, so that a failed run leaves no process (and so no segment) behind.
-struct Children {
-    procs: Vec<Child>,
-    /// Children whose stdout is still open.
-    open: usize,
-    lines_tx: mpsc::Sender<(usize, Option<String>)>,
-    lines: mpsc::Receiver<(usize, Option<String>)>,
-}
-
-impl Children {
-    fn new() -> Self {
-        let (lines_tx, lines) = mpsc::channel();
-        Children {
-            procs: Vec::new(),
-            open: 0,
-            lines_tx,
-            lines,
-        }
-    }
-
-    /// Starts `command` with no stdin and its stdout read line by line.
-    fn spawn(&mut self, mut command: Command) -> BoxResult<()> {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take();
-        let index = self.procs.len();
-        self.procs.push(child);
-        let stdout = stdout.ok_or("child stdout is not piped")?;
-        self.open += 1;
-        let lines_tx = self.lines_tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send((index, Some(line))).is_err() {
-                    return;
-                }
-            }
-            let _ = lines_tx.send((index, None));
-        });
-        Ok(())
-    }
-
-    /// The next line a child printed, waiting until `deadline`. A child that closes its stdout
-    /// having said everything and exited with success is fine; one that failed is an error.
-    fn next_line(&mut self, deadline: Instant) -> BoxResult<(usize, String)> {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((index, Some(line))) => return Ok((index, line)),
-                Ok((index, None)) => {
-                    self.open -= 1;
-                    let status = self.procs[index].wait()?;
-                    if !status.success() {
-                        return Err(format!("child {index} failed ({status})").into());
-                    }
-                    if self.open == 0 {
-                        return Err("every child exited before saying what was expected".into());
-                    }
-                }
-                Err(_) => return Err("timed out waiting for the children".into()),
-            }
-        }
-    }
-
-    /// Waits until `deadline` for every child to exit, and checks that each succeeded.
-    fn wait_all(&mut self, deadline: Instant) -> BoxResult<()> {
-        for (index, child) in self.procs.iter_mut().enumerate() {
-            let status = loop {
-                if let Some(status) = child.try_wait()? {
-                    break status;
-                }
-                if Instant::now() >= deadline {
-                    return Err(format!("child {index} did not exit in time").into());
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            };
-            if !status.success() {
-                return Err(format!("child {index} failed ({status})").into());
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.procs {
-            if let Ok(None) = child.try_wait() {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
 }

@@ -655,7 +655,7 @@ impl Region {
     /// Callers pass offsets of the fixed layout, which the header check keeps in bounds.
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
         assert!(
-            offset % 4 == 0 && offset + 4 <= self.map.len(),
+            offset.is_multiple_of(4) && offset + 4 <= self.map.len(),
             "layout offset out of bounds"
         );
         // SAFETY: in bounds and aligned (checked above; the mapping is page aligned); the mapping
@@ -665,7 +665,7 @@ impl Region {
 
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
         assert!(
-            offset % 8 == 0 && offset + 8 <= self.map.len(),
+            offset.is_multiple_of(8) && offset + 8 <= self.map.len(),
             "layout offset out of bounds"
         );
         // SAFETY: as for u32_at.

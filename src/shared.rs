@@ -88,7 +88,7 @@ const MAX_ALIGN: usize = PAGE;
 
 const _: () = assert!(sys::ROBUST_MUTEX_SIZE <= MUTEX_SPACE);
 const _: () = assert!(L_TYPE_NAME + TYPE_NAME_BYTES <= MUTEX_OFFSET);
-const _: () = assert!(MUTEX_OFFSET % 64 == 0 && VALUES_MIN_OFFSET % 64 == 0);
+const _: () = assert!(MUTEX_OFFSET.is_multiple_of(64) && VALUES_MIN_OFFSET.is_multiple_of(64));
 
 /// Offset of the elements for an element alignment `align` (a power of two, at most
 /// [`MAX_ALIGN`]): 64-byte aligned, and aligned for the element type.
@@ -160,7 +160,7 @@ struct Words<'a> {
 impl<'a> Words<'a> {
     fn new(region: &'a Region) -> Result<Words<'a>> {
         let base = region.data_ptr();
-        if region.data_len() < VALUES_MIN_OFFSET || base as usize % PAGE != 0 {
+        if region.data_len() < VALUES_MIN_OFFSET || !(base as usize).is_multiple_of(PAGE) {
             return Err(Error::corrupted(
                 region.name(),
                 format!(
@@ -178,7 +178,7 @@ impl<'a> Words<'a> {
 
     fn u64(&self, offset: usize) -> &'a AtomicU64 {
         assert!(
-            offset % 8 == 0 && offset + 8 <= MUTEX_OFFSET,
+            offset.is_multiple_of(8) && offset + 8 <= MUTEX_OFFSET,
             "layout word out of range"
         );
         // SAFETY: `new` checked that the data area is page aligned and at least
@@ -190,7 +190,7 @@ impl<'a> Words<'a> {
 
     fn u32(&self, offset: usize) -> &'a AtomicU32 {
         assert!(
-            offset % 4 == 0 && offset + 4 <= MUTEX_OFFSET,
+            offset.is_multiple_of(4) && offset + 4 <= MUTEX_OFFSET,
             "layout word out of range"
         );
         // SAFETY: as for `u64`, with 4-byte alignment.
@@ -284,7 +284,7 @@ impl State {
                 ),
             ));
         };
-        if (region.data_ptr() as usize + values_offset) % align != 0 {
+        if !(region.data_ptr() as usize + values_offset).is_multiple_of(align) {
             return Err(Error::corrupted(name, "the elements are misaligned"));
         }
         Ok(State {

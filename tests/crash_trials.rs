@@ -18,7 +18,7 @@ use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{kill9, spawn_child, unique_name, wait_exit, wait_for_line};
+use common::{kill9, spawn_child, unique_name, wait_exit, wait_for_line, Rng};
 use shmq::{ChannelConfig, LockError, Receiver, Segment, Sender, SharedValue};
 
 const ARENA: usize = 1 << 20;
@@ -54,22 +54,6 @@ const HOLDING: u64 = 6;
 const LOCK_HELD: u64 = 7;
 const RECLAIMING: u64 = 8;
 const FINISHED: u64 = 9;
-
-/// A small deterministic generator (SplitMix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {

@@ -17,7 +17,7 @@ mod common;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
-use common::{spawn_child, unique_name, wait_for_line};
+use common::{spawn_child, unique_name, wait_for_line, Rng};
 use shmq::{ChannelConfig, Receiver, Sender, SharedValue};
 
 const ARENA: usize = 256 << 10;
@@ -26,21 +26,6 @@ const DATA_OFFSET: u64 = 8192;
 /// Byte ranges (relative to the data area) holding robust mutexes, left alone.
 const CHANNEL_MUTEXES: [(u64, u64); 3] = [(128, 192), (896, 960), (1664, 1728)];
 const VALUE_MUTEX: (u64, u64) = (128, 192);
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// The child: uses the channel and the value with timeouts only, counting errors, until told
 /// to stop (its stdin closes) or `rounds` operations are done.

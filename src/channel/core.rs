@@ -373,7 +373,9 @@ impl Chan {
             for slot in 0..self.geo.participants as u32 {
                 done = done.wrapping_add(self.dropped(slot).load(Ordering::Acquire));
             }
-            if epoch % 2 == 0 && self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire) == epoch {
+            if epoch.is_multiple_of(2)
+                && self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire) == epoch
+            {
                 break;
             }
             std::hint::spin_loop();
@@ -882,7 +884,7 @@ impl Chan {
             if let Some(done) = run(&mut attempt) {
                 return done;
             }
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             }
         }

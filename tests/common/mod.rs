@@ -127,3 +127,22 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
 pub fn shm_exists(name: &str) -> bool {
     std::path::Path::new(&format!("/dev/shm/shmq.{name}")).exists()
 }
+
+/// A small deterministic generator (SplitMix64), so a failing trial can be replayed by seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
