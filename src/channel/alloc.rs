@@ -63,48 +63,64 @@ pub(crate) enum AllocError {
 }
 
 /// A set of pending writes, read through before they are committed.
+/// On the stack: a transaction runs for every message, so it must not allocate.
 pub(crate) struct Txn<'a, W: Words> {
     words: &'a W,
-    writes: Vec<(u64, u64)>,
+    writes: [(u64, u64); JOURNAL_CAPACITY],
+    len: usize,
+    overflowed: bool,
 }
 
 impl<'a, W: Words> Txn<'a, W> {
     pub(crate) fn new(words: &'a W) -> Self {
         Txn {
             words,
-            writes: Vec::with_capacity(JOURNAL_CAPACITY),
+            writes: [(0, 0); JOURNAL_CAPACITY],
+            len: 0,
+            overflowed: false,
         }
     }
 
+    fn pending(&self) -> &[(u64, u64)] {
+        &self.writes[..self.len]
+    }
+
     pub(crate) fn get(&self, index: u64) -> Option<u64> {
-        match self.writes.iter().rev().find(|(i, _)| *i == index) {
+        match self.pending().iter().find(|(i, _)| *i == index) {
             Some(&(_, v)) => Some(v),
             None => self.words.load(index),
         }
     }
 
     pub(crate) fn set(&mut self, index: u64, value: u64) {
-        if let Some(entry) = self.writes.iter_mut().find(|(i, _)| *i == index) {
+        if let Some(entry) = self.writes[..self.len]
+            .iter_mut()
+            .find(|(i, _)| *i == index)
+        {
             entry.1 = value;
+        } else if self.len < JOURNAL_CAPACITY {
+            self.writes[self.len] = (index, value);
+            self.len += 1;
         } else {
-            self.writes.push((index, value));
+            self.overflowed = true;
         }
     }
 
-    /// Journals and applies the writes. Returns false (writing nothing) if they do not fit the
-    /// journal, which the operations below never exceed.
+    /// Journals and applies the writes, in the order they were first set. Returns false
+    /// (writing nothing) if they do not fit the journal, which the operations below never
+    /// exceed.
     pub(crate) fn commit(self, journal: u64) -> bool {
-        let n = self.writes.len() as u64;
-        if n as usize > JOURNAL_CAPACITY {
+        let n = self.len as u64;
+        if self.overflowed {
             return false;
         }
-        for (k, &(index, value)) in self.writes.iter().enumerate() {
+        for (k, &(index, value)) in self.pending().iter().enumerate() {
             self.words.store(journal + 1 + 2 * k as u64, index);
             self.words.store(journal + 2 + 2 * k as u64, value);
         }
         // The commit point: from here a crash is repaired by replaying.
         self.words.store(journal, n);
-        for &(index, value) in &self.writes {
+        for &(index, value) in self.pending() {
             self.words.store(index, value);
         }
         self.words.store(journal, 0);
@@ -114,16 +130,34 @@ impl<'a, W: Words> Txn<'a, W> {
 
 /// Replays a committed journal left by a process that died while holding the lock.
 /// Returns whether there was one. Indices outside `allowed` are skipped.
+///
+/// With `marker`, the operation wrote that word last: if it already holds the journaled value
+/// (or more: markers only grow), every write landed and the journal is only cleared.
 pub(crate) fn replay_journal<W: Words>(
     words: &W,
     journal: u64,
     allowed: std::ops::Range<u64>,
+    marker: Option<u64>,
 ) -> bool {
     let n = words.load(journal).unwrap_or(0);
     if n == 0 {
         return false;
     }
-    if n as usize <= JOURNAL_CAPACITY {
+    let entry = |k: u64| {
+        (
+            words.load(journal + 1 + 2 * k),
+            words.load(journal + 2 + 2 * k),
+        )
+    };
+    let completed = marker.is_some_and(|m| {
+        (0..n.min(JOURNAL_CAPACITY as u64)).any(|k| match entry(k) {
+            (Some(index), Some(value)) => {
+                index == m && words.load(m).is_some_and(|now| now >= value)
+            }
+            _ => false,
+        })
+    });
+    if n as usize <= JOURNAL_CAPACITY && !completed {
         for k in 0..n {
             let index = words.load(journal + 1 + 2 * k);
             let value = words.load(journal + 2 + 2 * k);
@@ -542,14 +576,14 @@ mod tests {
             // Build the free's writes and apply only the first `cut` of them after committing.
             let mut txn = Txn::new(&words);
             layout.free(&mut txn, victim).unwrap();
-            let writes = txn.writes.clone();
+            let writes = txn.pending().to_vec();
             for (k, &(i, v)) in writes.iter().enumerate() {
                 words.store(layout.journal + 1 + 2 * k as u64, i);
                 words.store(layout.journal + 2 + 2 * k as u64, v);
             }
             words.store(layout.journal, writes.len() as u64);
             for &(i, v) in writes.iter().take(cut) { words.store(i, v); }
-            prop_assert!(replay_journal(&words, layout.journal, layout.span()));
+            prop_assert!(replay_journal(&words, layout.journal, layout.span(), None));
             // Same as a clean run of the operation.
             let crashed = words.0.borrow().clone();
             *words.0.borrow_mut() = before;
@@ -574,7 +608,7 @@ mod tests {
             let mut txn = Txn::new(&words);
             let _ = layout.free(&mut txn, chunk);
             let _ = layout.chunks(&words);
-            let _ = replay_journal(&words, layout.journal, layout.span());
+            let _ = replay_journal(&words, layout.journal, layout.span(), None);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! 896    consumer lock and its journal;                  1536 head (own cache lines)
 //! 1664   allocator lock; 1728 counters; 1792 futex words and sleeper counts
 //! 1920   overflow table: 64 x (id, owner, length)
-//! 3456   per participant: taken, dropped, sleeping
+//! 3456   per participant: taken, dropped, (reserved)
 //! ...    allocator words (tags, links, owners, journal), ring slots, arena (page aligned)
 //! ```
 //!
@@ -31,6 +31,8 @@ use crate::error::{Error, Result};
 use crate::segment::{Region, Role};
 use crate::sys::{self, LockOutcome};
 
+/// Times a channel lock is tried before its taker sleeps on it.
+const LOCK_SPIN_TRIES: u32 = 64;
 /// Marks a channel's data area.
 const CHANNEL_MAGIC: u64 = u64::from_le_bytes(*b"SHMQchan");
 /// Bytes of one ring slot: a 32-byte descriptor and up to 96 bytes of inline payload.
@@ -162,6 +164,11 @@ pub(crate) struct Chan {
     region: *const Region,
     geo: Geometry,
     base: *mut u8,
+    /// This process's last reading of `head` (producers) and `tail` (consumers): each side
+    /// rereads the other's index, a cache line the other core writes, only when its copy says
+    /// the ring is full (or empty).
+    head_seen: AtomicU64,
+    tail_seen: AtomicU64,
 }
 
 // SAFETY: `region` and `base` point into a mapping that `keep` (or the borrow a view is built
@@ -210,6 +217,8 @@ impl Chan {
             region: region as *const Region,
             geo: *geo,
             base: region.data_ptr(),
+            head_seen: AtomicU64::new(0),
+            tail_seen: AtomicU64::new(0),
         };
         chan.init_words()
     }
@@ -276,6 +285,8 @@ impl Chan {
             region: region as *const Region,
             geo,
             base: region.data_ptr(),
+            head_seen: AtomicU64::new(0),
+            tail_seen: AtomicU64::new(0),
         })
     }
 
@@ -315,7 +326,10 @@ impl Chan {
         unsafe { &*self.base.add(offset).cast::<AtomicU32>() }
     }
 
-    fn sleepers(&self, on: WaitOn) -> &AtomicU32 {
+    /// Non-zero while some thread may sleep on `on`'s word: set by each sleeper before it
+    /// re-checks its condition, swapped to zero by the one waker that then issues FUTEX_WAKE.
+    /// One wake-up system call per sleep, and a sleeper that died costs one spurious wake.
+    fn armed(&self, on: WaitOn) -> &AtomicU32 {
         let offset = C_WAIT_WORDS as usize + 16 + 4 * on as usize;
         // SAFETY: as for wait_word.
         unsafe { &*self.base.add(offset).cast::<AtomicU32>() }
@@ -327,10 +341,6 @@ impl Chan {
 
     fn dropped(&self, slot: u32) -> &AtomicU64 {
         self.participant_word(slot, 1)
-    }
-
-    fn sleeping(&self, slot: u32) -> &AtomicU64 {
-        self.participant_word(slot, 2)
     }
 
     fn tail(&self) -> &AtomicU64 {
@@ -435,14 +445,35 @@ impl Chan {
         // SAFETY: the offset is one of the three mutexes of the fixed layout, initialised before
         // the segment was marked ready; the mapping outlives the guard (it borrows self).
         let ptr = unsafe { self.base.add(offset as usize) };
-        // SAFETY: as above.
-        let outcome = unsafe { sys::robust_mutex_lock(ptr, None) }
-            .map_err(|e| Error::from_io(self.name(), "pthread_mutex_lock", e))?;
+        let failed = |e| Error::from_io(self.name(), "pthread_mutex_lock", e);
+        // Holders keep these locks for well under a microsecond, and glibc's robust mutexes
+        // never spin: try for a moment before sleeping in the kernel.
+        let mut outcome = LockOutcome::Busy;
+        for _ in 0..LOCK_SPIN_TRIES {
+            // SAFETY: as above.
+            outcome = unsafe { sys::robust_mutex_try_lock(ptr) }.map_err(failed)?;
+            if outcome != LockOutcome::Busy {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if outcome == LockOutcome::Busy {
+            // SAFETY: as above.
+            outcome = unsafe { sys::robust_mutex_lock(ptr, None) }.map_err(failed)?;
+        }
         match outcome {
             LockOutcome::Acquired => {}
             LockOutcome::OwnerDied => {
                 // The previous holder died inside its critical section: finish what it committed.
-                replay_journal(self, journal / 8, self.journal_span());
+                // The ring journals end with the write of `tail` or `head`; once that write has
+                // landed the whole operation has, and other locks' holders may since have moved
+                // the same chunk on (a consumer taking it): replaying would undo their work.
+                let marker = match offset {
+                    C_PRODUCER_LOCK => Some(C_TAIL / 8),
+                    C_CONSUMER_LOCK => Some(C_HEAD / 8),
+                    _ => None,
+                };
+                replay_journal(self, journal / 8, self.journal_span(), marker);
                 if offset == C_ALLOC_LOCK {
                     // It may have died inside retire_participant with the epoch odd.
                     let epoch = self.word(C_RECLAIM_EPOCH / 8);
@@ -494,12 +525,24 @@ impl Chan {
         }
     }
 
-    /// Wakes threads waiting on `on`, making a syscall only if one sleeps.
+    /// Wakes threads waiting on `on`, making a syscall only if one armed the word since the
+    /// last wake-up.
     pub(crate) fn notify(&self, on: WaitOn) {
         fence(Ordering::SeqCst);
-        if self.sleepers(on).load(Ordering::Relaxed) > 0 {
+        let armed = self.armed(on);
+        if armed.load(Ordering::Relaxed) != 0 && armed.swap(0, Ordering::SeqCst) != 0 {
             self.wait_word(on).fetch_add(1, Ordering::SeqCst);
             sys::futex_wake_all(self.wait_word(on));
+        }
+    }
+
+    /// A word that changes when what `on` waits for may have happened: spinning threads watch
+    /// it and run their full (locked) attempt only when it moved.
+    fn progress(&self, on: WaitOn) -> &AtomicU64 {
+        match on {
+            WaitOn::NotEmpty => self.tail(),
+            WaitOn::NotFull | WaitOn::Done => self.head(),
+            WaitOn::Space => self.word(self.geo.alloc.free_pages),
         }
     }
 
@@ -628,7 +671,11 @@ impl Chan {
         {
             let _held = self.lock_producer()?;
             let tail = self.tail().load(Ordering::Relaxed);
-            let head = self.head().load(Ordering::Acquire);
+            let mut head = self.head_seen.load(Ordering::Acquire);
+            if tail.wrapping_sub(head) >= self.geo.capacity {
+                head = self.head().load(Ordering::Acquire);
+                self.head_seen.store(head, Ordering::Release);
+            }
             let queued = tail.wrapping_sub(head);
             if queued > self.geo.capacity {
                 return Err(self.ring_corrupted(head, tail));
@@ -658,12 +705,14 @@ impl Chan {
             self.slot_word(tail, 2).store(loc, Ordering::Relaxed);
             self.slot_word(tail, 3).store(id, Ordering::Relaxed);
             let mut txn = Txn::new(self);
-            txn.set(C_TAIL / 8, tail + 1);
             match place {
                 Place::Inline => {}
                 Place::Arena(chunk) => txn.set(self.geo.alloc.owner_index(chunk), 0),
                 Place::Overflow { entry, .. } => txn.set(self.overflow_word(entry, 1), 0),
             }
+            // Last: consumers read `tail` without this lock, so the chunk must belong to the
+            // ring before the slot becomes visible (they skip a chunk that is not queued).
+            txn.set(C_TAIL / 8, tail + 1);
             self.commit(txn, C_PRODUCER_JOURNAL)?;
         }
         self.notify(WaitOn::NotEmpty);
@@ -730,7 +779,12 @@ impl Chan {
             let _held = self.lock_consumer()?;
             loop {
                 let head = self.head().load(Ordering::Relaxed);
-                let tail = self.tail().load(Ordering::Acquire);
+                let mut tail = self.tail_seen.load(Ordering::Acquire);
+                if tail.wrapping_sub(head).wrapping_sub(1) >= self.geo.capacity {
+                    // Looks empty (or the copy is stale beyond belief): read the real tail.
+                    tail = self.tail().load(Ordering::Acquire);
+                    self.tail_seen.store(tail, Ordering::Release);
+                }
                 if head == tail {
                     return Ok(None);
                 }
@@ -740,9 +794,9 @@ impl Chan {
                 }
                 let desc = self.read_desc(head, inline);
                 let mut txn = Txn::new(self);
-                txn.set(C_HEAD / 8, head + 1);
                 let Some(desc) = desc else {
                     // Garbage in the slot: skip it rather than wedge every consumer behind it.
+                    txn.set(C_HEAD / 8, head + 1);
                     self.commit(txn, C_CONSUMER_JOURNAL)?;
                     self.word(C_CORRUPT_SKIPPED / 8)
                         .fetch_add(1, Ordering::Relaxed);
@@ -759,6 +813,8 @@ impl Chan {
                         txn.set(self.overflow_word(entry, 1), slot as u64 + 1)
                     }
                 }
+                // Last, as in try_publish: `head` is the commit marker replay looks at.
+                txn.set(C_HEAD / 8, head + 1);
                 self.commit(txn, C_CONSUMER_JOURNAL)?;
                 break desc;
             }
@@ -817,20 +873,7 @@ impl Chan {
                 let _ = self.release_overflow(entry, id, slot);
             }
         }
-        self.retire_participant(slot)?;
-        // Sleepers it left behind would make every waker issue a useless FUTEX_WAKE.
-        let sleeping = self.sleeping(slot).swap(0, Ordering::AcqRel);
-        for on in ALL_WAITS {
-            let n = ((sleeping >> (16 * on as u64)) & 0xffff) as u32;
-            if n > 0 {
-                let _ = self
-                    .sleepers(on)
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
-                        Some(s.saturating_sub(n))
-                    });
-            }
-        }
-        Ok(())
+        self.retire_participant(slot)
     }
 
     /// Unlinks every overflow payload still referenced (the channel is going away).
@@ -855,7 +898,6 @@ impl Chan {
     /// which is how a blocked call notices a killed peer.
     pub(crate) fn wait_for<T>(
         &self,
-        slot: u32,
         on: WaitOn,
         deadline: Option<Instant>,
         spin: Duration,
@@ -874,25 +916,30 @@ impl Chan {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(WaitError::Timeout); // try_ forms: one attempt, no spinning
         }
+        // Spin: watch a progress word with one PAUSE per poll (about 25 ns here) and run the
+        // locked attempt only when it moved, or every 64 polls for conditions it does not show.
         let start = Instant::now();
-        let mut spins = 0u32;
-        while start.elapsed() < spin && deadline.is_none_or(|d| Instant::now() < d) {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
-            spins += 1;
-            if let Some(done) = run(&mut attempt) {
-                return done;
-            }
-            if spins.is_multiple_of(64) {
-                std::thread::yield_now();
+        let progress = self.progress(on);
+        let mut seen = progress.load(Ordering::Acquire);
+        let mut polls = 0u32;
+        loop {
+            std::hint::spin_loop();
+            polls = polls.wrapping_add(1);
+            let now = progress.load(Ordering::Acquire);
+            if now != seen || polls.is_multiple_of(64) {
+                seen = now;
+                if let Some(done) = run(&mut attempt) {
+                    return done;
+                }
+                let elapsed = start.elapsed();
+                if elapsed >= spin || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
             }
         }
-        let sleeping = self.sleeping(slot);
         let mut last_maintenance = Instant::now();
         loop {
-            self.sleepers(on).fetch_add(1, Ordering::SeqCst);
-            sleeping.fetch_add(1 << (16 * on as u64), Ordering::AcqRel);
+            self.armed(on).store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             let seq = self.wait_word(on).load(Ordering::SeqCst);
             let outcome = run(&mut attempt);
@@ -905,8 +952,6 @@ impl Chan {
                 }
                 sys::futex_wait(self.wait_word(on), seq, Some(slice));
             }
-            sleeping.fetch_sub(1 << (16 * on as u64), Ordering::AcqRel);
-            self.sleepers(on).fetch_sub(1, Ordering::SeqCst);
             if let Some(done) = outcome {
                 return done;
             }

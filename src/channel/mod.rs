@@ -269,8 +269,7 @@ impl Endpoint {
         deadline: Option<Instant>,
         attempt: impl FnMut() -> Result<Step<T>>,
     ) -> Result<T, WaitError> {
-        self.chan
-            .wait_for(self.slot, on, deadline, self.spin(), attempt)
+        self.chan.wait_for(on, deadline, self.spin(), attempt)
     }
 
     // ----- sending ---------------------------------------------------------------------------

@@ -1,0 +1,135 @@
+//! The `shmq` command: `ls`, `info`, `rm` and `gc` against real segments and processes.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{kill9, shm_exists, spawn_child, unique_name, wait_for_line};
+
+fn shmq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shmq"))
+        .args(args)
+        .output()
+        .expect("run the shmq binary")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn holder_child(args: &[String]) {
+    let _segment = shmq::Segment::open(&args[0]).expect("open");
+    common::signal_parent("attached");
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+#[ignore = "child process entry point, run by the tests"]
+fn child_entry() {
+    common::child_dispatch(|role, args| match role {
+        "holder" => holder_child(args),
+        other => panic!("unknown role {other}"),
+    });
+}
+
+#[test]
+fn ls_and_info_show_a_channel_with_its_figures() {
+    let name = unique_name("cli-ls");
+    let (tx, rx) = shmq::channel(
+        &name,
+        shmq::ChannelConfig::default()
+            .capacity(8)
+            .arena_bytes(1 << 20),
+    )
+    .unwrap();
+    tx.send(&vec![1u8; 10_000]).unwrap();
+    tx.send(b"small").unwrap();
+
+    let out = shmq(&["ls"]);
+    assert!(out.status.success());
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{name} not listed:\n{}", stdout(&out)));
+    assert!(line.contains("channel"), "{line}");
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    // NAME KIND SIZE(2 words) ALIVE DEAD MESSAGES BYTES(2 words) AGE
+    assert_eq!(columns[4], "2", "two live participants: {line}");
+    assert_eq!(columns[5], "0", "no dead participant: {line}");
+    assert_eq!(columns[6], "2", "two messages in flight: {line}");
+
+    let json = stdout(&shmq(&["ls", "--json"]));
+    assert!(
+        json.starts_with('[') && json.trim_end().ends_with(']'),
+        "{json}"
+    );
+    assert!(json.contains(&format!("\"name\":\"{name}\"")), "{json}");
+    assert!(json.contains("\"messages_in_flight\":2"), "{json}");
+
+    let info = stdout(&shmq(&["info", &name]));
+    assert!(info.contains("kind          channel"), "{info}");
+    assert!(info.contains("2 of 8 messages queued"), "{info}");
+    assert!(
+        info.contains("sender") && info.contains("receiver"),
+        "{info}"
+    );
+    let info_json = stdout(&shmq(&["info", &name, "--json"]));
+    assert!(info_json.contains("\"participants\":[{"), "{info_json}");
+    assert!(info_json.contains("\"queued\":2"), "{info_json}");
+
+    drop((tx, rx));
+    assert!(!shm_exists(&name));
+    let missing = shmq(&["info", &name]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no shmq segment"));
+}
+
+#[test]
+fn rm_refuses_live_segments_unless_forced() {
+    let name = unique_name("cli-rm");
+    let segment = shmq::Segment::create(&name, 4096).unwrap();
+    let refused = shmq(&["rm", &name]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("live participant"));
+    assert!(shm_exists(&name));
+    let forced = shmq(&["rm", &name, "--force"]);
+    assert!(forced.status.success(), "{:?}", forced);
+    assert!(!shm_exists(&name));
+    drop(segment); // its last detach must not fail or recreate anything
+    assert!(!shm_exists(&name));
+}
+
+#[test]
+fn gc_removes_what_a_killed_process_left_and_says_so() {
+    let name = unique_name("cli-gc");
+    let creator = shmq::Segment::create(&name, 4096).unwrap();
+    let mut child = spawn_child("holder", &[&name]);
+    wait_for_line(&mut child, "attached", Duration::from_secs(30));
+    // The creator goes away normally; the child holds the segment and is killed.
+    drop(creator);
+    assert!(shm_exists(&name));
+    kill9(&mut child);
+
+    let listed = stdout(&shmq(&["ls"]));
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .expect("listed");
+    let columns: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        (columns[4], columns[5]),
+        ("0", "1"),
+        "one dead participant: {line}"
+    );
+
+    let out = shmq(&["gc", "--json"]);
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains(&format!("\"{name}\"")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(!shm_exists(&name));
+}
