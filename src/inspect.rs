@@ -12,7 +12,7 @@ use crate::sys;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SegmentInfo {
-    /// The segment's name (without the `shmq.` prefix). Overflow payloads are `<channel>~<id>`.
+    /// The segment's name (without the `shmq.` prefix). Overflow payloads are `<channel>~<creation time>.<id>` (hex).
     pub name: String,
     /// What it holds; `None` if it could not be read as a shmq segment (see `problem`).
     pub kind: Option<Kind>,
