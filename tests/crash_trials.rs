@@ -140,6 +140,11 @@ impl Book {
         self.word(16 + consumer)
     }
 
+    /// Lock trials have no consumers: the same words count `OwnerDied` seen by each locker.
+    fn owner_died(&self, locker: usize) -> &AtomicU64 {
+        self.word(16 + locker)
+    }
+
     fn log(&self, consumer: usize, entry: (u32, u32)) {
         let base = 24 + consumer * (1 + LOG_ENTRIES);
         let n = self.word(base).load(Ordering::Relaxed) as usize;
@@ -291,6 +296,7 @@ fn locker_child(args: &[String]) {
             Err(LockError::OwnerDied(died)) => {
                 // The pair must be equal; a holder that died between the two writes left them
                 // apart. Repair: the second word is written last, so the first is the truth.
+                book.owner_died(index).fetch_add(1, Ordering::Relaxed);
                 let mut guard = died.into_inner();
                 guard[1] = guard[0];
                 guard.mark_consistent();
@@ -300,10 +306,15 @@ fn locker_child(args: &[String]) {
         };
         phase.store(LOCK_HELD, Ordering::Relaxed);
         guard[0] += 1;
+        // Hold the lock for about a microsecond between the two writes, so that a random kill
+        // often finds the victim inside.
+        for _ in 0..40 {
+            std::hint::spin_loop();
+        }
         std::hint::black_box(&guard);
         guard[1] += 1;
-        phase.store(STARTING, Ordering::Relaxed);
         drop(guard);
+        phase.store(STARTING, Ordering::Relaxed);
     }
     phase.store(FINISHED, Ordering::Relaxed);
 }
@@ -338,6 +349,8 @@ struct Totals {
     leaked_segments: u64,
     lock_trials: u64,
     lock_repairs_ok: u64,
+    /// Lock trials whose victim died holding the lock (a survivor saw `OwnerDied`).
+    lock_holder_killed: u64,
     failures: Vec<String>,
 }
 
@@ -555,9 +568,13 @@ fn lock_trial(seed: u64, totals: &mut Totals) {
         }
     }
     // The survivors finished their rounds: the pair is consistent and counts at least theirs.
+    let mut owner_died: u64 = (0..3)
+        .map(|i| book.owner_died(i).load(Ordering::Relaxed))
+        .sum();
     let pair = match value.lock() {
         Ok(guard) => *guard,
         Err(LockError::OwnerDied(died)) => {
+            owner_died += 1;
             let mut guard = died.into_inner();
             guard[1] = guard[0];
             guard.mark_consistent();
@@ -565,6 +582,9 @@ fn lock_trial(seed: u64, totals: &mut Totals) {
         }
         Err(e) => panic!("lock after trial: {e}"),
     };
+    if owner_died > 0 {
+        totals.lock_holder_killed += 1;
+    }
     if pair[0] == pair[1] && pair[0] >= 2 * 20_000 {
         totals.lock_repairs_ok += 1;
     } else {
@@ -617,8 +637,8 @@ fn report(totals: &Totals, elapsed: Duration) {
     println!("  leaked arena bytes: {}", totals.leaked_arena_bytes);
     println!("  leaked segments: {}", totals.leaked_segments);
     println!(
-        "  lock trials: {} (repaired and consistent: {})",
-        totals.lock_trials, totals.lock_repairs_ok
+        "  lock trials: {} (victim died holding the lock: {}; pair consistent afterwards: {})",
+        totals.lock_trials, totals.lock_holder_killed, totals.lock_repairs_ok
     );
     for f in totals.failures.iter().take(20) {
         println!("  FAILURE {f}");
