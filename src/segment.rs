@@ -394,13 +394,17 @@ pub(crate) struct CreateSpec<'a> {
 /// Holds the membership lock of a region: no participant attaches, detaches or is reclaimed
 /// while it lives.
 pub(crate) struct MembershipGuard<'a> {
+    /// The description holding the lock: one of its own (closing it releases the lock), or
+    /// the region's base descriptor where /proc is not there to open one.
+    holder: Option<OwnedFd>,
     region: &'a Region,
     _local: MutexGuard<'a, ()>,
 }
 
 impl Drop for MembershipGuard<'_> {
     fn drop(&mut self) {
-        let _ = sys::unlock_byte(sys::borrow(&self.region.fd), MEMBERSHIP_LOCK);
+        let fd = self.holder.as_ref().unwrap_or(&self.region.fd);
+        let _ = sys::unlock_byte(sys::borrow(fd), MEMBERSHIP_LOCK);
     }
 }
 
@@ -694,10 +698,16 @@ impl Region {
 
     fn lock_membership(&self) -> Result<MembershipGuard<'_>> {
         let local = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        // Locked through a description opened for this one operation: a child forked without
+        // exec shares the base description, and would keep a lock taken through it held for
+        // ever if the parent died holding it.
+        let holder = sys::reopen(sys::borrow(&self.fd)).ok();
+        let fd = holder.as_ref().unwrap_or(&self.fd);
         // Holders keep it for microseconds; a dead holder's lock is dropped by the kernel.
         let deadline = Instant::now() + Duration::from_secs(10);
-        match sys::lock_byte_until(sys::borrow(&self.fd), MEMBERSHIP_LOCK, deadline) {
+        match sys::lock_byte_until(sys::borrow(fd), MEMBERSHIP_LOCK, deadline) {
             Ok(true) => Ok(MembershipGuard {
+                holder,
                 region: self,
                 _local: local,
             }),
@@ -1029,13 +1039,23 @@ impl Segment {
 /// What [`gc`] did with one object in /dev/shm.
 fn collect_one(os: &str) -> Option<String> {
     let name = os.strip_prefix(OS_PREFIX)?;
-    if let Some((parent, _)) = name.split_once('~') {
-        // An overflow payload lives as long as its channel references it.
-        let parent_gone = matches!(
-            sys::shm_open_existing(&os_name(parent)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT)
-        );
-        return (parent_gone && sys::shm_unlink(os).is_ok()).then(|| name.to_owned());
+    if let Some((parent, payload)) = name.split_once('~') {
+        // An overflow payload `<channel>~<creation time>.<id>` lives as long as the channel
+        // incarnation that made it. Gone when the channel's name is gone, or names a channel
+        // created at another time (a leftover of an earlier channel of the same name).
+        let orphan = match sys::shm_open_existing(&os_name(parent)) {
+            Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+            Ok(fd) => {
+                let made_by = payload
+                    .split_once('.')
+                    .and_then(|(time, _)| u64::from_str_radix(time, 16).ok());
+                match (read_header(parent, &fd), made_by) {
+                    (Ok(h), Some(time)) => h.initialized == 1 && h.created_unix_ns != time,
+                    _ => false,
+                }
+            }
+        };
+        return (orphan && sys::shm_unlink(os).is_ok()).then(|| name.to_owned());
     }
     let fd = sys::shm_open_existing(os).ok()?;
     if !sys::try_lock_byte(sys::borrow(&fd), CREATOR_LOCK).ok()? {

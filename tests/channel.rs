@@ -1696,3 +1696,21 @@ fn sender_killed_while_blocked_gives_its_chunk_back() {
     drop(rx);
     assert_gone(&name);
 }
+
+/// A `Pod` type aligned beyond a page cannot be lent: payloads are only 4096-byte aligned.
+#[test]
+fn loan_slice_refuses_types_aligned_beyond_a_page() {
+    #[derive(Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+    #[repr(C, align(8192))]
+    struct Huge([u64; 1024]);
+    let name = common::unique_name("overaligned");
+    let (tx, rx) = shmq::channel(&name, ChannelConfig::default().arena_bytes(1 << 20)).unwrap();
+    let refused = tx.loan_slice::<Huge>(1);
+    assert!(matches!(
+        refused,
+        Err(SendError::Failed(shmq::Error::InvalidArgument { .. }))
+    ));
+    assert_eq!(tx.free_arena_bytes(), 1 << 20);
+    drop((tx, rx));
+    assert!(!common::shm_exists(&name));
+}

@@ -368,6 +368,10 @@ impl AllocLayout {
                 let prev_start = chunk - before_len;
                 if self.run_at(txn, prev_start)? == (false, before_len) {
                     self.unlink(txn, prev_start)?;
+                    // The two tags where the runs meet become interior: clear them, so that no
+                    // stale tag pair inside a run can pass for a chunk later.
+                    txn.set(self.run + chunk - 1, 0);
+                    txn.set(self.run + chunk, 0);
                     start = prev_start;
                     total += before_len;
                 }
@@ -377,6 +381,8 @@ impl AllocLayout {
         if after < self.pages {
             if let (false, after_len) = self.run_at(txn, after)? {
                 self.unlink(txn, after)?;
+                txn.set(self.run + after - 1, 0);
+                txn.set(self.run + after, 0);
                 total += after_len;
             }
         }
@@ -477,6 +483,13 @@ mod tests {
         let mut last_free = false;
         while page < layout.pages {
             let (used, len) = layout.run_at(&txn, page).unwrap();
+            for interior in page + 1..page + len.saturating_sub(1) {
+                assert_eq!(
+                    words.load(layout.run + interior),
+                    Some(0),
+                    "stale tag inside a run"
+                );
+            }
             assert!(!last_free || used, "two adjacent free runs at page {page}");
             if !used {
                 free_runs.push(page);

@@ -6,9 +6,9 @@
 //! 0      config: magic, capacity, arena bytes
 //! 128    producer lock (robust mutex) and its journal;   768 tail (own cache lines)
 //! 896    consumer lock and its journal;                  1536 head (own cache lines)
-//! 1664   allocator lock; 1728 counters; 1792 futex words and sleeper counts
+//! 1664   allocator lock; 1728 counters; 1792 futex words and their armed flags
 //! 1920   overflow table: 64 x (id, owner, length)
-//! 3456   per participant: taken, dropped, (reserved)
+//! 3456   per participant, one cache line each: taken, dropped
 //! ...    allocator words (tags, links, owners, journal), ring slots, arena (page aligned)
 //! ```
 //!
@@ -60,9 +60,12 @@ const C_RETIRED: u64 = 1728;
 const C_RECLAIM_EPOCH: u64 = 1736;
 const C_MEMBERSHIP_EPOCH: u64 = 1744;
 const C_CORRUPT_SKIPPED: u64 = 1752;
-const C_WAIT_WORDS: u64 = 1792; // 4 x u32 sequence words, then 4 x u32 sleeper counts
+const C_WAIT_WORDS: u64 = 1792; // 4 x u32 sequence words, then 4 x u32 armed flags
 const C_OVERFLOW_TABLE: u64 = 1920;
 const C_PARTICIPANTS: u64 = C_OVERFLOW_TABLE + OVERFLOW_SLOTS * 24;
+/// Bytes per participant record: a cache line, so receivers bumping their `dropped` counts in
+/// different processes do not share one.
+const PARTICIPANT_STRIDE: u64 = 64;
 
 const _: () = assert!(C_PRODUCER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_TAIL);
 const _: () = assert!(C_CONSUMER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_HEAD);
@@ -73,7 +76,7 @@ const DESC_INLINE: u64 = 1;
 const DESC_ARENA: u64 = 2;
 const DESC_OVERFLOW: u64 = 3;
 
-/// What a blocked thread waits for; each has a futex sequence word and a sleeper count.
+/// What a blocked thread waits for; each has a futex sequence word and an armed flag.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum WaitOn {
     NotEmpty = 0,
@@ -135,7 +138,7 @@ impl Geometry {
         if pages * ARENA_PAGE != arena_bytes || pages > (1 << 32) - 2 {
             return None;
         }
-        let alloc_base_bytes = C_PARTICIPANTS + participants * 24;
+        let alloc_base_bytes = C_PARTICIPANTS + participants * PARTICIPANT_STRIDE;
         let alloc = AllocLayout::at(alloc_base_bytes / 8, pages);
         let alloc_end =
             alloc_base_bytes.checked_add(AllocLayout::words_needed(pages).checked_mul(8)?)?;
@@ -336,7 +339,12 @@ impl Chan {
     }
 
     fn participant_word(&self, slot: u32, field: u64) -> &AtomicU64 {
-        self.word((C_PARTICIPANTS + (slot as u64 % self.geo.participants) * 24) / 8 + field)
+        self.word(self.participant_index(slot, field))
+    }
+
+    /// Word index of field `field` (0: taken, 1: dropped) of participant `slot`'s record.
+    fn participant_index(&self, slot: u32, field: u64) -> u64 {
+        (C_PARTICIPANTS + (slot as u64 % self.geo.participants) * PARTICIPANT_STRIDE) / 8 + field
     }
 
     fn dropped(&self, slot: u32) -> &AtomicU64 {
@@ -374,8 +382,7 @@ impl Chan {
 
     /// Messages received and dropped (or reclaimed from dead receivers).
     pub(crate) fn done_total(&self) -> u64 {
-        // A reclaim in progress makes the epoch odd. One that died half-way leaves it odd for
-        // good, so the retries are bounded: then the sum may count a retiring slot twice.
+        // A reclaim in progress makes the epoch odd; retry until it is even and unchanged.
         let mut done = 0;
         for _ in 0..10_000 {
             let epoch = self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire);
@@ -386,9 +393,18 @@ impl Chan {
             if epoch.is_multiple_of(2)
                 && self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire) == epoch
             {
-                break;
+                return done;
             }
             std::hint::spin_loop();
+        }
+        // Still odd: the retirer died half-way. Taking its lock replays its journal and makes
+        // the epoch even again; under the lock the counts cannot move.
+        let Ok(_held) = self.lock_alloc() else {
+            return done;
+        };
+        let mut done = self.word(C_RETIRED / 8).load(Ordering::Acquire);
+        for slot in 0..self.geo.participants as u32 {
+            done = done.wrapping_add(self.dropped(slot).load(Ordering::Acquire));
         }
         done
     }
@@ -478,10 +494,15 @@ impl Chan {
                     // It may have died inside retire_participant with the epoch odd.
                     let epoch = self.word(C_RECLAIM_EPOCH / 8);
                     let value = epoch.load(Ordering::Acquire);
-                    epoch.store(value + value % 2, Ordering::Release);
+                    epoch.store(value.wrapping_add(value % 2), Ordering::Release);
                 }
                 // SAFETY: we hold the mutex (OwnerDied means acquired).
                 unsafe { sys::robust_mutex_mark_consistent(ptr) };
+                // A replay may have moved `tail` or `head` or freed space: wake whoever waits
+                // rather than leave them to their next timed re-check.
+                for on in ALL_WAITS {
+                    self.notify(on);
+                }
             }
             LockOutcome::Busy | LockOutcome::Unrecoverable => {
                 return Err(Error::corrupted(
@@ -616,7 +637,7 @@ impl Chan {
                 txn.set(self.overflow_word(entry, 0), next_id);
                 txn.set(self.overflow_word(entry, 1), slot as u64 + 1);
                 txn.set(self.overflow_word(entry, 2), len);
-                txn.set(C_OVERFLOW_NEXT_ID / 8, next_id + 1);
+                txn.set(C_OVERFLOW_NEXT_ID / 8, next_id.wrapping_add(1));
                 self.commit(txn, self.geo.alloc.journal * 8)?;
                 return Ok(Some((entry, next_id)));
             }
@@ -712,7 +733,7 @@ impl Chan {
             }
             // Last: consumers read `tail` without this lock, so the chunk must belong to the
             // ring before the slot becomes visible (they skip a chunk that is not queued).
-            txn.set(C_TAIL / 8, tail + 1);
+            txn.set(C_TAIL / 8, tail.wrapping_add(1));
             self.commit(txn, C_PRODUCER_JOURNAL)?;
         }
         self.notify(WaitOn::NotEmpty);
@@ -775,6 +796,7 @@ impl Chan {
 
     /// Takes the oldest message for participant `slot`. `Ok(None)`: the ring is empty.
     pub(crate) fn try_take(&self, slot: u32, inline: &mut InlineBuf) -> Result<Option<Desc>> {
+        let mut skipped = false;
         let taken = {
             let _held = self.lock_consumer()?;
             loop {
@@ -786,7 +808,7 @@ impl Chan {
                     self.tail_seen.store(tail, Ordering::Release);
                 }
                 if head == tail {
-                    return Ok(None);
+                    break None;
                 }
                 if tail.wrapping_sub(head) > self.geo.capacity {
                     // Without this check a garbage head would be walked towards tail forever.
@@ -796,14 +818,18 @@ impl Chan {
                 let mut txn = Txn::new(self);
                 let Some(desc) = desc else {
                     // Garbage in the slot: skip it rather than wedge every consumer behind it.
-                    txn.set(C_HEAD / 8, head + 1);
+                    txn.set(C_HEAD / 8, head.wrapping_add(1));
                     self.commit(txn, C_CONSUMER_JOURNAL)?;
                     self.word(C_CORRUPT_SKIPPED / 8)
                         .fetch_add(1, Ordering::Relaxed);
+                    skipped = true;
                     continue;
                 };
-                let taken_index = (C_PARTICIPANTS + (slot as u64 % self.geo.participants) * 24) / 8;
-                txn.set(taken_index, txn.get(taken_index).unwrap_or(0) + 1);
+                let taken_index = self.participant_index(slot, 0);
+                txn.set(
+                    taken_index,
+                    txn.get(taken_index).unwrap_or(0).wrapping_add(1),
+                );
                 match desc.place {
                     Place::Inline => {}
                     Place::Arena(chunk) => {
@@ -814,13 +840,15 @@ impl Chan {
                     }
                 }
                 // Last, as in try_publish: `head` is the commit marker replay looks at.
-                txn.set(C_HEAD / 8, head + 1);
+                txn.set(C_HEAD / 8, head.wrapping_add(1));
                 self.commit(txn, C_CONSUMER_JOURNAL)?;
-                break desc;
+                break Some(desc);
             }
         };
-        self.notify(WaitOn::NotFull);
-        Ok(Some(taken))
+        if taken.is_some() || skipped {
+            self.notify(WaitOn::NotFull);
+        }
+        Ok(taken)
     }
 
     /// Counts one message taken by `slot` as done.
@@ -835,7 +863,7 @@ impl Chan {
         let _held = self.lock_alloc()?;
         // Odd while counts move, so done_total() readers retry instead of counting twice.
         epoch.fetch_add(1, Ordering::AcqRel);
-        let taken_index = (C_PARTICIPANTS + (slot as u64 % self.geo.participants) * 24) / 8;
+        let taken_index = self.participant_index(slot, 0);
         let mut txn = Txn::new(self);
         let retired = txn.get(C_RETIRED / 8).unwrap_or(0);
         let taken = txn.get(taken_index).unwrap_or(0);
@@ -894,8 +922,9 @@ impl Chan {
     // ----- waiting ---------------------------------------------------------------------------
 
     /// Repeats `attempt` until it is ready, spinning for `spin` and then sleeping on the futex
-    /// word of `on`, until `deadline`. Every `MAINTENANCE` asleep it reclaims dead participants,
-    /// which is how a blocked call notices a killed peer.
+    /// word of `on`, until `deadline`. A sleep lasts at most `MAX_SLEEP`, so the attempt runs
+    /// at least that often; attempts re-check their peers' liveness (and reclaim the dead) at most
+    /// every 25 ms, which is how a blocked call notices a killed peer.
     pub(crate) fn wait_for<T>(
         &self,
         on: WaitOn,
@@ -903,7 +932,7 @@ impl Chan {
         spin: Duration,
         mut attempt: impl FnMut() -> Result<Step<T>>,
     ) -> Result<T, WaitError> {
-        const MAINTENANCE: Duration = Duration::from_millis(25);
+        const MAX_SLEEP: Duration = Duration::from_millis(25);
         let run = |attempt: &mut dyn FnMut() -> Result<Step<T>>| match attempt() {
             Ok(Step::Ready(v)) => Some(Ok(v)),
             Ok(Step::Retry) => None,
@@ -937,7 +966,6 @@ impl Chan {
                 }
             }
         }
-        let mut last_maintenance = Instant::now();
         loop {
             self.armed(on).store(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
@@ -946,7 +974,7 @@ impl Chan {
             let now = Instant::now();
             let timed_out = deadline.is_some_and(|d| now >= d);
             if outcome.is_none() && !timed_out {
-                let mut slice = MAINTENANCE;
+                let mut slice = MAX_SLEEP;
                 if let Some(d) = deadline {
                     slice = slice.min(d - now);
                 }
@@ -957,14 +985,6 @@ impl Chan {
             }
             if timed_out {
                 return Err(WaitError::Timeout);
-            }
-            if last_maintenance.elapsed() >= MAINTENANCE {
-                last_maintenance = Instant::now();
-                if let Ok(n) = self.region().reclaim_dead() {
-                    if n > 0 {
-                        self.bump_membership();
-                    }
-                }
             }
         }
     }

@@ -14,7 +14,7 @@ mod errors;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,7 @@ impl ChannelConfig {
     }
 
     /// Participant slots: open `Sender` and `Receiver` families at once, live or dead but not
-    /// yet reclaimed (1 to 1024).
+    /// yet reclaimed (2 to 1024).
     pub fn max_participants(mut self, slots: u32) -> Self {
         self.max_participants = slots;
         self
@@ -136,9 +136,9 @@ pub fn channel(name: &str, config: ChannelConfig) -> Result<(Sender, Receiver)> 
         name: name.to_owned(),
         what,
     };
-    if config.max_participants == 0 || config.max_participants > MAX_PARTICIPANTS {
+    if config.max_participants < 2 || config.max_participants > MAX_PARTICIPANTS {
         return Err(invalid(format!(
-            "max_participants {} (1 to {MAX_PARTICIPANTS})",
+            "max_participants {} (2 to {MAX_PARTICIPANTS}: the first sender and receiver take two)",
             config.max_participants
         )));
     }
@@ -187,9 +187,10 @@ struct Endpoint {
     slot: u32,
     peer_role: Role,
     spin_ns: AtomicU64,
-    peer_epoch: AtomicU64,
+    /// The cached answer of `peers_alive`: `epoch << 1 | alive`, in one word so that threads
+    /// sharing the endpoint never combine one scan's answer with another's epoch.
+    peer_cache: AtomicU64,
     peer_checked_ns: AtomicU64,
-    peer_alive: AtomicBool,
 }
 
 fn clock_ns() -> u64 {
@@ -210,9 +211,8 @@ impl Endpoint {
             participant: Some(participant),
             peer_role,
             spin_ns: AtomicU64::new(DEFAULT_SPIN.as_nanos() as u64),
-            peer_epoch: AtomicU64::new(u64::MAX),
+            peer_cache: AtomicU64::new(u64::MAX),
             peer_checked_ns: AtomicU64::new(0),
-            peer_alive: AtomicBool::new(true),
         };
         ep.chan.bump_membership();
         Ok(Arc::new(ep))
@@ -243,23 +243,26 @@ impl Endpoint {
                     < age.as_nanos() as u64
             }
         };
-        if epoch == self.peer_epoch.load(Ordering::Acquire) && fresh_enough {
-            return self.peer_alive.load(Ordering::Acquire);
+        let cached = self.peer_cache.load(Ordering::Acquire);
+        if cached != u64::MAX && cached >> 1 == epoch & (u64::MAX >> 1) && fresh_enough {
+            return cached & 1 == 1;
         }
         if max_age.is_some() {
             // Whoever finds the cache stale frees what dead peers held, rather than leaving it
             // to a call that happens to sleep (rate-limited by max_age; no lock is held here).
-            if let Ok(n) = self.chan.region().reclaim_dead() {
-                if n > 0 {
-                    self.chan.bump_membership();
-                }
-            }
+            // The reclaim hook bumps the membership epoch itself.
+            let _ = self.chan.region().reclaim_dead();
         }
-        let epoch = self.chan.membership_epoch();
+        let epoch = self.chan.membership_epoch() & (u64::MAX >> 1);
         let alive = self.chan.any_alive(self.peer_role);
-        self.peer_alive.store(alive, Ordering::Release);
         self.peer_checked_ns.store(clock_ns(), Ordering::Relaxed);
-        self.peer_epoch.store(epoch, Ordering::Release);
+        // Never replace an answer for a newer epoch with one for an older epoch.
+        let fresh = epoch << 1 | u64::from(alive);
+        let _ = self
+            .peer_cache
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current == u64::MAX || current >> 1 <= epoch).then_some(fresh)
+            });
         alive
     }
 
@@ -442,9 +445,11 @@ impl Endpoint {
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        // Every Message and Loan holds an Arc of this endpoint, so none is outstanding: move
-        // this participant's counts to the retired total, then detach.
-        let _ = self.chan.retire_participant(self.slot);
+        // Every Message and Loan holds an Arc of this endpoint, so none is outstanding. Sweep
+        // as for a dead participant (anything a failed free left owned by this slot is freed
+        // now, not blamed on the slot's next occupant), move the counts to the retired total,
+        // then detach.
+        let _ = self.chan.reclaim(self.slot);
         drop(self.participant.take());
         self.chan.bump_membership();
     }
@@ -608,6 +613,16 @@ impl Sender {
 
     /// Lends room for `n` values of `T` (payloads are 4096-byte aligned).
     pub fn loan_slice<T: Pod>(&self, n: usize) -> Result<SliceLoan<T>, SendError> {
+        if std::mem::align_of::<T>() > 4096 {
+            return Err(SendError::Failed(Error::InvalidArgument {
+                name: self.name().to_owned(),
+                what: format!(
+                    "{} needs {}-byte alignment; payloads are 4096-byte aligned",
+                    std::any::type_name::<T>(),
+                    std::mem::align_of::<T>()
+                ),
+            }));
+        }
         let len = n
             .checked_mul(std::mem::size_of::<T>())
             .ok_or_else(|| SendError::Failed(self.too_long(n)))?;
@@ -658,6 +673,7 @@ impl Sender {
             if chan.done_total() >= target {
                 Ok(Step::Ready(()))
             } else if !self.ep.peers_alive(Some(PEER_RECHECK)) && chan.done_total() < target {
+                // Re-read after the liveness scan: a receiver may have finished meanwhile.
                 Ok(Step::Disconnected)
             } else {
                 Ok(Step::Retry)

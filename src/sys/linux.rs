@@ -27,6 +27,17 @@ pub(crate) fn shm_open_existing(os_name: &str) -> io::Result<OwnedFd> {
     Ok(shm::open(os_name, shm::OFlags::RDWR, Mode::empty())?)
 }
 
+/// Opens a new description of the file behind `fd` (through /proc/self/fd), read-write and
+/// close-on-exec. Locks taken through it are its own, independent of `fd`'s.
+pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 /// Removes the name `os_name`; mappings that exist stay valid until they are unmapped.
 pub(crate) fn shm_unlink(os_name: &str) -> io::Result<()> {
     Ok(shm::unlink(os_name)?)
