@@ -340,7 +340,15 @@ fn outcome(rc: libc::c_int) -> io::Result<LockOutcome> {
     }
 }
 
+/// Longest single sleep on a robust mutex; see [`robust_mutex_lock`].
+const ROBUST_SLEEP_SLICE: Duration = Duration::from_millis(25);
+
 /// Locks the robust mutex at `mutex`, waiting until `deadline` (forever with `None`).
+///
+/// It never sleeps in the kernel for more than 25 ms at a time. An unlock wakes one waiter; a
+/// waiter killed after that wake-up and before it took the mutex takes the wake-up with it,
+/// and the other waiters would sleep for ever on a mutex nobody holds (the kernel's robust-list
+/// handling covers dying holders, not dying waiters). Waking up to retry bounds that stall.
 ///
 /// # Safety
 /// `mutex` must point to a mutex initialised by [`robust_mutex_init`] that stays mapped for the
@@ -349,24 +357,29 @@ pub(crate) unsafe fn robust_mutex_lock(
     mutex: *mut u8,
     deadline: Option<Instant>,
 ) -> io::Result<LockOutcome> {
-    let Some(deadline) = deadline else {
-        return outcome(libc::pthread_mutex_lock(mutex.cast()));
-    };
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    let total_ns = now.tv_nsec as u128 + remaining.subsec_nanos() as u128;
-    let abstime = libc::timespec {
-        tv_sec: (now.tv_sec as u64)
-            .saturating_add(remaining.as_secs())
-            .saturating_add((total_ns / 1_000_000_000) as u64)
-            .min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: (total_ns % 1_000_000_000) as _,
-    };
-    outcome(pthread_mutex_clocklock(
-        mutex.cast(),
-        libc::CLOCK_MONOTONIC,
-        &abstime,
-    ))
+    loop {
+        let slice_end = Instant::now() + ROBUST_SLEEP_SLICE;
+        let until = deadline.map_or(slice_end, |d| d.min(slice_end));
+        let remaining = until.saturating_duration_since(Instant::now());
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let total_ns = now.tv_nsec as u128 + remaining.subsec_nanos() as u128;
+        let abstime = libc::timespec {
+            tv_sec: (now.tv_sec as u64)
+                .saturating_add(remaining.as_secs())
+                .saturating_add((total_ns / 1_000_000_000) as u64)
+                .min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: (total_ns % 1_000_000_000) as _,
+        };
+        let result = outcome(pthread_mutex_clocklock(
+            mutex.cast(),
+            libc::CLOCK_MONOTONIC,
+            &abstime,
+        ))?;
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if result != LockOutcome::Busy || expired {
+            return Ok(result);
+        }
+    }
 }
 
 /// Tries to lock the robust mutex at `mutex` without waiting.
