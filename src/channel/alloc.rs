@@ -64,18 +64,20 @@ pub(crate) enum AllocError {
 
 /// A set of pending writes, read through before they are committed.
 /// On the stack: a transaction runs for every message, so it must not allocate.
-pub(crate) struct Txn<'a, W: Words> {
+pub(crate) struct Txn<'a, W: Words, const N: usize = JOURNAL_CAPACITY> {
     words: &'a W,
-    writes: [(u64, u64); JOURNAL_CAPACITY],
+    writes: [(u64, u64); N],
     len: usize,
     overflowed: bool,
 }
 
-impl<'a, W: Words> Txn<'a, W> {
+impl<'a, W: Words, const N: usize> Txn<'a, W, N> {
+    /// A transaction of at most `N` writes (`N` <= the journal's capacity): ring operations
+    /// use a small one, so the per-message cost of clearing it stays small.
     pub(crate) fn new(words: &'a W) -> Self {
         Txn {
             words,
-            writes: [(0, 0); JOURNAL_CAPACITY],
+            writes: [(0, 0); N],
             len: 0,
             overflowed: false,
         }
@@ -98,7 +100,7 @@ impl<'a, W: Words> Txn<'a, W> {
             .find(|(i, _)| *i == index)
         {
             entry.1 = value;
-        } else if self.len < JOURNAL_CAPACITY {
+        } else if self.len < N.min(JOURNAL_CAPACITY) {
             self.writes[self.len] = (index, value);
             self.len += 1;
         } else {
@@ -219,7 +221,11 @@ impl AllocLayout {
         bytes.div_ceil(ARENA_PAGE).max(1)
     }
 
-    fn tag<W: Words>(&self, txn: &Txn<'_, W>, page: u64) -> Result<u64, AllocError> {
+    fn tag<W: Words, const N: usize>(
+        &self,
+        txn: &Txn<'_, W, N>,
+        page: u64,
+    ) -> Result<u64, AllocError> {
         if page >= self.pages {
             return Err(corrupted(format!(
                 "run tag index {page} beyond {} pages",
@@ -231,7 +237,11 @@ impl AllocLayout {
     }
 
     /// Reads the run that starts at `start`: (used, length), checked against its end tag.
-    fn run_at<W: Words>(&self, txn: &Txn<'_, W>, start: u64) -> Result<(bool, u64), AllocError> {
+    fn run_at<W: Words, const N: usize>(
+        &self,
+        txn: &Txn<'_, W, N>,
+        start: u64,
+    ) -> Result<(bool, u64), AllocError> {
         let tag = self.tag(txn, start)?;
         let len = tag & LEN_MASK;
         if len == 0 || start.checked_add(len).is_none_or(|end| end > self.pages) {
@@ -342,9 +352,9 @@ impl AllocLayout {
     }
 
     /// Checks that `chunk` starts an allocated run and returns its length in pages.
-    pub(crate) fn chunk_pages<W: Words>(
+    pub(crate) fn chunk_pages<W: Words, const N: usize>(
         &self,
-        txn: &Txn<'_, W>,
+        txn: &Txn<'_, W, N>,
         chunk: u64,
     ) -> Result<u64, AllocError> {
         match self.run_at(txn, chunk)? {
@@ -401,7 +411,7 @@ impl AllocLayout {
 
     /// Every allocated chunk as (first page, pages, owner), walking runs from page 0.
     pub(crate) fn chunks<W: Words>(&self, words: &W) -> Result<Vec<(u64, u64, u64)>, AllocError> {
-        let txn = Txn::new(words);
+        let txn: Txn<'_, W> = Txn::new(words);
         let mut out = Vec::new();
         let mut page = 0;
         while page < self.pages {
@@ -456,14 +466,14 @@ mod tests {
         pages: u64,
         owner: u64,
     ) -> Result<u64, AllocError> {
-        let mut txn = Txn::new(words);
+        let mut txn: Txn<'_, HeapWords> = Txn::new(words);
         let chunk = layout.alloc(&mut txn, pages, owner)?;
         assert!(txn.commit(layout.journal));
         Ok(chunk)
     }
 
     fn free(words: &HeapWords, layout: &AllocLayout, chunk: u64) -> Result<(), AllocError> {
-        let mut txn = Txn::new(words);
+        let mut txn: Txn<'_, HeapWords> = Txn::new(words);
         layout.free(&mut txn, chunk)?;
         assert!(txn.commit(layout.journal));
         Ok(())
@@ -477,7 +487,7 @@ mod tests {
         let used: u64 = live.values().map(|(p, _)| p).sum();
         assert_eq!(layout.free_page_count(words), layout.pages - used);
         // No two adjacent free runs, and the free list holds exactly the free runs.
-        let txn = Txn::new(words);
+        let txn: Txn<'_, HeapWords> = Txn::new(words);
         let mut page = 0;
         let mut free_runs = Vec::new();
         let mut last_free = false;
@@ -546,7 +556,7 @@ mod tests {
                         }
                         Err(AllocError::NoSpace) => {
                             // First fit must succeed whenever some free run is long enough.
-                            let txn = Txn::new(&words);
+                            let txn: Txn<'_, HeapWords> = Txn::new(&words);
                             let mut page = 0;
                             while page < pages {
                                 let (used, len) = layout.run_at(&txn, page).unwrap();
@@ -587,7 +597,7 @@ mod tests {
             let Some(&victim) = chunks.first() else { return Ok(()); };
             let before = words.0.borrow().clone();
             // Build the free's writes and apply only the first `cut` of them after committing.
-            let mut txn = Txn::new(&words);
+            let mut txn: Txn<'_, HeapWords> = Txn::new(&words);
             layout.free(&mut txn, victim).unwrap();
             let writes = txn.pending().to_vec();
             for (k, &(i, v)) in writes.iter().enumerate() {
@@ -616,9 +626,9 @@ mod tests {
             for (i, g) in garbage.iter().enumerate() {
                 words.store(i as u64 % AllocLayout::words_needed(pages), *g);
             }
-            let mut txn = Txn::new(&words);
+            let mut txn: Txn<'_, HeapWords> = Txn::new(&words);
             let _ = layout.alloc(&mut txn, n, 1);
-            let mut txn = Txn::new(&words);
+            let mut txn: Txn<'_, HeapWords> = Txn::new(&words);
             let _ = layout.free(&mut txn, chunk);
             let _ = layout.chunks(&words);
             let _ = replay_journal(&words, layout.journal, layout.span(), None);

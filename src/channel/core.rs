@@ -531,7 +531,7 @@ impl Chan {
         self.lock(C_ALLOC_LOCK, self.geo.alloc.journal * 8)
     }
 
-    fn commit(&self, txn: Txn<'_, Chan>, journal_offset: u64) -> Result<()> {
+    fn commit<const N: usize>(&self, txn: Txn<'_, Chan, N>, journal_offset: u64) -> Result<()> {
         if txn.commit(journal_offset / 8) {
             Ok(())
         } else {
@@ -573,7 +573,7 @@ impl Chan {
     pub(crate) fn try_alloc(&self, len: u64, slot: u32) -> Result<Option<u64>> {
         let pages = AllocLayout::pages_for(len);
         let _held = self.lock_alloc()?;
-        let mut txn = Txn::new(self);
+        let mut txn = Txn::<Chan>::new(self);
         match self.geo.alloc.alloc(&mut txn, pages, slot as u64 + 1) {
             Ok(chunk) => {
                 self.commit(txn, self.geo.alloc.journal * 8)?;
@@ -595,7 +595,7 @@ impl Chan {
                     format!("chunk {chunk} is owned by {owner}, not by participant {slot}"),
                 ));
             }
-            let mut txn = Txn::new(self);
+            let mut txn = Txn::<Chan>::new(self);
             self.geo
                 .alloc
                 .free(&mut txn, chunk)
@@ -630,7 +630,7 @@ impl Chan {
     /// Reserves an overflow table entry for `len` bytes owned by `slot`. `Ok(None)`: table full.
     pub(crate) fn try_reserve_overflow(&self, len: u64, slot: u32) -> Result<Option<(u64, u64)>> {
         let _held = self.lock_alloc()?;
-        let mut txn = Txn::new(self);
+        let mut txn = Txn::<Chan, 4>::new(self);
         let next_id = txn.get(C_OVERFLOW_NEXT_ID / 8).unwrap_or(1).max(1);
         for entry in 0..OVERFLOW_SLOTS {
             if txn.get(self.overflow_word(entry, 0)).unwrap_or(1) == 0 {
@@ -658,7 +658,7 @@ impl Chan {
                 ));
             }
             let _ = sys::shm_unlink(&crate::segment::os_name(&self.overflow_name(id)));
-            let mut txn = Txn::new(self);
+            let mut txn = Txn::<Chan, 4>::new(self);
             for field in 0..3 {
                 txn.set(self.overflow_word(entry, field), 0);
             }
@@ -725,7 +725,7 @@ impl Chan {
             self.slot_word(tail, 1).store(len, Ordering::Relaxed);
             self.slot_word(tail, 2).store(loc, Ordering::Relaxed);
             self.slot_word(tail, 3).store(id, Ordering::Relaxed);
-            let mut txn = Txn::new(self);
+            let mut txn = Txn::<Chan, 4>::new(self);
             match place {
                 Place::Inline => {}
                 Place::Arena(chunk) => txn.set(self.geo.alloc.owner_index(chunk), 0),
@@ -770,7 +770,8 @@ impl Chan {
                 Place::Inline
             }
             DESC_ARENA => {
-                let txn = Txn::new(self);
+                // Reads only: an empty transaction of one entry costs nothing to set up.
+                let txn = Txn::<Chan, 1>::new(self);
                 let pages = self.geo.alloc.chunk_pages(&txn, loc).ok()?;
                 let fits =
                     AllocLayout::pages_for(len) <= pages && self.chunk_ptr(loc, len).is_some();
@@ -815,7 +816,7 @@ impl Chan {
                     return Err(self.ring_corrupted(head, tail));
                 }
                 let desc = self.read_desc(head, inline);
-                let mut txn = Txn::new(self);
+                let mut txn = Txn::<Chan, 4>::new(self);
                 let Some(desc) = desc else {
                     // Garbage in the slot: skip it rather than wedge every consumer behind it.
                     txn.set(C_HEAD / 8, head.wrapping_add(1));
@@ -864,7 +865,7 @@ impl Chan {
         // Odd while counts move, so done_total() readers retry instead of counting twice.
         epoch.fetch_add(1, Ordering::AcqRel);
         let taken_index = self.participant_index(slot, 0);
-        let mut txn = Txn::new(self);
+        let mut txn = Txn::<Chan, 4>::new(self);
         let retired = txn.get(C_RETIRED / 8).unwrap_or(0);
         let taken = txn.get(taken_index).unwrap_or(0);
         txn.set(C_RETIRED / 8, retired.wrapping_add(taken));
