@@ -10,10 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{
-    check, launcher, Contender, PingContender, PingPong, Transfer, TransferSpec, SMALL_MESSAGE,
-};
-use criterion::{Criterion, Throughput};
+use common::{check, launcher, Contender, PingContender, PingPong, TransferSpec, SMALL_MESSAGE};
+use criterion::{BenchmarkId, Criterion, Throughput};
 
 /// Ring capacity of the rate workload's channel.
 const RATE_CAPACITY: usize = 1024;
@@ -53,17 +51,10 @@ fn rate(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(1));
     for contender in [Contender::ShmqSend, Contender::Pipe, Contender::UnixSocket] {
-        let mut session: Option<Transfer> = None;
-        group.bench_function(contender.id(), |b| {
-            let transfer = session.get_or_insert_with(|| {
-                let spec = TransferSpec::new(contender, SMALL_MESSAGE).capacity(RATE_CAPACITY);
-                check("starting the consumer", Transfer::start(&launcher, spec))
-            });
-            b.iter_custom(|n| check("messages", transfer.run(n)));
+        let id = BenchmarkId::from_parameter(contender.id());
+        common::bench_transfer(&mut group, id, &launcher, || {
+            TransferSpec::new(contender, SMALL_MESSAGE).capacity(RATE_CAPACITY)
         });
-        if let Some(transfer) = session {
-            check("checking what the consumer read", transfer.finish());
-        }
     }
     group.finish();
 }

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{check, launcher, size_label, Contender, Transfer, TransferSpec};
+use common::{launcher, size_label, Contender, TransferSpec};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 
 const PAYLOADS: [usize; 6] = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20, 256 << 20];
@@ -33,19 +33,10 @@ fn transfer(c: &mut Criterion) {
             .measurement_time(Duration::from_millis(measurement))
             .throughput(Throughput::Bytes(payload as u64));
         for contender in Contender::ALL {
-            // Started on first use, so filtered-out benchmarks start no consumer.
-            let mut session: Option<Transfer> = None;
             let id = BenchmarkId::new(contender.id(), size_label(payload));
-            group.bench_function(id, |b| {
-                let transfer = session.get_or_insert_with(|| {
-                    let spec = TransferSpec::new(contender, payload);
-                    check("starting the consumer", Transfer::start(&launcher, spec))
-                });
-                b.iter_custom(|payloads| check("transfer", transfer.run(payloads)));
+            common::bench_transfer(&mut group, id, &launcher, || {
+                TransferSpec::new(contender, payload)
             });
-            if let Some(transfer) = session {
-                check("checking what the consumer read", transfer.finish());
-            }
         }
     }
     group.finish();

@@ -74,9 +74,6 @@ const S_ROLE: usize = 4;
 const S_PID: usize = 8;
 const S_GENERATION: usize = 16;
 const S_ATTACHED_NS: usize = 24;
-const S_EXTRA: usize = 32;
-/// Words per participant slot that the segment's kind may use for its own bookkeeping.
-pub(crate) const SLOT_EXTRA_WORDS: usize = 4;
 
 const SLOT_FREE: u32 = 0;
 const SLOT_ACTIVE: u32 = 1;
@@ -681,12 +678,6 @@ impl Region {
         HEADER_SIZE + SLOT_SIZE * slot as usize
     }
 
-    /// Kind-specific word `index` (< [`SLOT_EXTRA_WORDS`]) of participant slot `slot`.
-    pub(crate) fn slot_extra(&self, slot: u32, index: usize) -> &AtomicU64 {
-        assert!(index < SLOT_EXTRA_WORDS);
-        self.u64_at(self.slot_offset(slot) + S_EXTRA + 8 * index)
-    }
-
     /// Number of participant slots.
     pub(crate) fn capacity(&self) -> u32 {
         self.header.capacity
@@ -824,9 +815,6 @@ impl Region {
                 .store(generation.wrapping_add(1), Ordering::Relaxed);
             self.u64_at(base + S_ATTACHED_NS)
                 .store(unix_now_ns(), Ordering::Relaxed);
-            for i in 0..SLOT_EXTRA_WORDS {
-                self.slot_extra(slot, i).store(0, Ordering::Relaxed);
-            }
             self.u32_at(base + S_STATE)
                 .store(SLOT_ACTIVE, Ordering::Release);
             return Ok(Participant {

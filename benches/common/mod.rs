@@ -37,3 +37,24 @@ pub fn launcher() -> Launcher {
 pub fn check<T>(what: &str, result: BoxResult<T>) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
+
+/// Benchmarks the transfer `spec()` as `id` in `group`: starts its consumer on first use (so a
+/// filtered-out benchmark starts none), runs `n` payloads per iteration, and checks at the end
+/// what the consumer read.
+pub fn bench_transfer(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: criterion::BenchmarkId,
+    launcher: &Launcher,
+    spec: impl Fn() -> TransferSpec,
+) {
+    let mut session: Option<Transfer> = None;
+    group.bench_function(id, |b| {
+        let transfer = session.get_or_insert_with(|| {
+            check("starting the consumer", Transfer::start(launcher, spec()))
+        });
+        b.iter_custom(|n| check("transfer", transfer.run(n)));
+    });
+    if let Some(transfer) = session {
+        check("checking what the consumer read", transfer.finish());
+    }
+}
