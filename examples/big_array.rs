@@ -155,8 +155,8 @@ fn parent(args: &[String]) -> BoxResult<()> {
     // allocated in the arena (the arena path), not in an overflow segment.
     let t = Instant::now();
     let data_config = shmq::ChannelConfig::default()
-        .capacity(1)
-        .arena_bytes(bytes + 4096);
+        .with_capacity(1)
+        .with_arena_bytes(bytes + 4096);
     let (data_tx, data_rx) = shmq::channel(&data_name, data_config)?;
     row(
         &format!("create the channel (reserves and pre-faults {size_mib} MiB + 4 KiB)"),
@@ -164,7 +164,7 @@ fn parent(args: &[String]) -> BoxResult<()> {
         "",
     );
     // The answer is 40 bytes: it travels inside the ring, the arena can be one page.
-    let answer_config = shmq::ChannelConfig::default().capacity(1).arena_bytes(4096);
+    let answer_config = shmq::ChannelConfig::default().with_capacity(1).with_arena_bytes(4096);
     let (answer_tx, answer_rx) = shmq::channel(&answer_name, answer_config)?;
 
     // Declared after the channels, so dropped before them: on an early return the child is

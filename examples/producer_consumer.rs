@@ -92,8 +92,8 @@ fn producer(args: &[String]) -> BoxResult<()> {
     // `Queue(maxsize=32).put()`, but bounded in bytes too.
     let name = format!("pc-{}", std::process::id());
     let config = shmq::ChannelConfig::default()
-        .capacity(32)
-        .arena_bytes(1 << 20);
+        .with_capacity(32)
+        .with_arena_bytes(1 << 20);
     let (tx, rx) = shmq::channel(&name, config)?;
     // Declared after the channel, so dropped before it: on an early return the consumers are
     // killed and reaped first, then our handles go and the last one unlinks the segment.

@@ -179,8 +179,8 @@ fn run_once(path: Path, data: &[f32], options: &Options) -> BoxResult<(Duration,
         Path::ShmqSend | Path::ShmqLoan => {
             let name = format!("transfer-{}", std::process::id());
             let config = shmq::ChannelConfig::default()
-                .capacity(8)
-                .arena_bytes(4 * options.message_bytes);
+                .with_capacity(8)
+                .with_arena_bytes(4 * options.message_bytes);
             let (tx, rx) = shmq::channel(&name, config)?;
             let (child, out) = spawn_consumer(&["consumer", &name], Stdio::null())?;
             drop(rx); // the consumer process holds its own receiver now

@@ -137,9 +137,9 @@ fn pool(args: &[String]) -> BoxResult<()> {
     let pid = std::process::id();
     let (jobs_name, results_name) = (format!("wp-jobs-{pid}"), format!("wp-results-{pid}"));
     // Jobs and results are small: they live in the ring, and the arena can stay small.
-    let config = shmq::ChannelConfig::default().arena_bytes(64 << 10);
-    let (jobs_tx, jobs_rx) = shmq::channel(&jobs_name, config.clone().capacity(16))?;
-    let (results_tx, results_rx) = shmq::channel(&results_name, config.capacity(256))?;
+    let config = shmq::ChannelConfig::default().with_arena_bytes(64 << 10);
+    let (jobs_tx, jobs_rx) = shmq::channel(&jobs_name, config.clone().with_capacity(16))?;
+    let (results_tx, results_rx) = shmq::channel(&results_name, config.with_capacity(256))?;
     // Declared after the channels, so dropped before them: on an early return the workers are
     // killed and reaped first, then our handles go and the last one unlinks each segment.
     let mut children = Children::new();

@@ -10,6 +10,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// Every variant names the segment it is about, so a message read in a log says which one failed
 /// and what was expected. Match on the variant to react; `Display` is for people.
+///
+/// `Clone` and `PartialEq` treat the OS error inside [`Error::Io`] by its
+/// [`kind`](io::Error::kind) and errno: a clone is a new `io::Error` with the same code (or kind
+/// and message), and two `Io` errors are equal when segment, operation, kind and errno agree.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -136,14 +140,101 @@ pub enum Error {
     },
 }
 
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        match self {
+            Error::NotFound { name } => Error::NotFound { name: name.clone() },
+            Error::AlreadyExists { name } => Error::AlreadyExists { name: name.clone() },
+            Error::InvalidName { name, reason } => Error::InvalidName {
+                name: name.clone(),
+                reason: reason.clone(),
+            },
+            Error::OutOfSpace { name, requested } => Error::OutOfSpace {
+                name: name.clone(),
+                requested: *requested,
+            },
+            Error::Incompatible {
+                name,
+                what,
+                expected,
+                found,
+            } => Error::Incompatible {
+                name: name.clone(),
+                what,
+                expected: expected.clone(),
+                found: found.clone(),
+            },
+            Error::NotReady { name, waited } => Error::NotReady {
+                name: name.clone(),
+                waited: *waited,
+            },
+            Error::PermissionDenied { name, reason } => Error::PermissionDenied {
+                name: name.clone(),
+                reason: reason.clone(),
+            },
+            Error::TooManyParticipants { name, capacity } => Error::TooManyParticipants {
+                name: name.clone(),
+                capacity: *capacity,
+            },
+            Error::Corrupted { name, what } => Error::Corrupted {
+                name: name.clone(),
+                what: what.clone(),
+            },
+            Error::OwnerDied { name } => Error::OwnerDied { name: name.clone() },
+            Error::InvalidArgument { name, what } => Error::InvalidArgument {
+                name: name.clone(),
+                what: what.clone(),
+            },
+            Error::Io { name, op, source } => Error::Io {
+                name: name.clone(),
+                op,
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+        }
+    }
+}
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Error::Io {
+                    name: a,
+                    op: op_a,
+                    source: src_a,
+                },
+                Error::Io {
+                    name: b,
+                    op: op_b,
+                    source: src_b,
+                },
+            ) => {
+                a == b
+                    && op_a == op_b
+                    && src_a.kind() == src_b.kind()
+                    && src_a.raw_os_error() == src_b.raw_os_error()
+            }
+            (Error::Io { .. }, _) | (_, Error::Io { .. }) => false,
+            // Every other variant holds plain data, which its Display shows in full.
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other)
+                && self.to_string() == other.to_string(),
+        }
+    }
+}
+
+impl Eq for Error {}
+
 impl Error {
     /// Maps an OS error from `op` on segment `name` to the most specific variant.
     pub(crate) fn from_io(name: &str, op: &'static str, source: io::Error) -> Error {
         let name = name.to_owned();
-        match source.raw_os_error() {
-            Some(libc::ENOENT) => Error::NotFound { name },
-            Some(libc::EEXIST) => Error::AlreadyExists { name },
-            Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied {
+        match source.kind() {
+            io::ErrorKind::NotFound => Error::NotFound { name },
+            io::ErrorKind::AlreadyExists => Error::AlreadyExists { name },
+            io::ErrorKind::PermissionDenied => Error::PermissionDenied {
                 name,
                 reason: format!("{op}: {source}"),
             },

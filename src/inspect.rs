@@ -1,9 +1,14 @@
-//! Read-only views of the segments in /dev/shm, for tools such as `shmq ls` and `shmq info`.
+//! Views of the segments in /dev/shm, for tools such as `shmq ls` and `shmq info`.
 //!
 //! Inspecting maps a segment but never attaches to it: it changes no participant table and
-//! keeps nothing alive.
+//! keeps nothing alive. It is read-only with one exception: a channel's
+//! [`done_total`](ChannelStats::done_total) is read under the channel's allocator lock when a
+//! participant died while moving its counts, and taking that lock replays the dead holder's
+//! journal (finishing its update, as the next sender or receiver would).
+//!
+//! This sits at the top of the library, beside `gc`: it knows every kind.
 
-use crate::channel::Chan;
+use crate::channel::{Chan, ChannelStats};
 use crate::error::{Error, Result};
 use crate::segment::{os_name, Kind, ParticipantInfo, Region, OS_PREFIX};
 use crate::sys;
@@ -44,32 +49,6 @@ impl SegmentInfo {
     }
 }
 
-/// A channel's figures at one instant.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ChannelStats {
-    /// Ring capacity in messages.
-    pub capacity: usize,
-    /// Messages waiting in the ring.
-    pub queued: usize,
-    /// Messages sent and not yet received and dropped (queued plus held by receivers).
-    pub messages_in_flight: u64,
-    /// Payload bytes in the arena and in overflow segments, queued or held.
-    pub bytes_in_flight: u64,
-    /// Arena size in bytes.
-    pub arena_bytes: u64,
-    /// Arena bytes free.
-    pub arena_free_bytes: u64,
-    /// Overflow payloads in flight.
-    pub overflow_payloads: u64,
-    /// Messages ever sent.
-    pub sent_total: u64,
-    /// Messages received and dropped (or reclaimed from dead receivers).
-    pub done_total: u64,
-    /// Ring descriptors skipped because they did not validate (a sign of corruption).
-    pub corrupt_skipped: u64,
-}
-
 /// Inspects segment `name` (as listed by [`list`]) without attaching to it.
 pub fn inspect(name: &str) -> Result<SegmentInfo> {
     if name.is_empty() || name.contains('/') {
@@ -92,7 +71,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         channel: None,
         problem: None,
     };
-    let region = match Region::open_as(name, None, &[], false) {
+    let region = match Region::open_as(name, None, &[], false, None) {
         Ok((region, _)) => region,
         Err(e @ Error::NotFound { .. }) => return Err(e),
         Err(e) => {
@@ -107,8 +86,8 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
     info.participant_capacity = header.capacity;
     info.participants = region.participants();
     if region.kind() == Kind::Channel {
-        match Chan::with_view(&region, |chan| chan.stats()) {
-            Ok(stats) => info.channel = Some(stats),
+        match Chan::attach(std::sync::Arc::clone(&region)) {
+            Ok(chan) => info.channel = Some(chan.stats()),
             Err(e) => info.problem = Some(e.to_string()),
         }
     }

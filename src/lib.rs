@@ -39,7 +39,7 @@
 //!
 //! let name = format!("doc-queue-{}", std::process::id()); // unique per run
 //! // At most 16 messages and 16 MiB of payload queued.
-//! let config = ChannelConfig::default().capacity(16).arena_bytes(16 << 20);
+//! let config = ChannelConfig::default().with_capacity(16).with_arena_bytes(16 << 20);
 //! let (tx, rx) = shmq::channel(&name, config)?;
 //!
 //! let rx_worker = Receiver::open(&name)?; // in a worker process: `Receiver::open(name)`
@@ -100,21 +100,32 @@
 //! (`producer_consumer`, `worker_pool`, `big_array`, `shared_counter`, `transfer`) run real
 //! processes. Linux only.
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
-mod channel;
-mod error;
-mod inspect;
-mod segment;
-mod shared;
+// Layers, each using only those above it in this list (see docs/design.md, "Modules"):
+// sys (every OS call) -> segment (header, participants, lifetime) -> channel, shared (the
+// kinds) -> inspect, gc (know every kind). The `shmq` binary sits on top of the public API.
 mod sys;
 
+mod error;
+mod segment;
+
+mod channel;
+mod shared;
+
+mod gc;
+mod inspect;
+
 pub use channel::{
-    channel, ChannelConfig, Iter, Loan, Message, Receiver, RecvError, RecvTimeoutError, SendError,
-    SendTimeoutError, Sender, SliceLoan, TryIter, TryRecvError, TrySendError, DEFAULT_SPIN,
+    channel, ChannelConfig, ChannelStats, Exhausted, IntoIter, Iter, Loan, Message, Receiver,
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, SliceLoan, TryIter,
+    TryRecvError, TrySendError, DEFAULT_SPIN,
 };
 pub use error::{Error, Result};
-pub use inspect::{inspect, list, ChannelStats, SegmentInfo};
-pub use segment::{gc, Kind, ParticipantInfo, Role, Segment, DEFAULT_PARTICIPANTS, MAX_NAME_LEN};
+pub use gc::gc;
+pub use inspect::{inspect, list, SegmentInfo};
+pub use segment::{Kind, ParticipantInfo, Role, Segment, DEFAULT_PARTICIPANTS, MAX_NAME_LEN};
 pub use shared::{
     LockError, LockResult, OwnerDiedError, SharedArray, SharedArrayGuard, SharedValue,
     SharedValueGuard,

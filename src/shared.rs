@@ -365,8 +365,9 @@ fn create_state<T: Pod>(
         capacity: DEFAULT_PARTICIPANTS,
         flags: FLAG_AUTO_UNLINK,
         populate: false,
+        hooks: None,
     };
-    let init = |region: &Region| -> Result<()> {
+    let init = |region: &Arc<Region>| -> Result<()> {
         let words = Words::new(region)?;
         words.write_type(&info, len as u64);
         // SAFETY: MUTEX_OFFSET..MUTEX_OFFSET+ROBUST_MUTEX_SIZE lies inside the data area (its
@@ -390,7 +391,7 @@ fn create_state<T: Pod>(
 fn open_state<T: Pod>(name: &str, kind: Kind, handle: &str) -> Result<State> {
     validate_name(name)?;
     let (_, participants) =
-        Region::open(name, kind, &[Role::Shared], false).map_err(|e| match e {
+        Region::open(name, kind, &[Role::Shared], false, None).map_err(|e| match e {
             Error::Incompatible {
                 name,
                 what: "kind",
@@ -436,7 +437,7 @@ impl Drop for RawGuard {
         // SAFETY: a RawGuard exists only while this thread holds the mutex (it is created right
         // after a successful lock and is neither Send nor Clone), and `state` keeps the mapping
         // alive; the mutex was initialised by the creator.
-        unsafe { sys::robust_mutex_unlock(self.state.mutex_ptr()) }
+        let _ = unsafe { sys::robust_mutex_unlock(self.state.mutex_ptr()) };
     }
 }
 
@@ -483,7 +484,7 @@ fn lock_state<G>(
             state.poisoned().store(1, Ordering::Relaxed);
             // SAFETY: this thread holds the mutex (EOWNERDEAD means it was acquired) and the
             // mapping is alive.
-            unsafe { sys::robust_mutex_mark_consistent(mutex) };
+            let _ = unsafe { sys::robust_mutex_mark_consistent(mutex) };
             true
         }
         Ok(sys::LockOutcome::Busy) => {
@@ -496,7 +497,7 @@ fn lock_state<G>(
                 Wait::Forever => LockError::Io(Error::from_io(
                     state.name(),
                     op,
-                    io::Error::from_raw_os_error(libc::EBUSY),
+                    io::Error::from(io::ErrorKind::ResourceBusy),
                 )),
             })
         }
@@ -674,7 +675,7 @@ impl<G> From<LockError<G>> for Error {
             LockError::Unrecoverable { name } => Error::Io {
                 name,
                 op: "pthread_mutex_lock",
-                source: io::Error::from_raw_os_error(libc::ENOTRECOVERABLE),
+                source: sys::not_recoverable_error(),
             },
             LockError::Io(e) => e,
         }

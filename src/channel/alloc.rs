@@ -1,4 +1,4 @@
-//! The arena allocator and the redo journal that makes its updates crash-atomic.
+//! The arena allocator: first fit over 4 KiB pages with boundary tags.
 //!
 //! The arena is cut into 4 KiB pages. A *run* is a maximal range of pages that is either free or
 //! allocated as one chunk. Every run carries the same tag word at its first and its last page
@@ -8,31 +8,20 @@
 //! the run stays in the list. Each chunk's first page also has an `owner` word: the participant
 //! responsible for freeing it if it dies (0 while the chunk sits in the ring).
 //!
-//! All of this state is plain words in shared memory that another process may have left half
-//! written. So an operation never writes in place as it goes: it computes its writes into a
-//! [`Txn`] (reading through it), stores them in the journal, publishes the journal's length as its
-//! commit point, applies them and clears the length. A process that dies anywhere in between
-//! leaves either nothing (length 0) or a complete journal, which the next holder of the lock
-//! replays: every write is an absolute value, so replaying twice is harmless.
+//! Every operation computes its writes into a [`Txn`] (journal.rs) and commits them through the
+//! allocator lock's journal, so a process that dies mid-operation leaves nothing half-written.
 //!
 //! Every word read is range-checked; a structure that does not add up gives
 //! [`AllocError::Corrupted`], never a panic, an out-of-bounds access or an endless walk.
 
 /// Size of an arena page, the allocation unit.
 pub(crate) const ARENA_PAGE: u64 = 4096;
-/// Largest number of writes one journaled operation may make.
-pub(crate) const JOURNAL_CAPACITY: usize = 32;
 
 const USED: u64 = 1 << 63;
 const LEN_MASK: u64 = (1 << 40) - 1;
 const NONE: u64 = 0;
 
-/// Word storage the allocator runs on: shared memory in the channel, a vector in tests.
-/// Indices are word indices; out-of-range loads return `None` and stores are dropped.
-pub(crate) trait Words {
-    fn load(&self, index: u64) -> Option<u64>;
-    fn store(&self, index: u64, value: u64);
-}
+use super::journal::{Txn, Words, JOURNAL_CAPACITY};
 
 /// Where the allocator's words and its journal live in a [`Words`] space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,118 +49,6 @@ pub(crate) enum AllocError {
     NoSpace,
     /// The structure is inconsistent (written by a misbehaving process).
     Corrupted(String),
-}
-
-/// A set of pending writes, read through before they are committed.
-/// On the stack: a transaction runs for every message, so it must not allocate.
-pub(crate) struct Txn<'a, W: Words, const N: usize = JOURNAL_CAPACITY> {
-    words: &'a W,
-    writes: [(u64, u64); N],
-    len: usize,
-    overflowed: bool,
-}
-
-impl<'a, W: Words, const N: usize> Txn<'a, W, N> {
-    /// A transaction of at most `N` writes (`N` <= the journal's capacity): ring operations
-    /// use a small one, so the per-message cost of clearing it stays small.
-    pub(crate) fn new(words: &'a W) -> Self {
-        Txn {
-            words,
-            writes: [(0, 0); N],
-            len: 0,
-            overflowed: false,
-        }
-    }
-
-    fn pending(&self) -> &[(u64, u64)] {
-        &self.writes[..self.len]
-    }
-
-    pub(crate) fn get(&self, index: u64) -> Option<u64> {
-        match self.pending().iter().find(|(i, _)| *i == index) {
-            Some(&(_, v)) => Some(v),
-            None => self.words.load(index),
-        }
-    }
-
-    pub(crate) fn set(&mut self, index: u64, value: u64) {
-        if let Some(entry) = self.writes[..self.len]
-            .iter_mut()
-            .find(|(i, _)| *i == index)
-        {
-            entry.1 = value;
-        } else if self.len < N.min(JOURNAL_CAPACITY) {
-            self.writes[self.len] = (index, value);
-            self.len += 1;
-        } else {
-            self.overflowed = true;
-        }
-    }
-
-    /// Journals and applies the writes, in the order they were first set. Returns false
-    /// (writing nothing) if they do not fit the journal, which the operations below never
-    /// exceed.
-    pub(crate) fn commit(self, journal: u64) -> bool {
-        let n = self.len as u64;
-        if self.overflowed {
-            return false;
-        }
-        for (k, &(index, value)) in self.pending().iter().enumerate() {
-            self.words.store(journal + 1 + 2 * k as u64, index);
-            self.words.store(journal + 2 + 2 * k as u64, value);
-        }
-        // The commit point: from here a crash is repaired by replaying.
-        self.words.store(journal, n);
-        for &(index, value) in self.pending() {
-            self.words.store(index, value);
-        }
-        self.words.store(journal, 0);
-        true
-    }
-}
-
-/// Replays a committed journal left by a process that died while holding the lock.
-/// Returns whether there was one. Indices outside `allowed` are skipped.
-///
-/// With `marker`, the operation wrote that word last: if it already holds the journaled value
-/// (or more: markers only grow), every write landed and the journal is only cleared.
-pub(crate) fn replay_journal<W: Words>(
-    words: &W,
-    journal: u64,
-    allowed: std::ops::Range<u64>,
-    marker: Option<u64>,
-) -> bool {
-    let n = words.load(journal).unwrap_or(0);
-    if n == 0 {
-        return false;
-    }
-    let entry = |k: u64| {
-        (
-            words.load(journal + 1 + 2 * k),
-            words.load(journal + 2 + 2 * k),
-        )
-    };
-    let completed = marker.is_some_and(|m| {
-        (0..n.min(JOURNAL_CAPACITY as u64)).any(|k| match entry(k) {
-            (Some(index), Some(value)) => {
-                index == m && words.load(m).is_some_and(|now| now >= value)
-            }
-            _ => false,
-        })
-    });
-    if n as usize <= JOURNAL_CAPACITY && !completed {
-        for k in 0..n {
-            let index = words.load(journal + 1 + 2 * k);
-            let value = words.load(journal + 2 + 2 * k);
-            if let (Some(index), Some(value)) = (index, value) {
-                if allowed.contains(&index) {
-                    words.store(index, value);
-                }
-            }
-        }
-    }
-    words.store(journal, 0);
-    true
 }
 
 fn corrupted(what: impl Into<String>) -> AllocError {
@@ -432,6 +309,7 @@ impl AllocLayout {
 
 #[cfg(test)]
 mod tests {
+    use super::super::journal::replay_journal;
     use super::*;
     use proptest::prelude::*;
     use std::cell::RefCell;

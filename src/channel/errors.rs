@@ -1,136 +1,168 @@
 //! Error types of channel operations, shaped like crossbeam-channel's.
 //!
-//! Each type has helpers (`is_full`, `is_empty`, `is_disconnected`, `is_timeout`) and a
-//! `Failed` variant for the rare case where the operating system refuses something the
-//! operation needs (an overflow segment that /dev/shm has no room for, say).
+//! As in crossbeam, a failed send gives back what the caller handed in: `T` is the [`Loan`] or
+//! [`SliceLoan`] of [`Loan::send`] and [`SliceLoan::send`], and `()` for the copying sends (the
+//! caller still has its slice). [`into_inner`](SendError::into_inner) returns it. Each type
+//! has `is_*` helpers, `From` conversions like crossbeam's, and a `Failed` variant for the rare
+//! case where the operating system refuses something the operation needs (an overflow segment
+//! that /dev/shm has no room for, say).
+//!
+//! [`Loan`]: crate::Loan
+//! [`SliceLoan`]: crate::SliceLoan
+//! [`Loan::send`]: crate::Loan::send
+//! [`SliceLoan::send`]: crate::SliceLoan::send
 
 use std::fmt;
 
 use crate::Error;
 
-macro_rules! channel_error {
-    (
-        $(#[$meta:meta])*
-        $name:ident { $( $(#[$vmeta:meta])* $variant:ident => $text:literal, )* }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug)]
-        #[non_exhaustive]
-        pub enum $name {
-            $( $(#[$vmeta])* $variant, )*
-            /// The operation could not be carried out (see the inner error).
-            Failed(Error),
+/// Which limit of the channel a send found reached, in [`TrySendError::Full`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Exhausted {
+    /// The ring holds `capacity` messages.
+    Ring,
+    /// The arena has no free run of pages large enough for the payload.
+    Arena,
+    /// Every entry of the overflow table (payloads larger than the arena in flight at once) is
+    /// in use.
+    OverflowTable,
+}
+
+impl fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Exhausted::Ring => "the ring is full",
+            Exhausted::Arena => "the arena has no room for the payload",
+            Exhausted::OverflowTable => "the overflow table is full",
+        })
+    }
+}
+
+/// Why [`Sender::send`](crate::Sender::send) (and the other blocking sends) failed.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError<T = ()> {
+    /// Every receiver is gone (dropped or dead). Holds what was to be sent.
+    Disconnected(T),
+    /// The operation could not be carried out (see the error). Holds what was to be sent.
+    Failed(Error, T),
+}
+
+/// Why [`Sender::try_send`](crate::Sender::try_send) (and the other `try_` sends) failed.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrySendError<T = ()> {
+    /// The channel has no room now: [`Exhausted`] says which of its limits was reached.
+    Full(T, Exhausted),
+    /// Every receiver is gone (dropped or dead).
+    Disconnected(T),
+    /// The operation could not be carried out (see the error).
+    Failed(Error, T),
+}
+
+/// Why [`Sender::send_timeout`](crate::Sender::send_timeout) (and the other timed sends, and
+/// [`Sender::join_timeout`](crate::Sender::join_timeout)) failed.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendTimeoutError<T = ()> {
+    /// The deadline passed before the operation could complete.
+    Timeout(T),
+    /// Every receiver is gone (dropped or dead).
+    Disconnected(T),
+    /// The operation could not be carried out (see the error).
+    Failed(Error, T),
+}
+
+/// Why [`Receiver::recv`](crate::Receiver::recv) failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// Every sender is gone and the channel is drained.
+    Disconnected,
+    /// The operation could not be carried out (see the error).
+    Failed(Error),
+}
+
+/// Why [`Receiver::try_recv`](crate::Receiver::try_recv) failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// No message is waiting.
+    Empty,
+    /// Every sender is gone and the channel is drained.
+    Disconnected,
+    /// The operation could not be carried out (see the error).
+    Failed(Error),
+}
+
+/// Why [`Receiver::recv_timeout`](crate::Receiver::recv_timeout) failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecvTimeoutError {
+    /// No message arrived before the deadline.
+    Timeout,
+    /// Every sender is gone and the channel is drained.
+    Disconnected,
+    /// The operation could not be carried out (see the error).
+    Failed(Error),
+}
+
+impl<T> SendError<T> {
+    /// What the caller handed in (the unsent loan, for [`Loan::send`](crate::Loan::send)).
+    pub fn into_inner(self) -> T {
+        match self {
+            SendError::Disconnected(t) | SendError::Failed(_, t) => t,
         }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                match self {
-                    $( $name::$variant => f.write_str($text), )*
-                    $name::Failed(e) => write!(f, "channel operation failed: {e}"),
-                }
-            }
-        }
-
-        impl std::error::Error for $name {
-            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-                match self {
-                    $name::Failed(e) => Some(e),
-                    #[allow(unreachable_patterns)]
-                    _ => None,
-                }
-            }
-        }
-
-        impl From<Error> for $name {
-            fn from(e: Error) -> Self {
-                $name::Failed(e)
-            }
-        }
-    };
-}
-
-channel_error! {
-    /// Why [`Sender::send`](crate::Sender::send) failed.
-    SendError {
-        /// Every receiver is gone (dropped or dead).
-        Disconnected => "sending on a disconnected channel",
     }
-}
-
-channel_error! {
-    /// Why [`Sender::try_send`](crate::Sender::try_send) failed.
-    TrySendError {
-        /// The ring holds `capacity` messages, or the arena has no room for the payload.
-        Full => "sending on a full channel",
-        /// Every receiver is gone (dropped or dead).
-        Disconnected => "sending on a disconnected channel",
-    }
-}
-
-channel_error! {
-    /// Why [`Sender::send_timeout`](crate::Sender::send_timeout) failed.
-    SendTimeoutError {
-        /// The channel stayed full until the deadline.
-        Timeout => "timed out sending on a full channel",
-        /// Every receiver is gone (dropped or dead).
-        Disconnected => "sending on a disconnected channel",
-    }
-}
-
-channel_error! {
-    /// Why [`Receiver::recv`](crate::Receiver::recv) failed.
-    RecvError {
-        /// Every sender is gone and the channel is drained.
-        Disconnected => "receiving on an empty and disconnected channel",
-    }
-}
-
-channel_error! {
-    /// Why [`Receiver::try_recv`](crate::Receiver::try_recv) failed.
-    TryRecvError {
-        /// No message is waiting.
-        Empty => "receiving on an empty channel",
-        /// Every sender is gone and the channel is drained.
-        Disconnected => "receiving on an empty and disconnected channel",
-    }
-}
-
-channel_error! {
-    /// Why [`Receiver::recv_timeout`](crate::Receiver::recv_timeout) failed.
-    RecvTimeoutError {
-        /// No message arrived before the deadline.
-        Timeout => "timed out waiting on an empty channel",
-        /// Every sender is gone and the channel is drained.
-        Disconnected => "receiving on an empty and disconnected channel",
-    }
-}
-
-impl SendError {
     /// Whether every receiver is gone.
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, SendError::Disconnected)
+        matches!(self, SendError::Disconnected(_))
     }
 }
 
-impl TrySendError {
-    /// Whether the channel was full.
+impl<T> TrySendError<T> {
+    /// What the caller handed in.
+    pub fn into_inner(self) -> T {
+        match self {
+            TrySendError::Full(t, _) | TrySendError::Disconnected(t) | TrySendError::Failed(_, t) => {
+                t
+            }
+        }
+    }
+    /// Whether the channel had no room.
     pub fn is_full(&self) -> bool {
-        matches!(self, TrySendError::Full)
+        matches!(self, TrySendError::Full(..))
+    }
+    /// Which limit was reached, for [`Full`](TrySendError::Full).
+    pub fn exhausted(&self) -> Option<Exhausted> {
+        match self {
+            TrySendError::Full(_, what) => Some(*what),
+            _ => None,
+        }
     }
     /// Whether every receiver is gone.
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, TrySendError::Disconnected)
+        matches!(self, TrySendError::Disconnected(_))
     }
 }
 
-impl SendTimeoutError {
+impl<T> SendTimeoutError<T> {
+    /// What the caller handed in.
+    pub fn into_inner(self) -> T {
+        match self {
+            SendTimeoutError::Timeout(t)
+            | SendTimeoutError::Disconnected(t)
+            | SendTimeoutError::Failed(_, t) => t,
+        }
+    }
     /// Whether the deadline passed.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, SendTimeoutError::Timeout)
+        matches!(self, SendTimeoutError::Timeout(_))
     }
     /// Whether every receiver is gone.
     pub fn is_disconnected(&self) -> bool {
-        matches!(self, SendTimeoutError::Disconnected)
+        matches!(self, SendTimeoutError::Disconnected(_))
     }
 }
 
@@ -163,68 +195,234 @@ impl RecvTimeoutError {
     }
 }
 
-/// How a blocking wait ended, before it is turned into the caller's error type.
-#[derive(Debug)]
-pub(crate) enum WaitError {
-    Timeout,
-    Disconnected,
-    Failed(Error),
-}
+// ----- conversions, as crossbeam-channel has them ----------------------------------------------
 
-impl From<WaitError> for SendError {
-    fn from(e: WaitError) -> Self {
+impl<T> From<SendError<T>> for TrySendError<T> {
+    fn from(e: SendError<T>) -> Self {
         match e {
-            WaitError::Timeout | WaitError::Disconnected => SendError::Disconnected,
-            WaitError::Failed(e) => SendError::Failed(e),
+            SendError::Disconnected(t) => TrySendError::Disconnected(t),
+            SendError::Failed(e, t) => TrySendError::Failed(e, t),
         }
     }
 }
 
-impl From<WaitError> for TrySendError {
-    fn from(e: WaitError) -> Self {
+impl<T> From<SendError<T>> for SendTimeoutError<T> {
+    fn from(e: SendError<T>) -> Self {
         match e {
-            WaitError::Timeout => TrySendError::Full,
-            WaitError::Disconnected => TrySendError::Disconnected,
-            WaitError::Failed(e) => TrySendError::Failed(e),
+            SendError::Disconnected(t) => SendTimeoutError::Disconnected(t),
+            SendError::Failed(e, t) => SendTimeoutError::Failed(e, t),
         }
     }
 }
 
-impl From<WaitError> for SendTimeoutError {
-    fn from(e: WaitError) -> Self {
+impl From<RecvError> for TryRecvError {
+    fn from(e: RecvError) -> Self {
         match e {
-            WaitError::Timeout => SendTimeoutError::Timeout,
-            WaitError::Disconnected => SendTimeoutError::Disconnected,
-            WaitError::Failed(e) => SendTimeoutError::Failed(e),
+            RecvError::Disconnected => TryRecvError::Disconnected,
+            RecvError::Failed(e) => TryRecvError::Failed(e),
         }
     }
 }
 
-impl From<WaitError> for RecvError {
-    fn from(e: WaitError) -> Self {
+impl From<RecvError> for RecvTimeoutError {
+    fn from(e: RecvError) -> Self {
         match e {
-            WaitError::Timeout | WaitError::Disconnected => RecvError::Disconnected,
-            WaitError::Failed(e) => RecvError::Failed(e),
+            RecvError::Disconnected => RecvTimeoutError::Disconnected,
+            RecvError::Failed(e) => RecvTimeoutError::Failed(e),
         }
     }
 }
 
-impl From<WaitError> for TryRecvError {
-    fn from(e: WaitError) -> Self {
-        match e {
-            WaitError::Timeout => TryRecvError::Empty,
-            WaitError::Disconnected => TryRecvError::Disconnected,
-            WaitError::Failed(e) => TryRecvError::Failed(e),
+impl From<Error> for SendError {
+    fn from(e: Error) -> Self {
+        SendError::Failed(e, ())
+    }
+}
+
+impl From<Error> for TrySendError {
+    fn from(e: Error) -> Self {
+        TrySendError::Failed(e, ())
+    }
+}
+
+impl From<Error> for SendTimeoutError {
+    fn from(e: Error) -> Self {
+        SendTimeoutError::Failed(e, ())
+    }
+}
+
+impl From<Error> for RecvError {
+    fn from(e: Error) -> Self {
+        RecvError::Failed(e)
+    }
+}
+
+impl From<Error> for TryRecvError {
+    fn from(e: Error) -> Self {
+        TryRecvError::Failed(e)
+    }
+}
+
+impl From<Error> for RecvTimeoutError {
+    fn from(e: Error) -> Self {
+        RecvTimeoutError::Failed(e)
+    }
+}
+
+// ----- Debug, Display, Error --------------------------------------------------------------------
+
+// Debug does not require `T: Debug`, as crossbeam's: the payload is shown as `..`.
+
+impl<T> fmt::Debug for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Disconnected(_) => f.write_str("Disconnected(..)"),
+            SendError::Failed(e, _) => f.debug_tuple("Failed").field(e).field(&"..").finish(),
         }
     }
 }
 
-impl From<WaitError> for RecvTimeoutError {
-    fn from(e: WaitError) -> Self {
-        match e {
-            WaitError::Timeout => RecvTimeoutError::Timeout,
-            WaitError::Disconnected => RecvTimeoutError::Disconnected,
-            WaitError::Failed(e) => RecvTimeoutError::Failed(e),
+impl<T> fmt::Debug for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_, what) => write!(f, "Full(.., {what:?})"),
+            TrySendError::Disconnected(_) => f.write_str("Disconnected(..)"),
+            TrySendError::Failed(e, _) => f.debug_tuple("Failed").field(e).field(&"..").finish(),
         }
+    }
+}
+
+impl<T> fmt::Debug for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            SendTimeoutError::Disconnected(_) => f.write_str("Disconnected(..)"),
+            SendTimeoutError::Failed(e, _) => {
+                f.debug_tuple("Failed").field(e).field(&"..").finish()
+            }
+        }
+    }
+}
+
+const DISCONNECTED_SEND: &str = "sending on a disconnected channel";
+
+impl<T> fmt::Display for SendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Disconnected(_) => f.write_str(DISCONNECTED_SEND),
+            SendError::Failed(e, _) => write!(f, "channel operation failed: {e}"),
+        }
+    }
+}
+
+impl<T> fmt::Display for TrySendError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySendError::Full(_, what) => write!(f, "sending on a full channel ({what})"),
+            TrySendError::Disconnected(_) => f.write_str(DISCONNECTED_SEND),
+            TrySendError::Failed(e, _) => write!(f, "channel operation failed: {e}"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SendTimeoutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendTimeoutError::Timeout(_) => f.write_str("timed out sending on a full channel"),
+            SendTimeoutError::Disconnected(_) => f.write_str(DISCONNECTED_SEND),
+            SendTimeoutError::Failed(e, _) => write!(f, "channel operation failed: {e}"),
+        }
+    }
+}
+
+impl<T> std::error::Error for SendError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::Failed(e, _) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<T> std::error::Error for TrySendError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TrySendError::Failed(e, _) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<T> std::error::Error for SendTimeoutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendTimeoutError::Failed(e, _) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! recv_error_traits {
+    ($name:ident { $( $variant:ident => $text:literal, )* }) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $( $name::$variant => f.write_str($text), )*
+                    $name::Failed(e) => write!(f, "channel operation failed: {e}"),
+                }
+            }
+        }
+
+        impl std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                match self {
+                    $name::Failed(e) => Some(e),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+recv_error_traits!(RecvError {
+    Disconnected => "receiving on an empty and disconnected channel",
+});
+
+recv_error_traits!(TryRecvError {
+    Empty => "receiving on an empty channel",
+    Disconnected => "receiving on an empty and disconnected channel",
+});
+
+recv_error_traits!(RecvTimeoutError {
+    Timeout => "timed out waiting on an empty channel",
+    Disconnected => "receiving on an empty and disconnected channel",
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_name_the_variant_and_the_limit() {
+        let full: TrySendError<Vec<u8>> = TrySendError::Full(vec![1], Exhausted::Arena);
+        assert_eq!(format!("{full:?}"), "Full(.., Arena)");
+        assert_eq!(
+            full.to_string(),
+            "sending on a full channel (the arena has no room for the payload)"
+        );
+        assert_eq!(full.exhausted(), Some(Exhausted::Arena));
+        assert_eq!(full.into_inner(), vec![1]);
+    }
+
+    #[test]
+    fn conversions_keep_the_payload_and_the_cause() {
+        let e: TrySendError<u8> = SendError::Disconnected(7).into();
+        assert_eq!(e, TrySendError::Disconnected(7));
+        let e: SendTimeoutError<u8> = SendError::Disconnected(8).into();
+        assert_eq!(e.into_inner(), 8);
+        let e: RecvTimeoutError = RecvError::Disconnected.into();
+        assert!(e.is_disconnected());
+        let e: TryRecvError = RecvError::Disconnected.into();
+        assert_eq!(e.clone(), TryRecvError::Disconnected);
     }
 }

@@ -129,44 +129,10 @@ pub(crate) fn list_shm_names(prefix: &str) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// A shared, read-write mapping of a whole object, unmapped on drop.
-#[derive(Debug)]
-pub(crate) struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: a Mapping is a plain address range; every access to the bytes behind it goes through
-// atomics or through types whose own Send/Sync rules govern it.
-unsafe impl Send for Mapping {}
-// SAFETY: see the Send impl above; &Mapping only hands out the raw pointer.
-unsafe impl Sync for Mapping {}
-
-impl Mapping {
-    /// Start of the mapping (page aligned).
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.ptr.as_ptr()
-    }
-
-    /// Length in bytes.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len are exactly what mmap returned and nobody else unmaps them; every
-        // borrow of the mapping is tied to a handle that holds this Mapping alive.
-        unsafe {
-            let _ = rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
-/// Maps the first `len` bytes of `fd` shared and read-write. With `populate`, the kernel fills
-/// the page tables now so that later accesses take no page fault.
-pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize, populate: bool) -> io::Result<Mapping> {
+/// Maps the first `len` bytes of `fd` shared and read-write (see [`Mapping::new`]).
+///
+/// [`Mapping::new`]: super::Mapping::new
+pub(super) fn map_shared_raw(fd: BorrowedFd<'_>, len: usize, populate: bool) -> io::Result<NonNull<u8>> {
     if len == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
     }
@@ -185,8 +151,38 @@ pub(crate) fn map_shared(fd: BorrowedFd<'_>, len: usize, populate: bool) -> io::
             0,
         )?
     };
-    let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-    Ok(Mapping { ptr, len })
+    NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)
+}
+
+/// Unmaps what [`map_shared_raw`] mapped.
+///
+/// # Safety
+/// `ptr` and `len` must come from one successful [`map_shared_raw`] call, and no reference into
+/// the range may outlive this call.
+pub(super) unsafe fn unmap_raw(ptr: NonNull<u8>, len: usize) {
+    // SAFETY: the caller passes a range mmap returned, unused from now on. munmap of such a
+    // range cannot fail (EINVAL would mean a range mmap never returned).
+    let _ = unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) };
+}
+
+/// Reads up to `buf.len()` bytes at `offset` of `fd` without mapping it, retrying after
+/// signals. Returns how many bytes were read: fewer at the end of the file.
+pub(crate) fn read_at(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::io::pread(fd, &mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(filled)
+}
+
+/// The error `pthread_mutex_lock` reports for a mutex that can never be taken again.
+pub(crate) fn not_recoverable_error() -> io::Error {
+    io::Error::from_raw_os_error(libc::ENOTRECOVERABLE)
 }
 
 fn ofd_lock_request(
@@ -305,21 +301,25 @@ extern "C" {
 /// `mutex` must be valid for writes of [`ROBUST_MUTEX_SIZE`] bytes, suitably aligned, and no
 /// process may be using a mutex there.
 pub(crate) unsafe fn robust_mutex_init(mutex: *mut u8) -> io::Result<()> {
-    let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
-    check(libc::pthread_mutexattr_init(&mut attr))?;
+    // SAFETY: pthread_mutexattr_t is a plain C struct; pthread_mutexattr_init initialises it
+    // before any other use.
+    let mut attr: libc::pthread_mutexattr_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `attr` is a valid, writable attribute object on our stack.
+    check(unsafe { libc::pthread_mutexattr_init(&mut attr) })?;
     let result = (|| {
-        check(libc::pthread_mutexattr_setpshared(
-            &mut attr,
-            libc::PTHREAD_PROCESS_SHARED,
-        ))?;
-        check(libc::pthread_mutexattr_setrobust(
-            &mut attr,
-            libc::PTHREAD_MUTEX_ROBUST,
-        ))?;
-        check(libc::pthread_mutex_init(mutex.cast(), &attr))
+        // SAFETY: `attr` was initialised above.
+        check(unsafe {
+            libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED)
+        })?;
+        // SAFETY: as above.
+        check(unsafe { libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST) })?;
+        // SAFETY: the caller guarantees `mutex` is writable, aligned and unused; `attr` is
+        // initialised.
+        check(unsafe { libc::pthread_mutex_init(mutex.cast(), &attr) })
     })();
-    libc::pthread_mutexattr_destroy(&mut attr);
-    result
+    // SAFETY: `attr` was initialised above and is not used after this.
+    let destroyed = check(unsafe { libc::pthread_mutexattr_destroy(&mut attr) });
+    result.and(destroyed)
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -343,6 +343,19 @@ fn outcome(rc: libc::c_int) -> io::Result<LockOutcome> {
 /// Longest single sleep on a robust mutex; see [`robust_mutex_lock`].
 const ROBUST_SLEEP_SLICE: Duration = Duration::from_millis(25);
 
+/// An absolute CLOCK_MONOTONIC time `after` from now, as `pthread_mutex_clocklock` takes it.
+fn monotonic_after(after: Duration) -> libc::timespec {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let total_ns = now.tv_nsec as u128 + after.subsec_nanos() as u128;
+    libc::timespec {
+        tv_sec: (now.tv_sec as u64)
+            .saturating_add(after.as_secs())
+            .saturating_add((total_ns / 1_000_000_000) as u64)
+            .min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: (total_ns % 1_000_000_000) as _,
+    }
+}
+
 /// Locks the robust mutex at `mutex`, waiting until `deadline` (forever with `None`).
 ///
 /// It never sleeps in the kernel for more than 25 ms at a time. An unlock wakes one waiter; a
@@ -360,21 +373,11 @@ pub(crate) unsafe fn robust_mutex_lock(
     loop {
         let slice_end = Instant::now() + ROBUST_SLEEP_SLICE;
         let until = deadline.map_or(slice_end, |d| d.min(slice_end));
-        let remaining = until.saturating_duration_since(Instant::now());
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        let total_ns = now.tv_nsec as u128 + remaining.subsec_nanos() as u128;
-        let abstime = libc::timespec {
-            tv_sec: (now.tv_sec as u64)
-                .saturating_add(remaining.as_secs())
-                .saturating_add((total_ns / 1_000_000_000) as u64)
-                .min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: (total_ns % 1_000_000_000) as _,
-        };
-        let result = outcome(pthread_mutex_clocklock(
-            mutex.cast(),
-            libc::CLOCK_MONOTONIC,
-            &abstime,
-        ))?;
+        let abstime = monotonic_after(until.saturating_duration_since(Instant::now()));
+        // SAFETY: the caller guarantees an initialised, mapped mutex; `abstime` lives on our
+        // stack for the whole call.
+        let rc = unsafe { pthread_mutex_clocklock(mutex.cast(), libc::CLOCK_MONOTONIC, &abstime) };
+        let result = outcome(rc)?;
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if result != LockOutcome::Busy || expired {
             return Ok(result);
@@ -387,23 +390,28 @@ pub(crate) unsafe fn robust_mutex_lock(
 /// # Safety
 /// As for [`robust_mutex_lock`].
 pub(crate) unsafe fn robust_mutex_try_lock(mutex: *mut u8) -> io::Result<LockOutcome> {
-    outcome(libc::pthread_mutex_trylock(mutex.cast()))
+    // SAFETY: the caller guarantees an initialised mutex that stays mapped for the call.
+    outcome(unsafe { libc::pthread_mutex_trylock(mutex.cast()) })
 }
 
-/// Unlocks a robust mutex that the calling thread holds.
+/// Unlocks a robust mutex that the calling thread holds. An error (`EPERM`: the caller does
+/// not hold it) means the mutex word was overwritten by someone else.
 ///
 /// # Safety
 /// As for [`robust_mutex_lock`], and the calling thread must hold the mutex.
-pub(crate) unsafe fn robust_mutex_unlock(mutex: *mut u8) {
-    libc::pthread_mutex_unlock(mutex.cast());
+pub(crate) unsafe fn robust_mutex_unlock(mutex: *mut u8) -> io::Result<()> {
+    // SAFETY: the caller guarantees an initialised, mapped mutex that this thread holds.
+    check(unsafe { libc::pthread_mutex_unlock(mutex.cast()) })
 }
 
-/// Declares the data behind a mutex taken with [`LockOutcome::OwnerDied`] repaired.
+/// Declares the data behind a mutex taken with [`LockOutcome::OwnerDied`] repaired. An error
+/// (`EINVAL`) means the mutex is not in the state `EOWNERDEAD` left it in.
 ///
 /// # Safety
 /// As for [`robust_mutex_unlock`].
-pub(crate) unsafe fn robust_mutex_mark_consistent(mutex: *mut u8) {
-    libc::pthread_mutex_consistent(mutex.cast());
+pub(crate) unsafe fn robust_mutex_mark_consistent(mutex: *mut u8) -> io::Result<()> {
+    // SAFETY: the caller guarantees an initialised, mapped mutex that this thread holds.
+    check(unsafe { libc::pthread_mutex_consistent(mutex.cast()) })
 }
 
 /// Borrows a descriptor (helper so callers need not import `AsFd`).

@@ -1,14 +1,25 @@
-//! Every call into the operating system lives below this module.
+//! Every call into the operating system, and the one place where a pointer into shared memory
+//! becomes a Rust reference.
 //!
-//! The rest of the crate sees a small vocabulary (open a named shared-memory object, map it, lock
-//! a byte of it, sleep on a futex word, lock a robust mutex) and never calls `rustix` or `libc`
-//! itself. Porting shmq to another system means writing one more file beside `linux.rs` that
-//! offers the same functions.
+//! The rest of the crate sees a small vocabulary and never calls `rustix` or `libc` itself:
+//!
+//! - [`linux`]: open, size, stat, read and unlink a named shared-memory object; lock a byte of
+//!   it (liveness); sleep and wake on a futex word; lock a robust process-shared mutex; map an
+//!   object. OS errors come back as [`std::io::Error`]s whose [`kind`](std::io::Error::kind)
+//!   callers match on (errno values stay in here).
+//! - [`mapping`]: [`Mapping`], a mapped object, and its checked atomic views
+//!   ([`Mapping::atomic`]): bounds and alignment are checked there and nowhere else.
+//!
+//! Porting shmq to another system means writing one more file beside `linux.rs` that offers the
+//! same functions; `mapping.rs` is portable.
 
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
 pub(crate) use linux::*;
+
+mod mapping;
+pub(crate) use mapping::{Mapping, SharedAtomic};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmq supports Linux only for now: see src/sys/mod.rs for what a port needs");

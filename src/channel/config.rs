@@ -1,0 +1,70 @@
+//! [`ChannelConfig`]: the size and limits of a new channel.
+
+use crate::segment::DEFAULT_PARTICIPANTS;
+
+/// Size and limits of a new channel. Build it with the `with_` methods, starting from
+/// `default()`; read it back with the getters of the same names.
+///
+/// ```
+/// let config = shmq::ChannelConfig::default().with_capacity(64).with_arena_bytes(256 << 20);
+/// assert_eq!(config.capacity(), 64);
+/// assert_eq!(config.arena_bytes(), 256 << 20);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    capacity: usize,
+    arena_bytes: usize,
+    max_participants: u32,
+}
+
+impl Default for ChannelConfig {
+    /// 64 messages, a 64 MiB arena, 64 participants.
+    fn default() -> Self {
+        ChannelConfig {
+            capacity: 64,
+            arena_bytes: 64 << 20,
+            max_participants: DEFAULT_PARTICIPANTS,
+        }
+    }
+}
+
+impl ChannelConfig {
+    /// Messages the ring holds before `send` blocks (1 to 2^24).
+    pub fn with_capacity(mut self, messages: usize) -> Self {
+        self.capacity = messages;
+        self
+    }
+
+    /// Bytes of payload the arena holds (rounded up to 4 KiB pages). Payloads larger than the
+    /// arena travel in overflow segments of their own; `send` blocks while the arena has no room.
+    ///
+    /// The arena is reserved and faulted in when the channel is created, and mapped in full
+    /// (prefaulted) by every `open`: this costs up to about a second per GiB, once. Create
+    /// channels once and reuse them.
+    pub fn with_arena_bytes(mut self, bytes: usize) -> Self {
+        self.arena_bytes = bytes;
+        self
+    }
+
+    /// Participant slots: open `Sender` and `Receiver` families at once, live or dead but not
+    /// yet reclaimed (2 to 1024).
+    pub fn with_max_participants(mut self, slots: u32) -> Self {
+        self.max_participants = slots;
+        self
+    }
+
+    /// The configured capacity in messages.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The configured arena size in bytes (before rounding up to pages).
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_bytes
+    }
+
+    /// The configured number of participant slots.
+    pub fn max_participants(&self) -> u32 {
+        self.max_participants
+    }
+}

@@ -1,0 +1,134 @@
+//! Where everything lives in a channel's data area, and the geometry derived from its
+//! configuration.
+//!
+//! Data area of a channel segment (byte offsets; see docs/design.md):
+//!
+//! ```text
+//! 0      config: magic, capacity, arena bytes, next overflow id
+//! 128    producer lock (robust mutex) and its journal;   768 tail (own cache lines)
+//! 896    consumer lock and its journal;                  1536 head (own cache lines)
+//! 1664   allocator lock; 1728 counters; 1792 futex words and their armed flags
+//! 1920   overflow table: 64 x (id, owner, length)
+//! 3456   per participant, one cache line each: taken, dropped
+//! ...    allocator words (tags, links, owners, journal), ring slots, arena (page aligned)
+//! ```
+
+use super::alloc::AllocLayout;
+use super::journal::JOURNAL_CAPACITY;
+use crate::sys;
+
+/// Size of an arena page, the allocation unit.
+pub(crate) use super::alloc::ARENA_PAGE;
+
+/// Times a channel lock is tried before its taker sleeps on it.
+pub(super) const LOCK_SPIN_TRIES: u32 = 64;
+/// Marks a channel's data area.
+pub(super) const CHANNEL_MAGIC: u64 = u64::from_le_bytes(*b"SHMQchan");
+/// Bytes of one ring slot: a 32-byte descriptor and up to 96 bytes of inline payload.
+pub(super) const SLOT_BYTES: u64 = 128;
+/// Payloads up to this size travel inside the ring slot and are copied out on receipt.
+pub(crate) const INLINE_MAX: usize = 96;
+/// Entries in the overflow table: payloads larger than the arena in flight at once.
+pub(crate) const OVERFLOW_SLOTS: u64 = 64;
+/// Largest ring capacity accepted.
+pub(crate) const MAX_CAPACITY: u64 = 1 << 24;
+
+// Byte offsets in the data area.
+pub(super) const C_MAGIC: u64 = 0;
+pub(super) const C_CAPACITY: u64 = 8;
+pub(super) const C_ARENA_BYTES: u64 = 16;
+pub(super) const C_OVERFLOW_NEXT_ID: u64 = 24;
+pub(super) const C_PRODUCER_LOCK: u64 = 128;
+pub(super) const C_PRODUCER_JOURNAL: u64 = 192;
+pub(super) const C_TAIL: u64 = 768;
+pub(super) const C_CONSUMER_LOCK: u64 = 896;
+pub(super) const C_CONSUMER_JOURNAL: u64 = 960;
+pub(super) const C_HEAD: u64 = 1536;
+pub(super) const C_ALLOC_LOCK: u64 = 1664;
+pub(super) const C_RETIRED: u64 = 1728;
+pub(super) const C_RECLAIM_EPOCH: u64 = 1736;
+pub(super) const C_MEMBERSHIP_EPOCH: u64 = 1744;
+pub(super) const C_CORRUPT_SKIPPED: u64 = 1752;
+pub(super) const C_WAIT_WORDS: u64 = 1792; // 4 x u32 sequence words, then 4 x u32 armed flags
+pub(super) const C_OVERFLOW_TABLE: u64 = 1920;
+pub(super) const C_PARTICIPANTS: u64 = C_OVERFLOW_TABLE + OVERFLOW_SLOTS * 24;
+/// Bytes per participant record: a cache line, so receivers bumping their `dropped` counts in
+/// different processes do not share one.
+pub(super) const PARTICIPANT_STRIDE: u64 = 64;
+
+const _: () = assert!(C_PRODUCER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_TAIL);
+const _: () = assert!(C_CONSUMER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_HEAD);
+const _: () = assert!(sys::ROBUST_MUTEX_SIZE <= 64);
+
+// Descriptor kinds in a ring slot.
+pub(super) const DESC_INLINE: u64 = 1;
+pub(super) const DESC_ARENA: u64 = 2;
+pub(super) const DESC_OVERFLOW: u64 = 3;
+
+/// Where a payload lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    /// In the ring slot itself.
+    Inline,
+    /// In the arena chunk starting at this page.
+    Arena(u64),
+    /// In the overflow segment of this table entry, with this id.
+    Overflow { entry: u64, id: u64 },
+}
+
+/// A descriptor copied out of a ring slot and checked.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Desc {
+    pub(crate) place: Place,
+    pub(crate) len: u64,
+}
+
+/// Inline payload storage, aligned like arena payloads.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct InlineBuf(pub(crate) [u8; INLINE_MAX]);
+
+/// Geometry of a channel, derived from (capacity, arena bytes, participant slots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) capacity: u64,
+    pub(crate) ring_slots: u64,
+    pub(crate) arena_bytes: u64,
+    pub(crate) participants: u64,
+    pub(crate) alloc: AllocLayout,
+    pub(crate) ring_offset: u64,
+    pub(crate) arena_offset: u64,
+    pub(crate) data_len: u64,
+}
+
+impl Geometry {
+    pub(crate) fn new(capacity: u64, arena_bytes: u64, participants: u64) -> Option<Geometry> {
+        if capacity == 0 || capacity > MAX_CAPACITY || participants == 0 {
+            return None;
+        }
+        let ring_slots = capacity.next_power_of_two();
+        let pages = arena_bytes / ARENA_PAGE;
+        if pages * ARENA_PAGE != arena_bytes || pages > (1 << 32) - 2 {
+            return None;
+        }
+        let alloc_base_bytes = C_PARTICIPANTS + participants * PARTICIPANT_STRIDE;
+        let alloc = AllocLayout::at(alloc_base_bytes / 8, pages);
+        let alloc_end =
+            alloc_base_bytes.checked_add(AllocLayout::words_needed(pages).checked_mul(8)?)?;
+        let ring_offset = alloc_end.next_multiple_of(SLOT_BYTES);
+        let ring_end = ring_offset.checked_add(ring_slots.checked_mul(SLOT_BYTES)?)?;
+        let arena_offset = ring_end.next_multiple_of(ARENA_PAGE);
+        let data_len = arena_offset.checked_add(arena_bytes)?;
+        Some(Geometry {
+            capacity,
+            ring_slots,
+            arena_bytes,
+            participants,
+            alloc,
+            ring_offset,
+            arena_offset,
+            data_len,
+        })
+    }
+}
+

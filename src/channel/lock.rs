@@ -1,0 +1,118 @@
+//! The channel's three robust mutexes (producer, consumer, allocator): taking them, and
+//! finishing what a holder that died had committed to its journal.
+
+use std::sync::atomic::Ordering;
+
+use super::journal::{replay_journal, Txn};
+use super::layout::{
+    C_ALLOC_LOCK, C_CONSUMER_JOURNAL, C_CONSUMER_LOCK, C_HEAD, C_PRODUCER_JOURNAL,
+    C_PRODUCER_LOCK, C_RECLAIM_EPOCH, C_TAIL, LOCK_SPIN_TRIES,
+};
+use super::view::Chan;
+use super::wait::ALL_WAITS;
+use crate::error::{Error, Result};
+use crate::sys::{self, LockOutcome};
+
+/// A held robust mutex of the channel; unlocks on drop.
+pub(super) struct Held<'a> {
+    ptr: *mut u8,
+    _chan: &'a Chan,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // SAFETY: this guard was made by Chan::lock on this thread, which holds the mutex; the
+        // borrow of the Chan keeps the mapping alive.
+        let unlocked = unsafe { sys::robust_mutex_unlock(self.ptr) };
+        // Failing means the mutex word no longer says we hold it: someone overwrote it. There
+        // is nothing to repair from here (a drop cannot report); a debug build says so.
+        debug_assert!(unlocked.is_ok(), "unlocking a channel lock failed: {unlocked:?}");
+    }
+}
+
+impl Chan {
+    pub(super) fn lock(&self, offset: u64, journal: u64) -> Result<Held<'_>> {
+        // SAFETY: the offset is one of the three mutexes of the fixed layout, inside the data
+        // area (the geometry puts it there).
+        let ptr = unsafe { self.base.add(offset as usize) };
+        let failed = |e| Error::from_io(self.name(), "pthread_mutex_lock", e);
+        // Holders keep these locks for well under a microsecond, and glibc's robust mutexes
+        // never spin: try for a moment before sleeping in the kernel.
+        let mut outcome = LockOutcome::Busy;
+        for _ in 0..LOCK_SPIN_TRIES {
+            // SAFETY: the mutex was initialised before the segment was marked ready, and the
+            // mapping outlives the call (self holds the region).
+            outcome = unsafe { sys::robust_mutex_try_lock(ptr) }.map_err(failed)?;
+            if outcome != LockOutcome::Busy {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if outcome == LockOutcome::Busy {
+            // SAFETY: as for the try-lock above.
+            outcome = unsafe { sys::robust_mutex_lock(ptr, None) }.map_err(failed)?;
+        }
+        match outcome {
+            LockOutcome::Acquired => {}
+            LockOutcome::OwnerDied => {
+                // The previous holder died inside its critical section: finish what it committed.
+                // The ring journals end with the write of `tail` or `head`; once that write has
+                // landed the whole operation has, and other locks' holders may since have moved
+                // the same chunk on (a consumer taking it): replaying would undo their work.
+                let marker = match offset {
+                    C_PRODUCER_LOCK => Some(C_TAIL / 8),
+                    C_CONSUMER_LOCK => Some(C_HEAD / 8),
+                    _ => None,
+                };
+                replay_journal(self, journal / 8, self.journal_span(), marker);
+                if offset == C_ALLOC_LOCK {
+                    // It may have died inside retire_participant with the epoch odd.
+                    let epoch = self.word(C_RECLAIM_EPOCH / 8);
+                    let value = epoch.load(Ordering::Acquire);
+                    epoch.store(value.wrapping_add(value % 2), Ordering::Release);
+                }
+                // SAFETY: we hold the mutex (OwnerDied means acquired); it stays mapped.
+                unsafe { sys::robust_mutex_mark_consistent(ptr) }.map_err(|e| {
+                    Error::from_io(self.name(), "pthread_mutex_consistent", e)
+                })?;
+                // A replay may have moved `tail` or `head` or freed space: wake whoever waits
+                // rather than leave them to their next timed re-check.
+                for on in ALL_WAITS {
+                    self.notify(on);
+                }
+            }
+            LockOutcome::Busy | LockOutcome::Unrecoverable => {
+                return Err(Error::corrupted(
+                    self.name(),
+                    "a channel lock is unrecoverable",
+                ));
+            }
+        }
+        Ok(Held { ptr, _chan: self })
+    }
+
+    /// Words a journal may write: the control block's mutable words and the allocator.
+    pub(super) fn journal_span(&self) -> std::ops::Range<u64> {
+        C_TAIL / 8..self.geo.alloc.span().end
+    }
+
+    pub(super) fn lock_producer(&self) -> Result<Held<'_>> {
+        self.lock(C_PRODUCER_LOCK, C_PRODUCER_JOURNAL)
+    }
+
+    pub(super) fn lock_consumer(&self) -> Result<Held<'_>> {
+        self.lock(C_CONSUMER_LOCK, C_CONSUMER_JOURNAL)
+    }
+
+    pub(super) fn lock_alloc(&self) -> Result<Held<'_>> {
+        self.lock(C_ALLOC_LOCK, self.geo.alloc.journal * 8)
+    }
+
+    pub(super) fn commit<const N: usize>(&self, txn: Txn<'_, Chan, N>, journal_offset: u64) -> Result<()> {
+        if txn.commit(journal_offset / 8) {
+            Ok(())
+        } else {
+            Err(Error::corrupted(self.name(), "journal overflow"))
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Payloads larger than the arena: each travels in a segment of its own, named after its
+//! channel's incarnation, and tracked by an entry of the overflow table (allocator lock).
+
+use super::journal::{Txn, Words};
+use super::layout::{C_OVERFLOW_NEXT_ID, C_OVERFLOW_TABLE, OVERFLOW_SLOTS};
+use super::view::Chan;
+use super::wait::WaitOn;
+use crate::error::{Error, Result};
+use crate::segment::os_name;
+use crate::sys;
+
+/// The parts of an overflow payload's name `<channel>~<incarnation>.<id>` (both in hex): the
+/// channel that made it and the creation time of that channel's segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OverflowName<'a> {
+    /// The channel's name.
+    pub(crate) channel: &'a str,
+    /// `created_unix_ns` of the channel segment that made the payload.
+    pub(crate) incarnation: u64,
+}
+
+impl<'a> OverflowName<'a> {
+    /// Parses a segment name; `None` if it is not an overflow payload's.
+    pub(crate) fn parse(name: &'a str) -> Option<OverflowName<'a>> {
+        let (channel, payload) = name.split_once('~')?;
+        let (time, id) = payload.split_once('.')?;
+        u64::from_str_radix(id, 16).ok()?;
+        Some(OverflowName {
+            channel,
+            incarnation: u64::from_str_radix(time, 16).ok()?,
+        })
+    }
+}
+
+impl Chan {
+    pub(super) fn overflow_word(&self, entry: u64, field: u64) -> u64 {
+        C_OVERFLOW_TABLE / 8 + (entry % OVERFLOW_SLOTS) * 3 + field
+    }
+
+    /// The name of overflow payload `id` of this channel.
+    pub(crate) fn overflow_name(&self, id: u64) -> String {
+        // The creation time tells apart channels that reuse a name, so a leftover of an earlier
+        // incarnation never collides with a new payload.
+        let incarnation = self.region().header().created_unix_ns;
+        format!("{}~{incarnation:x}.{id:x}", self.name())
+    }
+
+    /// Reserves an overflow table entry for `len` bytes owned by `slot`. `Ok(None)`: table full.
+    pub(crate) fn try_reserve_overflow(&self, len: u64, slot: u32) -> Result<Option<(u64, u64)>> {
+        let _held = self.lock_alloc()?;
+        let mut txn = Txn::<Chan, 4>::new(self);
+        let next_id = txn.get(C_OVERFLOW_NEXT_ID / 8).unwrap_or(1).max(1);
+        for entry in 0..OVERFLOW_SLOTS {
+            if txn.get(self.overflow_word(entry, 0)).unwrap_or(1) == 0 {
+                txn.set(self.overflow_word(entry, 0), next_id);
+                txn.set(self.overflow_word(entry, 1), slot as u64 + 1);
+                txn.set(self.overflow_word(entry, 2), len);
+                txn.set(C_OVERFLOW_NEXT_ID / 8, next_id.wrapping_add(1));
+                self.commit(txn, self.geo.alloc.journal * 8)?;
+                return Ok(Some((entry, next_id)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Unlinks overflow payload `entry` (if it is `id` owned by `slot`) and frees the entry.
+    pub(crate) fn release_overflow(&self, entry: u64, id: u64, slot: u32) -> Result<()> {
+        {
+            let _held = self.lock_alloc()?;
+            let found_id = self.load(self.overflow_word(entry, 0)).unwrap_or(0);
+            let owner = self.load(self.overflow_word(entry, 1)).unwrap_or(0);
+            if found_id != id || owner != slot as u64 + 1 {
+                return Err(Error::corrupted(
+                    self.name(),
+                    format!("overflow entry {entry} changed hands"),
+                ));
+            }
+            let _ = sys::shm_unlink(&os_name(&self.overflow_name(id)));
+            let mut txn = Txn::<Chan, 4>::new(self);
+            for field in 0..3 {
+                txn.set(self.overflow_word(entry, field), 0);
+            }
+            self.commit(txn, self.geo.alloc.journal * 8)?;
+        }
+        self.notify(WaitOn::Space);
+        Ok(())
+    }
+
+    /// Unlinks every overflow payload still referenced (the channel is going away).
+    pub(crate) fn teardown(&self) {
+        for entry in 0..OVERFLOW_SLOTS {
+            let id = self.load(self.overflow_word(entry, 0)).unwrap_or(0);
+            if id != 0 {
+                let _ = sys::shm_unlink(&os_name(&self.overflow_name(id)));
+            }
+        }
+    }
+}

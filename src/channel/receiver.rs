@@ -1,0 +1,159 @@
+//! [`Receiver`]: the receiving side of a channel, and its iterators.
+
+use std::fmt;
+use std::iter::FusedIterator;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::endpoint::{blocking, Endpoint};
+use super::errors::{RecvError, RecvTimeoutError, TryRecvError};
+use super::message::Message;
+use super::{deadline_after, to_recv, to_recv_timeout, to_try_recv};
+use crate::error::Result;
+use crate::segment::Role;
+
+/// The receiving side of a channel. Clone it freely; share it across threads.
+///
+/// Each message goes to exactly one receiver. Every blocking call has a `try_` form (no
+/// waiting), a `_timeout` form and a `_deadline` form.
+#[derive(Clone)]
+pub struct Receiver {
+    pub(super) ep: Arc<Endpoint>,
+}
+
+impl fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("channel", &self.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Receiver {
+    /// Attaches a new receiver to the existing channel `name`.
+    pub fn open(name: &str) -> Result<Receiver> {
+        Ok(Receiver {
+            ep: Endpoint::open(name, Role::Receiver)?,
+        })
+    }
+
+    super::handle_methods!();
+
+    /// Receives the oldest message, blocking while the channel is empty.
+    /// Fails with `Disconnected` once every sender is gone and the ring is drained.
+    pub fn recv(&self) -> Result<Message, RecvError> {
+        blocking(|| self.ep.receive(None)).map_err(to_recv)
+    }
+
+    /// Receives a message if one is waiting.
+    pub fn try_recv(&self) -> Result<Message, TryRecvError> {
+        self.ep.receive(Some(Instant::now())).map_err(to_try_recv)
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvTimeoutError> {
+        match deadline_after(timeout) {
+            Some(deadline) => self.recv_deadline(deadline),
+            None => self.recv().map_err(Into::into),
+        }
+    }
+
+    /// Receives a message, waiting until `deadline` at most.
+    pub fn recv_deadline(&self, deadline: Instant) -> Result<Message, RecvTimeoutError> {
+        self.ep.receive(Some(deadline)).map_err(to_recv_timeout)
+    }
+
+    /// Blocking iterator over messages. Ends when every sender is gone and the channel is
+    /// drained, or at the first error (`RecvError::Failed`); loop on [`recv`](Self::recv) to
+    /// tell the two apart. Once it has ended it stays ended, even if a new sender attaches
+    /// later.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            rx: self,
+            ended: false,
+        }
+    }
+
+    /// Iterator over the messages waiting now. Ends at the first `Empty`, `Disconnected` or
+    /// error (and may yield again later, if called again after new messages arrive).
+    pub fn try_iter(&self) -> TryIter<'_> {
+        TryIter { rx: self }
+    }
+}
+
+/// Blocking iterator returned by [`Receiver::iter`].
+#[derive(Debug)]
+pub struct Iter<'a> {
+    rx: &'a Receiver,
+    ended: bool,
+}
+
+impl Iterator for Iter<'_> {
+    type Item = Message;
+    fn next(&mut self) -> Option<Message> {
+        if self.ended {
+            return None;
+        }
+        let next = self.rx.recv().ok();
+        self.ended = next.is_none();
+        next
+    }
+}
+
+/// Ends for good: a disconnected channel can gain a new sender by name, but the iterator
+/// remembers that it ended.
+impl FusedIterator for Iter<'_> {}
+
+/// Non-blocking iterator returned by [`Receiver::try_iter`].
+#[derive(Debug)]
+pub struct TryIter<'a> {
+    rx: &'a Receiver,
+}
+
+impl Iterator for TryIter<'_> {
+    type Item = Message;
+    fn next(&mut self) -> Option<Message> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// Blocking iterator that owns its receiver, returned by `Receiver::into_iter`. Behaves as
+/// [`Iter`].
+#[derive(Debug)]
+pub struct IntoIter {
+    rx: Receiver,
+    ended: bool,
+}
+
+impl Iterator for IntoIter {
+    type Item = Message;
+    fn next(&mut self) -> Option<Message> {
+        if self.ended {
+            return None;
+        }
+        let next = self.rx.recv().ok();
+        self.ended = next.is_none();
+        next
+    }
+}
+
+impl FusedIterator for IntoIter {}
+
+impl<'a> IntoIterator for &'a Receiver {
+    type Item = Message;
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl IntoIterator for Receiver {
+    type Item = Message;
+    type IntoIter = IntoIter;
+    fn into_iter(self) -> IntoIter {
+        IntoIter {
+            rx: self,
+            ended: false,
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! A channel's figures, for `len`-style queries and for inspection tools.
+
+use std::sync::atomic::Ordering;
+
+use super::layout::{ARENA_PAGE, C_CORRUPT_SKIPPED, C_RECLAIM_EPOCH, C_RETIRED, OVERFLOW_SLOTS};
+use super::journal::Words;
+use super::view::Chan;
+
+/// A channel's figures at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ChannelStats {
+    /// Ring capacity in messages.
+    pub capacity: usize,
+    /// Messages waiting in the ring.
+    pub queued: usize,
+    /// Messages sent and not yet received and dropped (queued plus held by receivers).
+    pub messages_in_flight: u64,
+    /// Payload bytes in the arena and in overflow segments, queued or held.
+    pub bytes_in_flight: u64,
+    /// Arena size in bytes.
+    pub arena_bytes: u64,
+    /// Arena bytes free.
+    pub arena_free_bytes: u64,
+    /// Overflow payloads in flight.
+    pub overflow_payloads: u64,
+    /// Messages ever sent.
+    pub sent_total: u64,
+    /// Messages received and dropped (or reclaimed from dead receivers).
+    pub done_total: u64,
+    /// Ring descriptors skipped because they did not validate (a sign of corruption).
+    pub corrupt_skipped: u64,
+}
+
+impl Chan {
+    /// Messages received and dropped (or reclaimed from dead receivers).
+    pub(crate) fn done_total(&self) -> u64 {
+        // A reclaim in progress makes the epoch odd; retry until it is even and unchanged.
+        let mut done = 0;
+        for _ in 0..10_000 {
+            let epoch = self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire);
+            done = self.word(C_RETIRED / 8).load(Ordering::Acquire);
+            for slot in 0..self.geo.participants as u32 {
+                done = done.wrapping_add(self.dropped(slot).load(Ordering::Acquire));
+            }
+            if epoch.is_multiple_of(2)
+                && self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire) == epoch
+            {
+                return done;
+            }
+            std::hint::spin_loop();
+        }
+        // Still odd: the retirer died half-way. Taking its lock replays its journal and makes
+        // the epoch even again; under the lock the counts cannot move.
+        let Ok(_held) = self.lock_alloc() else {
+            return done;
+        };
+        let mut done = self.word(C_RETIRED / 8).load(Ordering::Acquire);
+        for slot in 0..self.geo.participants as u32 {
+            done = done.wrapping_add(self.dropped(slot).load(Ordering::Acquire));
+        }
+        done
+    }
+
+    /// Pages of the arena free right now.
+    pub(crate) fn free_arena_bytes(&self) -> u64 {
+        self.geo.alloc.free_page_count(self) * ARENA_PAGE
+    }
+
+    /// Descriptors skipped because they did not validate.
+    pub(crate) fn corrupt_skipped(&self) -> u64 {
+        self.word(C_CORRUPT_SKIPPED / 8).load(Ordering::Relaxed)
+    }
+
+    /// The channel's figures now, for inspection tools.
+    pub(crate) fn stats(&self) -> ChannelStats {
+        let mut stats = ChannelStats {
+            capacity: self.capacity(),
+            queued: self.len(),
+            arena_bytes: self.geo.arena_bytes,
+            arena_free_bytes: self.free_arena_bytes(),
+            sent_total: self.sent_total(),
+            done_total: self.done_total(),
+            corrupt_skipped: self.corrupt_skipped(),
+            ..Default::default()
+        };
+        stats.messages_in_flight = stats.sent_total.saturating_sub(stats.done_total);
+        stats.bytes_in_flight = stats.arena_bytes.saturating_sub(stats.arena_free_bytes);
+        for entry in 0..OVERFLOW_SLOTS {
+            if self.load(self.overflow_word(entry, 0)).unwrap_or(0) != 0 {
+                stats.overflow_payloads += 1;
+                let len = self.load(self.overflow_word(entry, 2)).unwrap_or(0);
+                stats.bytes_in_flight = stats.bytes_in_flight.saturating_add(len);
+            }
+        }
+        stats
+    }
+}

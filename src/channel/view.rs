@@ -1,0 +1,191 @@
+//! [`Chan`]: one process's view of one channel segment, and its access to the shared words.
+//!
+//! The operations on the channel live beside this file, one concern each: `ring.rs` (publish
+//! and take descriptors), `arena.rs` (payload chunks), `overflow.rs` (payloads larger than the
+//! arena), `lock.rs` (the three robust mutexes and journal replay), `wait.rs` (spinning, futex
+//! sleeps and wake-ups), `reclaim.rs` (what a detaching or dead participant leaves) and
+//! `stats.rs` (figures for inspection).
+//!
+//! Three robust mutexes split the work so a producer and a consumer never contend on one lock:
+//! producers serialise on the producer lock to write a slot and advance `tail`; consumers on the
+//! consumer lock to read a slot and advance `head`; both take the allocator lock only to allocate
+//! or free arena chunks. Every change that must be atomic across a crash (advancing `tail` and
+//! handing the chunk to the ring; advancing `head` and handing the chunk to the taker) goes through
+//! that lock's redo journal, which the next holder replays when the lock reports its owner dead.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::journal::Words;
+use super::layout::{
+    Geometry, CHANNEL_MAGIC, C_ALLOC_LOCK, C_ARENA_BYTES, C_CAPACITY, C_CONSUMER_LOCK, C_HEAD,
+    C_MAGIC, C_MEMBERSHIP_EPOCH, C_OVERFLOW_NEXT_ID, C_PARTICIPANTS, C_PRODUCER_LOCK, C_TAIL,
+    PARTICIPANT_STRIDE,
+};
+use crate::error::{Error, Result};
+use crate::segment::{Region, Role};
+use crate::sys;
+
+/// One process's view of one channel segment.
+pub(crate) struct Chan {
+    /// The mapping; every shared word is reached through its checked atomic views.
+    pub(super) region: Arc<Region>,
+    pub(super) geo: Geometry,
+    /// Start of the data area: for the byte ranges that are not words (inline payloads, arena
+    /// chunks, mutexes), always offset by amounts the geometry keeps in bounds.
+    pub(super) base: *mut u8,
+    /// This process's last reading of `head` (producers) and `tail` (consumers): each side
+    /// rereads the other's index, a cache line the other core writes, only when its copy says
+    /// the ring is full (or empty).
+    pub(super) head_seen: AtomicU64,
+    pub(super) tail_seen: AtomicU64,
+}
+
+// SAFETY: `base` points into the mapping that `region` keeps alive; all shared state is reached
+// through atomics or through byte copies whose use the channel protocol orders. Region itself is
+// Send + Sync.
+unsafe impl Send for Chan {}
+// SAFETY: as above.
+unsafe impl Sync for Chan {}
+
+impl Words for Chan {
+    fn load(&self, index: u64) -> Option<u64> {
+        self.word_checked(index).map(|w| w.load(Ordering::Acquire))
+    }
+    fn store(&self, index: u64, value: u64) {
+        if let Some(w) = self.word_checked(index) {
+            w.store(value, Ordering::Release);
+        }
+    }
+}
+
+impl Chan {
+    /// Lays out and initialises a fresh channel in `region`'s data area.
+    pub(crate) fn init(region: &Arc<Region>, geo: &Geometry) -> Result<()> {
+        let chan = Chan::new(Arc::clone(region), *geo);
+        chan.word(C_CAPACITY / 8)
+            .store(geo.capacity, Ordering::Relaxed);
+        chan.word(C_ARENA_BYTES / 8)
+            .store(geo.arena_bytes, Ordering::Relaxed);
+        chan.word(C_OVERFLOW_NEXT_ID / 8)
+            .store(1, Ordering::Relaxed);
+        geo.alloc.init(&chan);
+        for lock in [C_PRODUCER_LOCK, C_CONSUMER_LOCK, C_ALLOC_LOCK] {
+            // SAFETY: the offset lies inside the data area (Geometry puts it there), is 64-byte
+            // aligned, and nobody can use the mutex before the segment is marked initialised.
+            unsafe { sys::robust_mutex_init(chan.base.add(lock as usize)) }
+                .map_err(|e| Error::from_io(region.name(), "pthread_mutex_init", e))?;
+        }
+        chan.word(C_MAGIC / 8)
+            .store(CHANNEL_MAGIC, Ordering::Release);
+        Ok(())
+    }
+
+    fn new(region: Arc<Region>, geo: Geometry) -> Chan {
+        Chan {
+            base: region.data_ptr(),
+            region,
+            geo,
+            head_seen: AtomicU64::new(0),
+            tail_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Checks the channel's configuration words (copied out once) and builds this process's
+    /// view.
+    pub(crate) fn attach(region: Arc<Region>) -> Result<Chan> {
+        let name = region.name();
+        let data_len = region.data_len() as u64;
+        let read = |offset: u64| -> u64 {
+            region
+                .data_atomic::<AtomicU64>(offset as usize)
+                .map_or(0, |w| w.load(Ordering::Acquire))
+        };
+        let magic = read(C_MAGIC);
+        if magic != CHANNEL_MAGIC {
+            return Err(Error::corrupted(name, format!("channel magic {magic:#x}")));
+        }
+        let (capacity, arena_bytes) = (read(C_CAPACITY), read(C_ARENA_BYTES));
+        let geo = Geometry::new(capacity, arena_bytes, region.capacity() as u64)
+            .filter(|g| g.data_len == data_len)
+            .ok_or_else(|| {
+                Error::corrupted(
+                    name,
+                    format!("capacity {capacity} and arena {arena_bytes} do not match a {data_len}-byte data area"),
+                )
+            })?;
+        Ok(Chan::new(region, geo))
+    }
+
+    pub(crate) fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        self.region.name()
+    }
+
+    pub(crate) fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// The word at `index` (in words) of the data area, if it lies inside it.
+    #[inline]
+    pub(super) fn word_checked(&self, index: u64) -> Option<&AtomicU64> {
+        let offset = usize::try_from(index.checked_mul(8)?).ok()?;
+        self.region.data_atomic(offset)
+    }
+
+    /// A word of the fixed layout; `index` comes from the layout's constants or the geometry,
+    /// which keep it in bounds.
+    #[inline]
+    pub(super) fn word(&self, index: u64) -> &AtomicU64 {
+        self.word_checked(index)
+            .expect("channel layout word in bounds")
+    }
+
+    /// Word index of field `field` (0: taken, 1: dropped) of participant `slot`'s record.
+    pub(super) fn participant_index(&self, slot: u32, field: u64) -> u64 {
+        (C_PARTICIPANTS + (slot as u64 % self.geo.participants) * PARTICIPANT_STRIDE) / 8 + field
+    }
+
+    /// Messages received and dropped by participant `slot` (since it attached).
+    pub(super) fn dropped(&self, slot: u32) -> &AtomicU64 {
+        self.word(self.participant_index(slot, 1))
+    }
+
+    pub(super) fn tail(&self) -> &AtomicU64 {
+        self.word(C_TAIL / 8)
+    }
+
+    pub(super) fn head(&self) -> &AtomicU64 {
+        self.word(C_HEAD / 8)
+    }
+
+    /// Ring capacity (messages).
+    pub(crate) fn capacity(&self) -> usize {
+        self.geo.capacity as usize
+    }
+
+    /// Messages in the ring right now.
+    pub(crate) fn len(&self) -> usize {
+        let head = self.head().load(Ordering::Acquire);
+        let tail = self.tail().load(Ordering::Acquire);
+        tail.saturating_sub(head).min(self.geo.capacity) as usize
+    }
+
+    /// Messages ever published.
+    pub(crate) fn sent_total(&self) -> u64 {
+        self.tail().load(Ordering::Acquire)
+    }
+
+    /// Changes whenever a participant attaches, detaches or is reclaimed.
+    pub(crate) fn membership_epoch(&self) -> u64 {
+        self.word(C_MEMBERSHIP_EPOCH / 8).load(Ordering::Acquire)
+    }
+
+    /// Whether a live participant with `role` exists (slot scan: one syscall per slot in use).
+    pub(crate) fn any_alive(&self, role: Role) -> bool {
+        self.region.any_alive_with_role(role)
+    }
+}

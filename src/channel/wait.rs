@@ -1,0 +1,167 @@
+//! Blocking: spinning on a progress word, then sleeping on a futex word, with one wake-up
+//! system call per sleep.
+//!
+//! Each thing a caller may wait for ([`WaitOn`]) has a futex sequence word and an armed flag in
+//! the control block. A sleeper sets the flag, re-checks its condition and sleeps on the word; a
+//! waker that changed the condition swaps the flag to zero and, only if it was set, bumps the
+//! word and issues FUTEX_WAKE. A sleep lasts at most 25 ms, so a sleeper also re-checks its
+//! peers' liveness at least that often.
+
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::layout::{C_MEMBERSHIP_EPOCH, C_WAIT_WORDS};
+use super::view::Chan;
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// What a blocked thread waits for; each has a futex sequence word and an armed flag.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum WaitOn {
+    NotEmpty = 0,
+    NotFull = 1,
+    Space = 2,
+    Done = 3,
+}
+
+pub(super) const ALL_WAITS: [WaitOn; 4] = [
+    WaitOn::NotEmpty,
+    WaitOn::NotFull,
+    WaitOn::Space,
+    WaitOn::Done,
+];
+
+/// Outcome of one non-blocking attempt inside a wait loop.
+pub(crate) enum Step<T> {
+    Ready(T),
+    Retry,
+    Disconnected,
+}
+
+/// How a wait ended, before the caller turns it into its public error type.
+#[derive(Debug)]
+pub(crate) enum WaitError {
+    /// The deadline passed.
+    Timeout,
+    /// The attempt reported that no peer is left.
+    Disconnected,
+    /// The attempt failed.
+    Failed(Error),
+}
+
+/// Longest single futex sleep: how often a sleeper re-checks its condition and its peers.
+pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(25);
+
+impl Chan {
+    fn wait_word(&self, on: WaitOn) -> &AtomicU32 {
+        self.region
+            .data_atomic(C_WAIT_WORDS as usize + 4 * on as usize)
+            .expect("wait word in bounds")
+    }
+
+    /// Non-zero while some thread may sleep on `on`'s word: set by each sleeper before it
+    /// re-checks its condition, swapped to zero by the one waker that then issues FUTEX_WAKE.
+    /// One wake-up system call per sleep, and a sleeper that died costs one spurious wake.
+    fn armed(&self, on: WaitOn) -> &AtomicU32 {
+        self.region
+            .data_atomic(C_WAIT_WORDS as usize + 16 + 4 * on as usize)
+            .expect("armed flag in bounds")
+    }
+
+    /// Wakes threads waiting on `on`, making a syscall only if one armed the word since the
+    /// last wake-up.
+    pub(crate) fn notify(&self, on: WaitOn) {
+        fence(Ordering::SeqCst);
+        let armed = self.armed(on);
+        if armed.load(Ordering::Relaxed) != 0 && armed.swap(0, Ordering::SeqCst) != 0 {
+            self.wait_word(on).fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake_all(self.wait_word(on));
+        }
+    }
+
+    /// A word that changes when what `on` waits for may have happened: spinning threads watch
+    /// it and run their full (locked) attempt only when it moved.
+    pub(super) fn progress(&self, on: WaitOn) -> &AtomicU64 {
+        match on {
+            WaitOn::NotEmpty => self.tail(),
+            WaitOn::NotFull | WaitOn::Done => self.head(),
+            WaitOn::Space => self.word(self.geo.alloc.free_pages),
+        }
+    }
+
+    pub(crate) fn bump_membership(&self) {
+        self.word(C_MEMBERSHIP_EPOCH / 8)
+            .fetch_add(1, Ordering::AcqRel);
+        for on in ALL_WAITS {
+            self.wait_word(on).fetch_add(1, Ordering::SeqCst);
+            sys::futex_wake_all(self.wait_word(on));
+        }
+    }
+
+    /// Repeats `attempt` until it is ready, spinning for `spin` and then sleeping on the futex
+    /// word of `on`, until `deadline`. A sleep lasts at most `MAX_SLEEP`, so the attempt runs
+    /// at least that often; attempts re-check their peers' liveness (and reclaim the dead) at most
+    /// every 25 ms, which is how a blocked call notices a killed peer.
+    pub(crate) fn wait_for<T>(
+        &self,
+        on: WaitOn,
+        deadline: Option<Instant>,
+        spin: Duration,
+        mut attempt: impl FnMut() -> Result<Step<T>>,
+    ) -> Result<T, WaitError> {
+        let run = |attempt: &mut dyn FnMut() -> Result<Step<T>>| match attempt() {
+            Ok(Step::Ready(v)) => Some(Ok(v)),
+            Ok(Step::Retry) => None,
+            Ok(Step::Disconnected) => Some(Err(WaitError::Disconnected)),
+            Err(e) => Some(Err(WaitError::Failed(e))),
+        };
+        if let Some(done) = run(&mut attempt) {
+            return done;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(WaitError::Timeout); // try_ forms: one attempt, no spinning
+        }
+        // Spin: watch a progress word with one PAUSE per poll (about 25 ns here) and run the
+        // locked attempt only when it moved, or every 64 polls for conditions it does not show.
+        let start = Instant::now();
+        let progress = self.progress(on);
+        let mut seen = progress.load(Ordering::Acquire);
+        let mut polls = 0u32;
+        loop {
+            std::hint::spin_loop();
+            polls = polls.wrapping_add(1);
+            let now = progress.load(Ordering::Acquire);
+            if now != seen || polls.is_multiple_of(64) {
+                seen = now;
+                if let Some(done) = run(&mut attempt) {
+                    return done;
+                }
+                let elapsed = start.elapsed();
+                if elapsed >= spin || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+            }
+        }
+        loop {
+            self.armed(on).store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let seq = self.wait_word(on).load(Ordering::SeqCst);
+            let outcome = run(&mut attempt);
+            let now = Instant::now();
+            let timed_out = deadline.is_some_and(|d| now >= d);
+            if outcome.is_none() && !timed_out {
+                let mut slice = MAX_SLEEP;
+                if let Some(d) = deadline {
+                    slice = slice.min(d - now);
+                }
+                sys::futex_wait(self.wait_word(on), seq, Some(slice));
+            }
+            if let Some(done) = outcome {
+                return done;
+            }
+            if timed_out {
+                return Err(WaitError::Timeout);
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Named shared-memory segments: a checked header, a participant table with kernel-backed
+//! liveness, and a lifetime that ends with the last live participant.
+//!
+//! Layout of every segment (all integers native-endian; see docs/design.md):
+//!
+//! ```text
+//! 0       header (128 bytes): magic, version, kind, lengths, creator, flags, closed, initialized
+//! 128     participant table: `capacity` slots of 64 bytes
+//! page    data area of the segment's kind (channel control block and arena, value, array...)
+//! ```
+//!
+//! Liveness: participant slot `i` is alive while some open file description holds the OFD lock
+//! on byte `SLOT_LOCK_BASE + i` of the object. Each participant opens its own description and
+//! locks its byte; the kernel drops the lock when the process dies, however it dies. A pid can be
+//! reused; a lock cannot outlive its holder, so a live participant is never taken for dead and a
+//! dead one never for alive.
+//!
+//! This layer knows nothing of what a kind stores in its data area: a kind that must free
+//! something when a participant dies (a channel's arena chunks) passes its [`KindHooks`] in when
+//! it creates or opens a segment.
+//!
+//! - `header.rs`: the header, copied out once and checked.
+//! - `region.rs`: one process's mapping of a segment: create, open, membership lock, teardown.
+//! - `participants.rs`: the participant table: attach, detach, liveness, reclaim of the dead.
+//! - `collect.rs`: removal of segments whose participants all died (the segment half of `gc`).
+//! - `raw.rs`: [`Segment`], the public handle on a segment of raw bytes.
+
+mod collect;
+mod header;
+mod participants;
+mod raw;
+mod region;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+
+pub(crate) use collect::{collect_segment, peek_header};
+pub use participants::ParticipantInfo;
+pub(crate) use participants::Participant;
+pub use raw::Segment;
+pub(crate) use region::{CreateSpec, Region};
+
+/// First word of every shmq segment.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
+/// Version of the layout described in docs/design.md. Bumped on any incompatible change.
+pub(crate) const LAYOUT_VERSION: u32 = 1;
+/// Granularity of the data area's placement.
+pub(crate) const PAGE: usize = 4096;
+/// Bytes of the header at offset 0.
+pub(crate) const HEADER_SIZE: usize = 128;
+/// Bytes of one participant slot.
+pub(crate) const SLOT_SIZE: usize = 64;
+/// Largest participant table a segment may declare.
+pub(crate) const MAX_PARTICIPANTS: u32 = 1024;
+/// Participant slots of a segment made by [`Segment::create`].
+pub const DEFAULT_PARTICIPANTS: u32 = 64;
+/// Longest a segment name may be, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+/// Prefix of every shmq object in /dev/shm.
+pub(crate) const OS_PREFIX: &str = "shmq.";
+/// How long `open` waits for a segment that is still being created.
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// An uninitialised segment whose creator lock is free and that is older than this is a
+/// leftover of a creator that died, and `gc` removes it.
+const ABANDONED_AGE: Duration = Duration::from_secs(2);
+
+
+// OFD lock bytes. They lie far beyond any file size: POSIX record locks need not cover data.
+const LOCK_BASE: u64 = 1 << 40;
+const CREATOR_LOCK: u64 = LOCK_BASE;
+const MEMBERSHIP_LOCK: u64 = LOCK_BASE + 1;
+const SLOT_LOCK_BASE: u64 = LOCK_BASE + 16;
+
+/// Header flag: the last participant to detach unlinks the segment.
+pub(crate) const FLAG_AUTO_UNLINK: u32 = 1;
+
+/// What a segment holds. Recorded in its header and checked by every `open`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum Kind {
+    /// Raw bytes, made by [`Segment::create`].
+    Raw = 1,
+    /// A channel: ring of descriptors and payload arena.
+    Channel = 2,
+    /// A [`SharedValue`](crate::SharedValue).
+    Value = 3,
+    /// A [`SharedArray`](crate::SharedArray).
+    Array = 4,
+    /// One payload larger than its channel's arena.
+    Overflow = 5,
+}
+
+impl Kind {
+    pub(crate) fn from_raw(raw: u32) -> Option<Kind> {
+        Some(match raw {
+            1 => Kind::Raw,
+            2 => Kind::Channel,
+            3 => Kind::Value,
+            4 => Kind::Array,
+            5 => Kind::Overflow,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case name of the kind, as `shmq ls` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Raw => "raw",
+            Kind::Channel => "channel",
+            Kind::Value => "value",
+            Kind::Array => "array",
+            Kind::Overflow => "overflow",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a participant does with a segment. Recorded in its slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+#[non_exhaustive]
+pub enum Role {
+    /// A [`Segment`] handle.
+    User = 1,
+    /// The channel handles of one [`Sender`](crate::Sender) and its clones.
+    Sender = 2,
+    /// The channel handles of one [`Receiver`](crate::Receiver) and its clones.
+    Receiver = 3,
+    /// A [`SharedValue`](crate::SharedValue) or [`SharedArray`](crate::SharedArray) handle.
+    Shared = 4,
+}
+
+impl Role {
+    pub(crate) fn from_raw(raw: u32) -> Option<Role> {
+        Some(match raw {
+            1 => Role::User,
+            2 => Role::Sender,
+            3 => Role::Receiver,
+            4 => Role::Shared,
+            _ => return None,
+        })
+    }
+
+    /// Lower-case name of the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Sender => "sender",
+            Role::Receiver => "receiver",
+            Role::Shared => "shared",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Checks a user-supplied segment name: 1 to 200 characters of `[A-Za-z0-9._-]`.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let invalid = |reason: String| Error::InvalidName {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("the name is empty".into()));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(format!(
+            "character {bad:?} is not allowed (use A-Z, a-z, 0-9, '.', '_', '-')"
+        )));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid(format!(
+            "{} characters, at most {MAX_NAME_LEN} allowed",
+            name.len()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn os_name(name: &str) -> String {
+    format!("{OS_PREFIX}{name}")
+}
+
+fn unix_now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Bookkeeping a segment kind does when a participant is reclaimed or the segment torn down.
+///
+/// The segment layer calls these without knowing the kind: the kind's code hands them in when
+/// it creates or opens a segment, and `gc` (which knows every kind) when it collects one.
+#[derive(Debug)]
+pub(crate) struct KindHooks {
+    /// Frees what the dead participant in `slot` held. Runs under the membership lock, before
+    /// the slot is reused; must be idempotent (a reclaimer can die too).
+    pub(crate) reclaim: fn(&Arc<Region>, u32),
+    /// Releases resources outside the segment (overflow segments) just before it is unlinked.
+    pub(crate) teardown: fn(&Arc<Region>),
+}

@@ -1,0 +1,250 @@
+//! The participant table: one 64-byte slot per attached handle family, alive while its OFD lock
+//! is held. Attaching, detaching, liveness and the reclaim of dead participants.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::region::Region;
+use super::{unix_now_ns, Role, FLAG_AUTO_UNLINK, HEADER_SIZE, SLOT_LOCK_BASE, SLOT_SIZE};
+use crate::error::{Error, Result};
+use crate::sys;
+
+// Participant slot field offsets.
+const S_STATE: usize = 0;
+const S_ROLE: usize = 4;
+const S_PID: usize = 8;
+const S_GENERATION: usize = 16;
+const S_ATTACHED_NS: usize = 24;
+
+const SLOT_FREE: u32 = 0;
+const SLOT_ACTIVE: u32 = 1;
+
+
+/// Information about one participant slot in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantInfo {
+    /// Index of the slot in the segment's table.
+    pub slot: u32,
+    /// What the participant does.
+    pub role: Option<Role>,
+    /// Process id recorded when it attached (informative only: liveness never relies on it).
+    pub pid: u32,
+    /// Whether its process still holds its liveness lock.
+    pub alive: bool,
+    /// When it attached, in nanoseconds since the Unix epoch.
+    pub attached_unix_ns: u64,
+}
+
+impl Region {
+    pub(super) fn slot_offset(&self, slot: u32) -> usize {
+        assert!(slot < self.header.capacity, "slot index out of range");
+        HEADER_SIZE + SLOT_SIZE * slot as usize
+    }
+
+
+    /// Whether the participant in `slot` is attached and its process alive.
+    pub(crate) fn is_alive(&self, slot: u32) -> bool {
+        let base = self.slot_offset(slot);
+        self.u32_at(base + S_STATE).load(Ordering::Acquire) == SLOT_ACTIVE
+            && self.slot_lock_held(slot)
+    }
+
+    fn slot_lock_held(&self, slot: u32) -> bool {
+        // An error here (EBADF, ENOLCK) can only come from a broken descriptor: count the slot
+        // as alive, the safe answer, rather than reclaim what a live process may be using.
+        sys::byte_locked_elsewhere(sys::borrow(&self.fd), SLOT_LOCK_BASE + slot as u64)
+            .unwrap_or(true)
+    }
+
+    /// The role recorded in `slot`, if it is in use.
+    pub(crate) fn slot_role(&self, slot: u32) -> Option<Role> {
+        let base = self.slot_offset(slot);
+        if self.u32_at(base + S_STATE).load(Ordering::Acquire) != SLOT_ACTIVE {
+            return None;
+        }
+        Role::from_raw(self.u32_at(base + S_ROLE).load(Ordering::Relaxed))
+    }
+
+    /// Whether any live participant has `role`.
+    pub(crate) fn any_alive_with_role(&self, role: Role) -> bool {
+        (0..self.capacity()).any(|s| self.slot_role(s) == Some(role) && self.is_alive(s))
+    }
+
+    /// Every slot in use, with its liveness.
+    pub(crate) fn participants(&self) -> Vec<ParticipantInfo> {
+        (0..self.capacity())
+            .filter_map(|slot| {
+                let base = self.slot_offset(slot);
+                if self.u32_at(base + S_STATE).load(Ordering::Acquire) != SLOT_ACTIVE {
+                    return None;
+                }
+                Some(ParticipantInfo {
+                    slot,
+                    role: Role::from_raw(self.u32_at(base + S_ROLE).load(Ordering::Relaxed)),
+                    pid: self.u32_at(base + S_PID).load(Ordering::Relaxed),
+                    alive: self.slot_lock_held(slot),
+                    attached_unix_ns: self.u64_at(base + S_ATTACHED_NS).load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// Attaches one participant per role, pushing each onto `into` as soon as it exists. The
+    /// caller holds the membership lock and must drop `into` only after releasing it (dropping a
+    /// participant takes the lock).
+    pub(super) fn attach_all_locked(
+        self: &Arc<Self>,
+        roles: &[Role],
+        into: &mut Vec<Participant>,
+    ) -> Result<()> {
+        // Every attach frees what dead participants left, so that a long-lived segment whose
+        // peers come and go never fills up with the dead or their memory.
+        if !roles.is_empty() {
+            self.reclaim_dead_locked();
+        }
+        for &role in roles {
+            into.push(self.attach_locked(role)?);
+        }
+        Ok(())
+    }
+
+    fn attach_locked(self: &Arc<Self>, role: Role) -> Result<Participant> {
+        // A description of our own: its lock marks this participant alive, and closing it (or
+        // dying) releases exactly this participant.
+        let fd = sys::shm_open_existing(&super::os_name(&self.name))
+            .map_err(|e| Error::from_io(&self.name, "shm_open", e))?;
+        // The name is opened again, so it must still be the object we mapped: if it was
+        // removed and re-created meanwhile, a lock on the new object would make our slot in the
+        // old one look dead (and hold a slot of the new one that no table entry accounts for).
+        let same = sys::same_object(sys::borrow(&fd), sys::borrow(&self.fd))
+            .map_err(|e| Error::from_io(&self.name, "fstat", e))?;
+        if !same {
+            return Err(Error::NotFound {
+                name: self.name.clone(),
+            });
+        }
+        for slot in 0..self.capacity() {
+            let base = self.slot_offset(slot);
+            let state = self.u32_at(base + S_STATE).load(Ordering::Acquire);
+            if state == SLOT_ACTIVE && self.slot_lock_held(slot) {
+                continue;
+            }
+            let lock_byte = SLOT_LOCK_BASE + slot as u64;
+            match sys::try_lock_byte(sys::borrow(&fd), lock_byte) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return Err(Error::from_io(&self.name, "fcntl(F_OFD_SETLK)", e)),
+            }
+            if state == SLOT_ACTIVE {
+                self.reclaim_slot_locked(slot);
+            }
+            let generation = self.u64_at(base + S_GENERATION).load(Ordering::Relaxed);
+            self.u32_at(base + S_ROLE)
+                .store(role as u32, Ordering::Relaxed);
+            self.u32_at(base + S_PID)
+                .store(sys::process_id(), Ordering::Relaxed);
+            self.u64_at(base + S_GENERATION)
+                .store(generation.wrapping_add(1), Ordering::Relaxed);
+            self.u64_at(base + S_ATTACHED_NS)
+                .store(unix_now_ns(), Ordering::Relaxed);
+            self.u32_at(base + S_STATE)
+                .store(SLOT_ACTIVE, Ordering::Release);
+            return Ok(Participant {
+                region: Arc::clone(self),
+                slot,
+                role,
+                fd: Some(fd),
+            });
+        }
+        Err(Error::TooManyParticipants {
+            name: self.name.clone(),
+            capacity: self.capacity(),
+        })
+    }
+
+    /// Runs the kind's reclaim for a dead participant and frees its slot. The caller holds the
+    /// membership lock and the slot's lock.
+    fn reclaim_slot_locked(self: &Arc<Self>, slot: u32) {
+        if let Some(hooks) = self.hooks {
+            (hooks.reclaim)(self, slot);
+        }
+        let base = self.slot_offset(slot);
+        self.u32_at(base + S_STATE)
+            .store(SLOT_FREE, Ordering::Release);
+    }
+
+    /// Reclaims every participant whose process died. Returns how many were reclaimed.
+    pub(crate) fn reclaim_dead(self: &Arc<Self>) -> Result<usize> {
+        let _membership = self.lock_membership()?;
+        Ok(self.reclaim_dead_locked())
+    }
+
+    pub(super) fn reclaim_dead_locked(self: &Arc<Self>) -> usize {
+        let mut reclaimed = 0;
+        for slot in 0..self.capacity() {
+            let base = self.slot_offset(slot);
+            if self.u32_at(base + S_STATE).load(Ordering::Acquire) != SLOT_ACTIVE {
+                continue;
+            }
+            let lock_byte = SLOT_LOCK_BASE + slot as u64;
+            // Our base description holds no slot locks, so success means nobody does.
+            if let Ok(true) = sys::try_lock_byte(sys::borrow(&self.fd), lock_byte) {
+                self.reclaim_slot_locked(slot);
+                let _ = sys::unlock_byte(sys::borrow(&self.fd), lock_byte);
+                reclaimed += 1;
+            }
+        }
+        reclaimed
+    }
+
+}
+
+/// One attached handle family: its slot in the table and the description whose lock says it is
+/// alive. Dropping it detaches; the last live participant of an auto-unlinking segment unlinks.
+#[derive(Debug)]
+pub(crate) struct Participant {
+    region: Arc<Region>,
+    slot: u32,
+    role: Role,
+    fd: Option<OwnedFd>,
+}
+
+impl Participant {
+    pub(crate) fn region(&self) -> &Arc<Region> {
+        &self.region
+    }
+
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    pub(crate) fn role(&self) -> Role {
+        self.role
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        let region = &self.region;
+        let Ok(_membership) = region.lock_membership() else {
+            // Could not serialise with other members: just let go; the slot reads as dead and
+            // the next attach or gc reclaims it.
+            return;
+        };
+        let base = region.slot_offset(self.slot);
+        region
+            .u32_at(base + S_STATE)
+            .store(SLOT_FREE, Ordering::Release);
+        // Closing our description drops our slot lock.
+        drop(self.fd.take());
+        if region.header.flags & FLAG_AUTO_UNLINK == 0 || region.is_closed() {
+            return;
+        }
+        let anyone_alive = (0..region.capacity()).any(|s| region.is_alive(s));
+        if !anyone_alive {
+            region.reclaim_dead_locked();
+            region.destroy_locked();
+        }
+    }
+}
