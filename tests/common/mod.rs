@@ -6,6 +6,8 @@
 //! exercises what the kernel does at death.
 #![allow(dead_code)]
 
+pub mod channel;
+
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
