@@ -31,7 +31,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 // Child processes
 
 #[test]
-#[ignore]
+#[ignore = "entry point of child processes (see tests/common/mod.rs)"]
 fn child_entry() {
     common::child_dispatch(|role, args| match role {
         // Open, check the parent's half, write our half, check the participant table.
