@@ -19,6 +19,7 @@ pub const KIB: usize = 1 << 10;
 pub const MIB: usize = 1 << 20;
 pub const PAGE: u64 = 4096;
 
+/// Ends a child role that waits for its parent to SIGKILL it.
 pub fn sleep_until_killed() -> ! {
     // Bounded, so a parent that died without killing us leaves no process behind for long.
     thread::sleep(CHILD_TIMEOUT);
