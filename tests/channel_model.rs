@@ -27,7 +27,7 @@ const INLINE_MAX: usize = 96;
 const OVERFLOW_SLOTS: usize = 64;
 
 #[test]
-#[ignore]
+#[ignore = "entry point of child processes (see tests/common/mod.rs)"]
 fn child_entry() {
     common::child_dispatch(|role, _| panic!("channel_model has no child role {role}"));
 }

@@ -25,7 +25,7 @@ fn holder_child(args: &[String]) {
 }
 
 #[test]
-#[ignore = "child process entry point, run by the tests"]
+#[ignore = "entry point of child processes (see tests/common/mod.rs)"]
 fn child_entry() {
     common::child_dispatch(|role, args| match role {
         "holder" => holder_child(args),

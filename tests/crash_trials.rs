@@ -320,7 +320,7 @@ fn locker_child(args: &[String]) {
 }
 
 #[test]
-#[ignore = "child process entry point, run by the trials"]
+#[ignore = "entry point of child processes (see tests/common/mod.rs)"]
 fn child_entry() {
     common::child_dispatch(|role, args| match role {
         "producer" => producer_child(args),

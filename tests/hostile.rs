@@ -117,7 +117,7 @@ fn user_child(args: &[String]) {
 }
 
 #[test]
-#[ignore = "child process entry point, run by the tests"]
+#[ignore = "entry point of child processes (see tests/common/mod.rs)"]
 fn child_entry() {
     common::child_dispatch(|role, args| match role {
         "user" => user_child(args),

@@ -31,7 +31,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 // Child processes
 
 #[test]
-#[ignore]
+#[ignore = "entry point of child processes (see tests/common/mod.rs)"]
 fn child_entry() {
     common::child_dispatch(|role, args| match role {
         // Open, check the parent's half, write our half, check the participant table.
@@ -460,18 +460,37 @@ fn ofd_lock(file: &File, byte: i64) {
     assert_eq!(rc, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
 }
 
+/// The name of overflow payload `id` of the channel `channel` created at `created_unix_ns`, as
+/// the library names them: `<channel>~<creation time in hex>.<id in hex>`.
+fn overflow_name(channel: &str, created_unix_ns: u64, id: u64) -> String {
+    format!("{channel}~{created_unix_ns:x}.{id:x}")
+}
+
 /// What `gc` must remove: a segment whose only participant was SIGKILLed, an uninitialised
-/// leftover of a creator that died, and an overflow payload of a channel that is gone.
+/// leftover of a creator that died, an overflow payload of a channel name that no longer
+/// exists, and an overflow payload of an earlier incarnation of `live_channel` (a channel that
+/// exists under the same name now but was created at `live_created_unix_ns`).
 struct Doomed {
-    names: [String; 3],
+    names: [String; 4],
     _cleanup: Cleanup,
 }
 
-fn make_doomed() -> Doomed {
+fn make_doomed(live_channel: &str, live_created_unix_ns: u64, round: u64) -> Doomed {
     let dead = unique_name("gc-dead");
     let leftover = unique_name("gc-leftover");
-    let orphan = format!("{}~1", unique_name("gc-gone"));
-    let cleanup = Cleanup::new(&[&dead, &leftover, &orphan]);
+    // (a) The channel this payload belongs to does not exist: gc removes it because opening the
+    // channel's name fails with ENOENT. Without that branch gc would keep it.
+    let orphan = overflow_name(&unique_name("gc-gone"), 0x1234_5678_9abc_def0, 1);
+    // (c) A channel of this name exists, but it was created a second after the one that made
+    // this payload: gc removes it because the incarnation in its name differs from the live
+    // channel's creation time. Without that branch gc would keep it (its channel is alive).
+    // The id makes the name fresh in every round.
+    let earlier = overflow_name(
+        live_channel,
+        live_created_unix_ns - 1_000_000_000,
+        0x100 + round,
+    );
+    let cleanup = Cleanup::new(&[&dead, &leftover, &orphan, &earlier]);
     let mut killed = ChildGuard::spawn("create_hold", &[&dead]);
     killed.wait_ready();
     killed.kill9();
@@ -479,8 +498,9 @@ fn make_doomed() -> Doomed {
         .set_modified(SystemTime::now() - Duration::from_secs(3600))
         .expect("age the leftover");
     craft(&orphan, &[0; 128], 4096);
+    craft(&earlier, &[0; 128], 4096);
     Doomed {
-        names: [dead, leftover, orphan],
+        names: [dead, leftover, orphan, earlier],
         _cleanup: cleanup,
     }
 }
@@ -491,12 +511,26 @@ fn gc_removes_what_only_the_dead_use_and_leaves_the_rest() {
     let live_here = unique_name("gc-live-here");
     let being_created = unique_name("gc-creating");
     let foreign = unique_name("gc-foreign");
-    let kept_overflow = format!("{live_here}~1");
+    let live_channel = unique_name("gc-live-chan");
+    let (tx, rx) = shmq::channel(
+        &live_channel,
+        shmq::ChannelConfig::default().arena_bytes(4096),
+    )
+    .expect("create the live channel");
+    let created = shmq::inspect(&live_channel)
+        .expect("inspect the live channel")
+        .created_unix_ns;
+    assert_ne!(created, 0, "the live channel has a creation time");
+    // (b) An overflow payload of the live channel's own incarnation: gc keeps it because the
+    // creation time in its name matches the channel's. If gc removed the payloads of every
+    // channel that exists (ignoring the incarnation), this one would go.
+    let kept_overflow = overflow_name(&live_channel, created, 1);
     let kept = [
         &live_child,
         &live_here,
         &being_created,
         &foreign,
+        &live_channel,
         &kept_overflow,
     ];
     let _cleanup = Cleanup::new(&kept.map(String::as_str));
@@ -514,7 +548,6 @@ fn gc_removes_what_only_the_dead_use_and_leaves_the_rest() {
     craft(&foreign, &[b'x'; 128], 8192)
         .set_modified(an_hour_ago)
         .expect("age");
-    // The overflow payload of a channel name that exists.
     craft(&kept_overflow, &[0; 128], 4096);
 
     // gc() is global: another process's gc() (another test binary running at the same time)
@@ -522,7 +555,7 @@ fn gc_removes_what_only_the_dead_use_and_leaves_the_rest() {
     // proves nothing about the report, so it is retried with fresh names.
     let mut reported = false;
     for round in 0..5 {
-        let doomed = make_doomed();
+        let doomed = make_doomed(&live_channel, created, round);
         let removed = shmq::gc().expect("gc");
         for name in kept {
             assert!(!removed.contains(name), "gc removed {name}: {removed:?}");
@@ -560,9 +593,18 @@ fn gc_removes_what_only_the_dead_use_and_leaves_the_rest() {
     }
     assert!(!removed.contains(&live_here));
     assert!(shm_exists(&live_here));
+    assert!(
+        shm_exists(&kept_overflow),
+        "gc removed {kept_overflow}: {removed:?}"
+    );
     drop(creating);
     drop(here);
     assert!(!shm_exists(&live_here));
+    // The live channel still works too.
+    tx.send(b"after gc").expect("send");
+    assert_eq!(&rx.recv().expect("recv")[..], b"after gc");
+    drop((tx, rx));
+    assert!(!shm_exists(&live_channel));
 }
 
 #[test]

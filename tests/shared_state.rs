@@ -13,7 +13,7 @@ use shmq::{Error, LockError, SharedArray, SharedValue};
 const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[test]
-#[ignore]
+#[ignore = "entry point of child processes (see tests/common/mod.rs)"]
 fn child_entry() {
     common::child_dispatch(|role, args| match role {
         "inc" => {

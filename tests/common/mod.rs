@@ -6,6 +6,8 @@
 //! exercises what the kernel does at death.
 #![allow(dead_code)]
 
+pub mod channel;
+
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -42,11 +44,19 @@ pub fn spawn_child(role: &str, args: &[&str]) -> Child {
         .expect("spawn child test process")
 }
 
-/// Runs `body(role, args)` if this process was started by [`spawn_child`]. Call it from an
-/// `#[test] #[ignore] fn child_entry()` in each test file.
+/// Runs `body(role, args)` in a process started by [`spawn_child`]. Call it from an
+/// `#[test] #[ignore = "..."] fn child_entry()` in each test file that spawns children; `body`
+/// must panic on a role it does not know.
+///
+/// Panics when `SHMQ_TEST_CHILD` is not set: `child_entry` run by hand (`--ignored`) has no role
+/// to play, and must fail rather than pass without doing anything.
 pub fn child_dispatch(body: impl FnOnce(&str, &[String])) {
-    let Ok(role) = std::env::var(CHILD_VAR) else {
-        return;
+    let role = match std::env::var(CHILD_VAR) {
+        Ok(role) if !role.is_empty() => role,
+        _ => panic!(
+            "{CHILD_VAR} is not set: child_entry is the entry point of child processes started \
+             by spawn_child; it is not a test of its own"
+        ),
     };
     let args: Vec<String> = std::env::var(ARGS_VAR)
         .unwrap_or_default()
