@@ -164,7 +164,9 @@ fn parent(args: &[String]) -> BoxResult<()> {
         "",
     );
     // The answer is 40 bytes: it travels inside the ring, the arena can be one page.
-    let answer_config = shmq::ChannelConfig::default().with_capacity(1).with_arena_bytes(4096);
+    let answer_config = shmq::ChannelConfig::default()
+        .with_capacity(1)
+        .with_arena_bytes(4096);
     let (answer_tx, answer_rx) = shmq::channel(&answer_name, answer_config)?;
 
     // Declared after the channels, so dropped before them: on an early return the child is

@@ -219,8 +219,10 @@ impl PartialEq for Error {
             }
             (Error::Io { .. }, _) | (_, Error::Io { .. }) => false,
             // Every other variant holds plain data, which its Display shows in full.
-            _ => std::mem::discriminant(self) == std::mem::discriminant(other)
-                && self.to_string() == other.to_string(),
+            _ => {
+                std::mem::discriminant(self) == std::mem::discriminant(other)
+                    && self.to_string() == other.to_string()
+            }
         }
     }
 }

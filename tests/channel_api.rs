@@ -19,11 +19,11 @@ fn bad_configuration_is_invalid_argument() {
         config(0, MIB),
         config((1 << 24) + 1, MIB),
         ChannelConfig::default()
-            .arena_bytes(MIB)
-            .max_participants(0),
+            .with_arena_bytes(MIB)
+            .with_max_participants(0),
         ChannelConfig::default()
-            .arena_bytes(MIB)
-            .max_participants(100_000),
+            .with_arena_bytes(MIB)
+            .with_max_participants(100_000),
     ] {
         let err = shmq::channel(&name, cfg.clone()).unwrap_err();
         assert!(
@@ -193,11 +193,12 @@ fn loan_slice_refuses_types_aligned_beyond_a_page() {
     #[repr(C, align(8192))]
     struct Huge([u64; 1024]);
     let name = common::unique_name("overaligned");
-    let (tx, rx) = shmq::channel(&name, ChannelConfig::default().arena_bytes(1 << 20)).unwrap();
+    let (tx, rx) =
+        shmq::channel(&name, ChannelConfig::default().with_arena_bytes(1 << 20)).unwrap();
     let refused = tx.loan_slice::<Huge>(1);
     assert!(matches!(
         refused,
-        Err(SendError::Failed(shmq::Error::InvalidArgument { .. }))
+        Err(SendError::Failed(shmq::Error::InvalidArgument { .. }, _))
     ));
     assert_eq!(tx.free_arena_bytes(), 1 << 20);
     drop((tx, rx));

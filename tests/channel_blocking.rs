@@ -72,7 +72,7 @@ fn full_and_empty_ring() {
     }
     assert!(tx.is_full() && rx.is_full());
     assert_eq!(tx.len(), 4);
-    assert!(matches!(tx.try_send(b"y"), Err(TrySendError::Full)));
+    assert!(matches!(tx.try_send(b"y"), Err(TrySendError::Full(..))));
     for len in [0, 5, 5000, 3 * MIB] {
         // Inline, arena and overflow payloads all meet the full ring; nothing leaks.
         let err = tx.try_send(&vec![1; len]).unwrap_err();
@@ -256,7 +256,7 @@ fn timeouts_on_empty_and_full() {
         let started = Instant::now();
         let err = tx.send_timeout(payload, timeout).unwrap_err();
         let elapsed = started.elapsed();
-        assert!(matches!(err, SendTimeoutError::Timeout), "{err:?}");
+        assert!(matches!(err, SendTimeoutError::Timeout(_)), "{err:?}");
         assert!(
             elapsed >= timeout && elapsed < HANG,
             "send_timeout took {elapsed:?}"
@@ -270,10 +270,18 @@ fn timeouts_on_empty_and_full() {
     let err = loan.send_timeout(timeout).unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert!(started.elapsed() >= timeout);
+    // The error gives the loan back, still holding its pages; dropping it frees them.
+    let loan = err.into_inner();
+    assert_eq!(loan.len(), 5000, "the loan comes back whole");
+    assert!(
+        tx.free_arena_bytes() < arena as u64,
+        "its pages are still lent"
+    );
+    drop(loan);
     assert_eq!(
         tx.free_arena_bytes(),
         arena as u64,
-        "failed loan send gives memory back"
+        "a dropped loan gives memory back"
     );
 
     let whole = tx.loan(arena).expect("loan the whole arena");

@@ -272,7 +272,7 @@ fn join_counts_messages_of_a_killed_receiver_as_done() {
 fn new_receiver_reuses_the_slot_of_a_killed_one() {
     let name = common::unique_name("ch-slot");
     let arena = MIB;
-    let cfg = config(8, arena).max_participants(3);
+    let cfg = config(8, arena).with_max_participants(3);
     let (tx, rx) = shmq::channel(&name, cfg).expect("create");
     tx.send(&pattern(0, 100 * KIB)).expect("send");
     let mut kid = Kid::spawn("recv_and_hold", &[&name, "1"]);

@@ -96,7 +96,7 @@ fn receiver_process_exits_while_send_is_blocked() {
     kid.finish();
     let ((sent, tx), _) = result.recv_timeout(HANG).expect("send still blocked");
     assert!(
-        matches!(sent, Err(SendError::Disconnected)),
+        matches!(sent, Err(SendError::Disconnected(_))),
         "blocked send after the receiver exited: {sent:?}"
     );
     drop(tx);
@@ -196,7 +196,7 @@ fn killed_receiver_wakes_blocked_send() {
         "send noticed the killed receiver after {:?}",
         returned.saturating_duration_since(killed)
     );
-    assert!(matches!(sent, Err(SendError::Disconnected)), "{sent:?}");
+    assert!(matches!(sent, Err(SendError::Disconnected(_))), "{sent:?}");
     // The failed send gave its chunk back; the queued ones are still there.
     assert_eq!(tx.free_arena_bytes(), arena as u64 - 4 * 2 * PAGE);
     drop(tx);

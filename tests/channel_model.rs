@@ -222,7 +222,7 @@ fn send_loan(model: &mut Model, loan: Loan, e: Expected) -> Result<(), TestCaseE
     if model.ring_full() {
         let err = loan.send_timeout(Duration::ZERO).unwrap_err();
         prop_assert!(
-            matches!(err, SendTimeoutError::Timeout),
+            matches!(err, SendTimeoutError::Timeout(_)),
             "loan send on a full ring: {:?}",
             err
         );
@@ -253,7 +253,7 @@ fn step(
                     );
                     model.queued.push_back(Expected { id, len, cost: c });
                 }
-                Err(TrySendError::Full) => {
+                Err(TrySendError::Full(..)) => {
                     if !model.ring_full() {
                         model.check_no_room(c, "try_send")?;
                     }
@@ -279,7 +279,7 @@ fn step(
                         _ => model.loans.push((loan, e)),
                     }
                 }
-                Err(TrySendError::Full) => model.check_no_room(c, "try_loan")?,
+                Err(TrySendError::Full(..)) => model.check_no_room(c, "try_loan")?,
                 Err(e) => return Err(TestCaseError::fail(format!("try_loan({len}): {e}"))),
             }
         }
@@ -362,8 +362,8 @@ fn check_state(
 fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     let name = common::unique_name("model");
     let config = ChannelConfig::default()
-        .capacity(CAPACITY)
-        .arena_bytes(ARENA);
+        .with_capacity(CAPACITY)
+        .with_arena_bytes(ARENA);
     let (tx, rx) = shmq::channel(&name, config).expect("create");
     prop_assert_eq!(tx.free_arena_bytes(), ARENA as u64);
     let mut model = Model {

@@ -39,8 +39,8 @@ fn ls_and_info_show_a_channel_with_its_figures() {
     let (tx, rx) = shmq::channel(
         &name,
         shmq::ChannelConfig::default()
-            .capacity(8)
-            .arena_bytes(1 << 20),
+            .with_capacity(8)
+            .with_arena_bytes(1 << 20),
     )
     .unwrap();
     tx.send(&vec![1u8; 10_000]).unwrap();

@@ -389,8 +389,8 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
     let (tx, rx) = shmq::channel(
         &chan,
         ChannelConfig::default()
-            .capacity(CAPACITY)
-            .arena_bytes(ARENA),
+            .with_capacity(CAPACITY)
+            .with_arena_bytes(ARENA),
     )
     .expect("create channel");
     let seed_arg = |rng: &mut Rng| rng.next().to_string();

@@ -173,7 +173,9 @@ fn random_bytes_in_live_segments_give_errors_never_crashes_or_hangs() {
         let value = format!("{chan}.v");
         let (tx, rx) = shmq::channel(
             &chan,
-            ChannelConfig::default().capacity(8).arena_bytes(ARENA),
+            ChannelConfig::default()
+                .with_capacity(8)
+                .with_arena_bytes(ARENA),
         )
         .expect("channel");
         let counter = SharedValue::<u64>::create(&value, 0).expect("value");
@@ -235,7 +237,9 @@ fn files_truncated_or_grown_under_an_opener_give_errors() {
         let chan = unique_name(&format!("resize{i}"));
         let (tx, rx) = shmq::channel(
             &chan,
-            ChannelConfig::default().capacity(4).arena_bytes(ARENA),
+            ChannelConfig::default()
+                .with_capacity(4)
+                .with_arena_bytes(ARENA),
         )
         .expect("channel");
         let file = open_rw(&chan);

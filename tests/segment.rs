@@ -514,7 +514,7 @@ fn gc_removes_what_only_the_dead_use_and_leaves_the_rest() {
     let live_channel = unique_name("gc-live-chan");
     let (tx, rx) = shmq::channel(
         &live_channel,
-        shmq::ChannelConfig::default().arena_bytes(4096),
+        shmq::ChannelConfig::default().with_arena_bytes(4096),
     )
     .expect("create the live channel");
     let created = shmq::inspect(&live_channel)

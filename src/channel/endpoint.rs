@@ -11,7 +11,7 @@ use super::layout::{Desc, InlineBuf, Place, INLINE_MAX};
 use super::message::{Body, Message};
 use super::view::Chan;
 use super::wait::{Step, WaitError, WaitOn};
-use super::{HOOKS, DEFAULT_SPIN};
+use super::{DEFAULT_SPIN, HOOKS};
 use crate::error::{Error, Result};
 use crate::segment::{validate_name, CreateSpec, Kind, Participant, Region, Role};
 
@@ -210,13 +210,17 @@ impl Endpoint {
         }
         let arena = self.chan.geometry().arena_bytes;
         if len <= arena && arena > 0 {
-            let chunk = self.wait_for(WaitOn::Space, deadline, Some(Exhausted::Arena), || {
-                match self.chan.try_alloc(len, self.slot)? {
-                    Some(chunk) => Ok(Step::Ready(chunk)),
-                    None if !self.peers_alive(Some(PEER_RECHECK)) => Ok(Step::Disconnected),
-                    None => Ok(Step::Retry),
-                }
-            })?;
+            let chunk =
+                self.wait_for(
+                    WaitOn::Space,
+                    deadline,
+                    Some(Exhausted::Arena),
+                    || match self.chan.try_alloc(len, self.slot)? {
+                        Some(chunk) => Ok(Step::Ready(chunk)),
+                        None if !self.peers_alive(Some(PEER_RECHECK)) => Ok(Step::Disconnected),
+                        None => Ok(Step::Retry),
+                    },
+                )?;
             let ptr = self
                 .chan
                 .chunk_ptr(chunk, len)
@@ -277,7 +281,11 @@ impl Endpoint {
     }
 
     /// Sends a copy of `bytes`.
-    pub(super) fn send_bytes(&self, bytes: &[u8], deadline: Option<Instant>) -> Result<(), Stopped> {
+    pub(super) fn send_bytes(
+        &self,
+        bytes: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), Stopped> {
         if bytes.len() <= INLINE_MAX {
             if !self.peers_alive(None) {
                 return Err(Stopped::Disconnected);
@@ -347,8 +355,8 @@ impl Endpoint {
             }
             Place::Overflow { entry, id } => {
                 let name = self.chan.overflow_name(id);
-                let opened = Region::open(&name, Kind::Overflow, &[], true, None).and_then(
-                    |(region, _)| {
+                let opened =
+                    Region::open(&name, Kind::Overflow, &[], true, None).and_then(|(region, _)| {
                         if (region.data_len() as u64) < desc.len {
                             Err(Error::corrupted(
                                 &name,
@@ -357,8 +365,7 @@ impl Endpoint {
                         } else {
                             Ok(region)
                         }
-                    },
-                );
+                    });
                 match opened {
                     Ok(region) => Body::Overflow { entry, id, region },
                     Err(e) => {

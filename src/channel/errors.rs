@@ -125,9 +125,9 @@ impl<T> TrySendError<T> {
     /// What the caller handed in.
     pub fn into_inner(self) -> T {
         match self {
-            TrySendError::Full(t, _) | TrySendError::Disconnected(t) | TrySendError::Failed(_, t) => {
-                t
-            }
+            TrySendError::Full(t, _)
+            | TrySendError::Disconnected(t)
+            | TrySendError::Failed(_, t) => t,
         }
     }
     /// Whether the channel had no room.

@@ -128,4 +128,3 @@ pub(crate) fn replay_journal<W: Words>(
     words.store(journal, 0);
     true
 }
-

@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 
 use super::journal::{replay_journal, Txn};
 use super::layout::{
-    C_ALLOC_LOCK, C_CONSUMER_JOURNAL, C_CONSUMER_LOCK, C_HEAD, C_PRODUCER_JOURNAL,
-    C_PRODUCER_LOCK, C_RECLAIM_EPOCH, C_TAIL, LOCK_SPIN_TRIES,
+    C_ALLOC_LOCK, C_CONSUMER_JOURNAL, C_CONSUMER_LOCK, C_HEAD, C_PRODUCER_JOURNAL, C_PRODUCER_LOCK,
+    C_RECLAIM_EPOCH, C_TAIL, LOCK_SPIN_TRIES,
 };
 use super::view::Chan;
 use super::wait::ALL_WAITS;
@@ -26,7 +26,10 @@ impl Drop for Held<'_> {
         let unlocked = unsafe { sys::robust_mutex_unlock(self.ptr) };
         // Failing means the mutex word no longer says we hold it: someone overwrote it. There
         // is nothing to repair from here (a drop cannot report); a debug build says so.
-        debug_assert!(unlocked.is_ok(), "unlocking a channel lock failed: {unlocked:?}");
+        debug_assert!(
+            unlocked.is_ok(),
+            "unlocking a channel lock failed: {unlocked:?}"
+        );
     }
 }
 
@@ -72,9 +75,8 @@ impl Chan {
                     epoch.store(value.wrapping_add(value % 2), Ordering::Release);
                 }
                 // SAFETY: we hold the mutex (OwnerDied means acquired); it stays mapped.
-                unsafe { sys::robust_mutex_mark_consistent(ptr) }.map_err(|e| {
-                    Error::from_io(self.name(), "pthread_mutex_consistent", e)
-                })?;
+                unsafe { sys::robust_mutex_mark_consistent(ptr) }
+                    .map_err(|e| Error::from_io(self.name(), "pthread_mutex_consistent", e))?;
                 // A replay may have moved `tail` or `head` or freed space: wake whoever waits
                 // rather than leave them to their next timed re-check.
                 for on in ALL_WAITS {
@@ -108,7 +110,11 @@ impl Chan {
         self.lock(C_ALLOC_LOCK, self.geo.alloc.journal * 8)
     }
 
-    pub(super) fn commit<const N: usize>(&self, txn: Txn<'_, Chan, N>, journal_offset: u64) -> Result<()> {
+    pub(super) fn commit<const N: usize>(
+        &self,
+        txn: Txn<'_, Chan, N>,
+        journal_offset: u64,
+    ) -> Result<()> {
         if txn.commit(journal_offset / 8) {
             Ok(())
         } else {

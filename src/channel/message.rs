@@ -275,9 +275,7 @@ impl<T: Pod> SliceLoan<T> {
         let n = self.n;
         self.loan.try_send().map_err(|e| match e {
             TrySendError::Full(loan, what) => TrySendError::Full(SliceLoan::new(loan, n), what),
-            TrySendError::Disconnected(loan) => {
-                TrySendError::Disconnected(SliceLoan::new(loan, n))
-            }
+            TrySendError::Disconnected(loan) => TrySendError::Disconnected(SliceLoan::new(loan, n)),
             TrySendError::Failed(e, loan) => TrySendError::Failed(e, SliceLoan::new(loan, n)),
         })
     }

@@ -87,8 +87,7 @@ mod wait;
 
 pub use config::ChannelConfig;
 pub use errors::{
-    Exhausted, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError,
-    TrySendError,
+    Exhausted, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use message::{Loan, Message, SliceLoan};
 pub use receiver::{IntoIter, Iter, Receiver, TryIter};

@@ -2,8 +2,8 @@
 
 use std::sync::atomic::Ordering;
 
-use super::layout::{ARENA_PAGE, C_CORRUPT_SKIPPED, C_RECLAIM_EPOCH, C_RETIRED, OVERFLOW_SLOTS};
 use super::journal::Words;
+use super::layout::{ARENA_PAGE, C_CORRUPT_SKIPPED, C_RECLAIM_EPOCH, C_RETIRED, OVERFLOW_SLOTS};
 use super::view::Chan;
 
 /// A channel's figures at one instant.

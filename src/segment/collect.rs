@@ -15,8 +15,8 @@ use crate::sys;
 /// Reads the header of segment `name` without mapping or attaching (unchecked: the caller
 /// looks only at what it needs).
 pub(crate) fn peek_header(name: &str) -> Result<HeaderCopy> {
-    let fd = sys::shm_open_existing(&os_name(name))
-        .map_err(|e| Error::from_io(name, "shm_open", e))?;
+    let fd =
+        sys::shm_open_existing(&os_name(name)).map_err(|e| Error::from_io(name, "shm_open", e))?;
     read_header(name, sys::borrow(&fd))
 }
 

@@ -37,8 +37,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 
 pub(crate) use collect::{collect_segment, peek_header};
-pub use participants::ParticipantInfo;
 pub(crate) use participants::Participant;
+pub use participants::ParticipantInfo;
 pub use raw::Segment;
 pub(crate) use region::{CreateSpec, Region};
 
@@ -65,7 +65,6 @@ pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// An uninitialised segment whose creator lock is free and that is older than this is a
 /// leftover of a creator that died, and `gc` removes it.
 const ABANDONED_AGE: Duration = Duration::from_secs(2);
-
 
 // OFD lock bytes. They lie far beyond any file size: POSIX record locks need not cover data.
 const LOCK_BASE: u64 = 1 << 40;

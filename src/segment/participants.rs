@@ -20,7 +20,6 @@ const S_ATTACHED_NS: usize = 24;
 const SLOT_FREE: u32 = 0;
 const SLOT_ACTIVE: u32 = 1;
 
-
 /// Information about one participant slot in use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParticipantInfo {
@@ -41,7 +40,6 @@ impl Region {
         assert!(slot < self.header.capacity, "slot index out of range");
         HEADER_SIZE + SLOT_SIZE * slot as usize
     }
-
 
     /// Whether the participant in `slot` is attached and its process alive.
     pub(crate) fn is_alive(&self, slot: u32) -> bool {
@@ -197,7 +195,6 @@ impl Region {
         }
         reclaimed
     }
-
 }
 
 /// One attached handle family: its slot in the table and the description whose lock says it is

@@ -2,7 +2,7 @@
 
 use super::participants::{Participant, ParticipantInfo};
 use super::region::{CreateSpec, Region};
-use super::{validate_name, os_name, Kind, Role, DEFAULT_PARTICIPANTS, FLAG_AUTO_UNLINK};
+use super::{os_name, validate_name, Kind, Role, DEFAULT_PARTICIPANTS, FLAG_AUTO_UNLINK};
 use crate::error::{Error, Result};
 use crate::sys;
 

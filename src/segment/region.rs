@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use super::header::{data_offset_for, read_header, HeaderCopy, H_CLOSED, H_INITIALIZED};
 use super::participants::Participant;
 use super::{
-    os_name, unix_now_ns, Kind, KindHooks, Role, CREATOR_LOCK, HEADER_SIZE,
-    LAYOUT_VERSION, MAGIC, MAX_PARTICIPANTS, MEMBERSHIP_LOCK, READY_TIMEOUT,
+    os_name, unix_now_ns, Kind, KindHooks, Role, CREATOR_LOCK, HEADER_SIZE, LAYOUT_VERSION, MAGIC,
+    MAX_PARTICIPANTS, MEMBERSHIP_LOCK, READY_TIMEOUT,
 };
 use crate::error::{Error, Result};
 use crate::sys::{self, SharedAtomic};
@@ -107,10 +107,12 @@ impl Region {
         }
         if let Err(e) = sys::reserve(sys::borrow(&fd), total_len) {
             let err = match e.kind() {
-                ErrorKind::StorageFull | ErrorKind::FileTooLarge | ErrorKind::OutOfMemory => Error::OutOfSpace {
-                    name: name.to_owned(),
-                    requested: total_len,
-                },
+                ErrorKind::StorageFull | ErrorKind::FileTooLarge | ErrorKind::OutOfMemory => {
+                    Error::OutOfSpace {
+                        name: name.to_owned(),
+                        requested: total_len,
+                    }
+                }
                 _ => Error::from_io(name, "fallocate", e),
             };
             return Err(unlink_on_error(err));
@@ -405,10 +407,10 @@ mod tests {
         let message = result.expect("opening two roles into one free slot must fail");
         assert!(message.contains("no free participant slot"), "{message}");
         // The partly attached opener let go of its slot: one more participant fits again.
-        let (_r, again) = Region::open(&name, Kind::Raw, &[Role::User], false, None).expect("reopen");
+        let (_r, again) =
+            Region::open(&name, Kind::Raw, &[Role::User], false, None).expect("reopen");
         drop(again);
         drop(creator);
         assert!(!exists(&name), "the last detach did not unlink");
     }
 }
-

@@ -132,7 +132,11 @@ pub(crate) fn list_shm_names(prefix: &str) -> io::Result<Vec<String>> {
 /// Maps the first `len` bytes of `fd` shared and read-write (see [`Mapping::new`]).
 ///
 /// [`Mapping::new`]: super::Mapping::new
-pub(super) fn map_shared_raw(fd: BorrowedFd<'_>, len: usize, populate: bool) -> io::Result<NonNull<u8>> {
+pub(super) fn map_shared_raw(
+    fd: BorrowedFd<'_>,
+    len: usize,
+    populate: bool,
+) -> io::Result<NonNull<u8>> {
     if len == 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
     }

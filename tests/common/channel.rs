@@ -178,8 +178,8 @@ pub fn assert_gone(name: &str) {
 
 pub fn config(capacity: usize, arena: usize) -> ChannelConfig {
     ChannelConfig::default()
-        .capacity(capacity)
-        .arena_bytes(arena)
+        .with_capacity(capacity)
+        .with_arena_bytes(arena)
 }
 
 // ----- stress payloads (two producers, two consumers) -----------------------------------------

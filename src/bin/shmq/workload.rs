@@ -599,7 +599,9 @@ impl PingPong {
         let mut args = vec!["pingpong".to_owned(), contender.id().to_owned()];
         let (link, peer) = match contender {
             PingContender::ShmqDefault | PingContender::ShmqSpin => {
-                let config = shmq::ChannelConfig::default().with_capacity(4).with_arena_bytes(4096);
+                let config = shmq::ChannelConfig::default()
+                    .with_capacity(4)
+                    .with_arena_bytes(4096);
                 let (req_name, resp_name) = (unique_name("ping"), unique_name("pong"));
                 let (tx, req_rx) = shmq::channel(&req_name, config.clone())?;
                 let (resp_tx, rx) = shmq::channel(&resp_name, config)?;
