@@ -9,7 +9,7 @@
 //!   ([`Sender`], [`Receiver`]). Payloads live in a shared arena: the sender copies them in once
 //!   ([`Sender::send`], [`Sender::send_slice`]) or builds them there ([`Sender::loan`],
 //!   [`Sender::loan_slice`]); the receiver reads them in place through a [`Message`], whose drop
-//!   frees the memory. Every blocking call has `try_` and `_timeout` forms, and
+//!   frees the memory. Every blocking call has `try_`, `_timeout` and `_deadline` forms, and
 //!   [`Sender::join`] waits like `JoinableQueue.join()`.
 //! - [`SharedValue`] and [`SharedArray`] hold `Pod` data behind a cross-process lock, like
 //!   `multiprocessing.Value` and `Array`. When a holder dies, the next locker gets
@@ -25,7 +25,7 @@
 //! variable) and `open` it there. Every handle is registered in its segment, and the last live
 //! handle to be dropped unlinks it: there is no resource tracker. A handle's liveness is a lock
 //! the kernel releases when its process dies, SIGKILL included, so a blocked call notices a
-//! killed peer within about 100 ms (`Disconnected`), messages already sent survive their sender,
+//! killed peer within 50 ms (`Disconnected`), messages already sent survive their sender,
 //! and whatever the dead held is reclaimed.
 //!
 //! # A channel

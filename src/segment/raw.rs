@@ -16,6 +16,17 @@ use crate::sys;
 /// This is the counterpart of Python's `multiprocessing.shared_memory.SharedMemory`; channels and
 /// shared values are built on the same machinery.
 ///
+/// # Soundness
+///
+/// shmq's trust model: peers are processes of the same user that may crash at any instant and
+/// leave garbage behind, but are not malicious (a process of the same user could ptrace its
+/// peers anyway). A `Segment` hands out only a raw pointer ([`as_ptr`](Segment::as_ptr)):
+/// other processes may write the bytes at any time, so turning it into a reference is the
+/// caller's `unsafe` promise that a protocol of its own (atomics, or a lock) excludes them. A
+/// peer that truncates the file makes later accesses to the lost pages raise SIGBUS; `open`
+/// refuses a file whose size disagrees with its header, but a mapping already made cannot be
+/// protected without a signal handler, which a library should not install.
+///
 /// ```
 /// # fn main() -> Result<(), shmq::Error> {
 /// # let name = format!("doc-segment-{}", std::process::id());
