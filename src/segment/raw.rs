@@ -10,7 +10,7 @@ use crate::sys;
 ///
 /// The segment `foo` is the POSIX object `shmq.foo` (`/dev/shm/shmq.foo`). It is unlinked when the
 /// last live handle on it is dropped, or by [`Segment::remove`]; one whose handles all died is
-/// removed by [`gc`]. Each handle is a participant in the segment's table, so [`gc`] and the
+/// removed by [`gc`](crate::gc). Each handle is a participant in the segment's table, so [`gc`](crate::gc) and the
 /// `shmq` tool can tell whether anyone still uses it.
 ///
 /// This is the counterpart of Python's `multiprocessing.shared_memory.SharedMemory`; channels and
