@@ -1,6 +1,7 @@
 //! SharedValue and SharedArray across real processes: exact counts under contention, data
-//! written by one process and read by another, a holder killed with SIGKILL, timeouts, wrong
-//! types, bad names and garbage layout words.
+//! written by one process and read by another, a holder killed with SIGKILL, timeouts, element
+//! identity (size, alignment and tag, in one process and across two), bad names and garbage
+//! layout words.
 
 mod common;
 
@@ -60,8 +61,40 @@ fn child_entry() {
             }
             assert!(matches!(value.load(), Err(Error::OwnerDied { .. })));
         }
+        "expect_incompatible" => {
+            // args: name, then how to open it (see `open_value_as`).
+            let err = open_value_as(&args[0], &args[1]).expect_err("a mismatched open");
+            expect_incompatible(err, "element type", &["bytes, align", "8 bytes, align 8"]);
+        }
+        "open_as_u64" => {
+            // A value created as a `Meters` (same size and alignment, no tag) opens as u64.
+            let value = SharedValue::<u64>::open(&args[0]).expect("open as u64");
+            let expected: u64 = args[1].parse().expect("expected");
+            let mut guard = value.lock().expect("lock");
+            assert_eq!(*guard, expected);
+            *guard += 1;
+        }
         other => panic!("unknown child role {other}"),
     });
+}
+
+/// A `u64` by another name: the same size and alignment, a distinct Rust type (with a distinct
+/// `type_name`).
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(transparent)]
+struct Meters(u64);
+
+/// Opens the value segment `name` as `how` says: `<type>` or `<type>:<tag>` with `<type>` one
+/// of `u64`, `u32`, `bytes8` (`[u8; 8]`), `meters`.
+fn open_value_as(name: &str, how: &str) -> shmq::Result<()> {
+    let (ty, tag) = how.split_once(':').unwrap_or((how, ""));
+    match ty {
+        "u64" => SharedValue::<u64>::open_tagged(name, tag).map(drop),
+        "u32" => SharedValue::<u32>::open_tagged(name, tag).map(drop),
+        "bytes8" => SharedValue::<[u8; 8]>::open_tagged(name, tag).map(drop),
+        "meters" => SharedValue::<Meters>::open_tagged(name, tag).map(drop),
+        other => panic!("unknown type {other}"),
+    }
 }
 
 fn sleep_until_killed() -> ! {
@@ -366,14 +399,16 @@ fn opening_with_the_wrong_type_is_incompatible() {
     let array = SharedArray::<f64>::create(&array_name, 8, 0.0).expect("create array");
     let raw = shmq::Segment::create(&raw_name, 64).expect("create raw");
 
-    let err = SharedValue::<u32>::open(&value_name).expect_err("u32 on u64");
-    expect_incompatible(err, "element type", &["u32", "u64"]);
-    let err = SharedValue::<i64>::open(&value_name).expect_err("i64 on u64 (same size)");
-    expect_incompatible(err, "element type", &["i64", "u64"]);
-    let err = SharedValue::<[u8; 8]>::open(&value_name).expect_err("[u8; 8] on u64");
-    expect_incompatible(err, "element type", &["[u8; 8]", "u64"]);
+    let err = SharedValue::<u32>::open(&value_name).expect_err("u32 on u64 (size)");
+    expect_incompatible(err, "element type", &["u32", "4 bytes", "8 bytes"]);
+    let err = SharedValue::<[u8; 8]>::open(&value_name).expect_err("[u8; 8] on u64 (alignment)");
+    expect_incompatible(
+        err,
+        "element type",
+        &["[u8; 8]", "8 bytes, align 1", "8 bytes, align 8"],
+    );
     let err = SharedArray::<f32>::open(&array_name).expect_err("f32 on f64");
-    expect_incompatible(err, "element type", &["f32", "f64"]);
+    expect_incompatible(err, "element type", &["f32", "4 bytes", "8 bytes"]);
     let err = SharedValue::<f64>::open(&array_name).expect_err("value open of an array");
     expect_incompatible(err, "kind", &["array", "value", "SharedValue<f64>"]);
     let err = SharedArray::<u64>::open(&value_name).expect_err("array open of a value");
@@ -394,6 +429,149 @@ fn opening_with_the_wrong_type_is_incompatible() {
     assert_gone(&value_name);
     assert_gone(&array_name);
     assert_gone(&raw_name);
+}
+
+#[test]
+fn tags_must_match() {
+    let tagged = common::unique_name("sv-tag");
+    let untagged = common::unique_name("sv-untag");
+    let value = SharedValue::<u64>::create_tagged(&tagged, 1, "a").expect("create tagged");
+    let plain = SharedValue::<u64>::create(&untagged, 2).expect("create untagged");
+
+    assert_eq!(
+        SharedValue::<u64>::open_tagged(&tagged, "a")
+            .expect("same tag")
+            .load()
+            .unwrap(),
+        1
+    );
+    let err = SharedValue::<u64>::open_tagged(&tagged, "b").expect_err("tag b on tag a");
+    expect_incompatible(err, "element type", &["tag \"b\"", "tag \"a\""]);
+    let err = SharedValue::<u64>::open(&tagged).expect_err("untagged open of a tagged value");
+    expect_incompatible(err, "element type", &["untagged", "tag \"a\""]);
+    let err = SharedValue::<u64>::open_tagged(&untagged, "a").expect_err("tagged on untagged");
+    expect_incompatible(err, "element type", &["tag \"a\"", "untagged"]);
+    // The empty tag is no tag.
+    assert_eq!(
+        SharedValue::<u64>::open_tagged(&untagged, "")
+            .unwrap()
+            .load()
+            .unwrap(),
+        2
+    );
+    // A tag is compared in addition to size and alignment, not instead of them.
+    let err = SharedValue::<u32>::open_tagged(&tagged, "a").expect_err("u32 under the same tag");
+    expect_incompatible(err, "element type", &["4 bytes", "8 bytes"]);
+    assert_eq!(
+        SharedValue::<Meters>::open_tagged(&tagged, "a")
+            .unwrap()
+            .load()
+            .unwrap(),
+        Meters(1)
+    );
+
+    // Arrays, from both tagged constructors.
+    let grid_name = common::unique_name("sa-tag");
+    let grid = SharedArray::<f64>::create_tagged(&grid_name, 4, 0.5, "grid").expect("create");
+    assert_eq!(
+        SharedArray::<f64>::open_tagged(&grid_name, "grid")
+            .expect("same tag")
+            .to_vec()
+            .unwrap(),
+        vec![0.5; 4]
+    );
+    let err = SharedArray::<f64>::open(&grid_name).expect_err("untagged open");
+    expect_incompatible(err, "element type", &["untagged", "tag \"grid\""]);
+    let err = SharedArray::<f64>::open_tagged(&grid_name, "mesh").expect_err("other tag");
+    expect_incompatible(err, "element type", &["tag \"mesh\"", "tag \"grid\""]);
+    let list_name = common::unique_name("sa-tag-slice");
+    let list = SharedArray::<u32>::from_slice_tagged(&list_name, &[1, 2, 3], "list").unwrap();
+    assert_eq!(
+        SharedArray::<u32>::open_tagged(&list_name, "list")
+            .unwrap()
+            .to_vec()
+            .unwrap(),
+        [1, 2, 3]
+    );
+    let err = SharedArray::<u32>::open_tagged(&list_name, "lists").expect_err("other tag");
+    expect_incompatible(err, "element type", &["tag \"lists\"", "tag \"list\""]);
+
+    // Long tags are compared whole; messages show their first 64 bytes.
+    let long_name = common::unique_name("sv-longtag");
+    let long_a = format!("{}-a", "t".repeat(100));
+    let long_b = format!("{}-b", "t".repeat(100));
+    let long = SharedValue::<u64>::create_tagged(&long_name, 3, &long_a).expect("create");
+    assert_eq!(
+        SharedValue::<u64>::open_tagged(&long_name, &long_a)
+            .unwrap()
+            .load()
+            .unwrap(),
+        3
+    );
+    let err = SharedValue::<u64>::open_tagged(&long_name, &long_b).expect_err("differs late");
+    let shown = format!("tag \"{}...\"", "t".repeat(64));
+    expect_incompatible(err, "element type", &[&shown]);
+
+    drop((value, plain, grid, list, long));
+    for name in [&tagged, &untagged, &grid_name, &list_name, &long_name] {
+        assert_gone(name);
+    }
+}
+
+#[test]
+fn equal_size_and_alignment_without_a_tag_are_interchangeable() {
+    // Identity is size and alignment (and tag), not the Rust type: Meters and u64 have
+    // different type names and are still the same element to shmq.
+    let name = common::unique_name("sv-same-shape");
+    let meters = SharedValue::<Meters>::create(&name, Meters(40)).expect("create");
+    let as_u64 = SharedValue::<u64>::open(&name).expect("u64 opens a Meters value");
+    assert_eq!(as_u64.load().unwrap(), 40);
+    as_u64.store(41).unwrap();
+    assert_eq!(meters.load().unwrap(), Meters(41));
+    // Any Pod type of the same size and alignment: memory-safe, the bits are reinterpreted.
+    assert_eq!(SharedValue::<i64>::open(&name).unwrap().load().unwrap(), 41);
+    assert_eq!(
+        SharedValue::<f64>::open(&name).unwrap().load().unwrap(),
+        f64::from_bits(41)
+    );
+    // And from another process.
+    ChildGuard::spawn("open_as_u64", &[&name, "41"]).wait_success();
+    assert_eq!(meters.load().unwrap(), Meters(42));
+
+    let array_name = common::unique_name("sa-same-shape");
+    let array = SharedArray::<u64>::from_slice(&array_name, &[7, 8]).expect("create");
+    let as_meters = SharedArray::<Meters>::open(&array_name).expect("Meters opens u64s");
+    assert_eq!(as_meters.to_vec().unwrap(), [Meters(7), Meters(8)]);
+    drop((meters, as_u64, array, as_meters));
+    assert_gone(&name);
+    assert_gone(&array_name);
+}
+
+#[test]
+fn a_child_process_is_refused_a_mismatched_element_type() {
+    let tagged = common::unique_name("sv-child-tag");
+    let untagged = common::unique_name("sv-child-untag");
+    let value = SharedValue::<u64>::create_tagged(&tagged, 5, "a").expect("create tagged");
+    let plain = SharedValue::<u64>::create(&untagged, 6).expect("create untagged");
+    for (name, how) in [
+        (&tagged, "u32:a"),    // size
+        (&tagged, "bytes8:a"), // alignment
+        (&tagged, "u64:b"),    // tag
+        (&tagged, "u64"),      // untagged open of a tagged segment
+        (&untagged, "u64:a"),  // tagged open of an untagged segment
+        (&untagged, "u32"),    // size, untagged
+    ] {
+        ChildGuard::spawn("expect_incompatible", &[name, how]).wait_success();
+    }
+    // The matching opens work, here and in a child, and the refused ones left nobody attached.
+    open_value_as(&tagged, "meters:a").expect("same size, alignment and tag");
+    open_value_as(&untagged, "meters").expect("same size and alignment, untagged");
+    ChildGuard::spawn("open_as_u64", &[&untagged, "6"]).wait_success();
+    assert_eq!(plain.load().unwrap(), 7);
+    assert_eq!(value.load().unwrap(), 5);
+    drop((value, plain));
+    assert_gone(&tagged);
+    assert_gone(&untagged);
 }
 
 #[test]
@@ -478,15 +656,15 @@ fn empty_and_oversized_arrays() {
     }
 }
 
-/// Offsets of the layout words (see the module documentation of src/shared.rs), relative to the
+/// Offsets of the layout words (see the module documentation of src/shared/mod.rs), relative to the
 /// start of the data area, which lies 256 bytes before the elements of an 8-byte-aligned type.
 mod layout {
     pub const TO_ELEMENTS: usize = 256;
     pub const ELEM_SIZE: usize = 0;
-    pub const TYPE_HASH: usize = 16;
+    pub const TAG_HASH: usize = 16;
     pub const LEN: usize = 24;
-    pub const TYPE_NAME_LEN: usize = 36;
-    pub const TYPE_NAME: usize = 40;
+    pub const TAG_LEN: usize = 36;
+    pub const TAG_TEXT: usize = 40;
 }
 
 /// Writes `word` at `offset` of the data area whose elements start at `elements`.
@@ -521,15 +699,15 @@ fn garbage_layout_words_are_errors_not_panics() {
     unsafe {
         poke_u64(elements, layout::LEN, 1);
         poke_u64(elements, layout::ELEM_SIZE, u64::MAX);
-        poke_u64(elements, layout::TYPE_HASH, 0x1234_5678);
-        poke_u64(elements, layout::TYPE_NAME, u64::MAX); // invalid UTF-8
+        poke_u64(elements, layout::TAG_HASH, 0x1234_5678);
+        poke_u64(elements, layout::TAG_TEXT, u64::MAX); // invalid UTF-8
         elements
             .sub(layout::TO_ELEMENTS)
-            .add(layout::TYPE_NAME_LEN)
+            .add(layout::TAG_LEN)
             .cast::<u32>()
             .write_volatile(u32::MAX);
     }
-    let err = SharedValue::<u64>::open(&name).expect_err("garbage type words");
+    let err = SharedValue::<u64>::open(&name).expect_err("garbage identity words");
     assert!(matches!(err, Error::Incompatible { .. }), "{err:?}");
     assert!(err.to_string().contains("..."), "{err}");
 
