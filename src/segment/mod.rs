@@ -45,7 +45,7 @@ pub(crate) use region::{CreateSpec, Region};
 /// First word of every shmq segment.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// Version of the layout described in docs/design.md. Bumped on any incompatible change.
-pub(crate) const LAYOUT_VERSION: u32 = 1;
+pub(crate) const LAYOUT_VERSION: u32 = 2;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;
 /// Bytes of the header at offset 0.
