@@ -25,7 +25,7 @@
 //! variable) and `open` it there. Every handle is registered in its segment, and the last live
 //! handle to be dropped unlinks it: there is no resource tracker. A handle's liveness is a lock
 //! the kernel releases when its process dies, SIGKILL included, so a blocked call notices a
-//! killed peer within 50 ms (`Disconnected`), messages already sent survive their sender,
+//! killed peer within about 50 ms (`Disconnected`), messages already sent survive their sender,
 //! and whatever the dead held is reclaimed.
 //!
 //! # A channel
@@ -104,7 +104,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 // Layers, each using only those above it in this list (see docs/design.md, "Modules"):
-// sys (every OS call) -> segment (header, participants, lifetime) -> channel, shared (the
+// sys (every OS call) -> error -> segment (header, participants, lifetime) -> channel, shared (the
 // kinds) -> inspect, gc (know every kind). The `shmq` binary sits on top of the public API.
 mod sys;
 

@@ -23,7 +23,7 @@ impl Chan {
         }
     }
 
-    /// Frees a chunk that participant `slot` owns; `done` also counts one message done.
+    /// Frees a chunk that participant `slot` owns.
     pub(crate) fn free_chunk(&self, chunk: u64, slot: u32) -> Result<()> {
         {
             let _held = self.lock_alloc()?;

@@ -221,10 +221,10 @@ impl Endpoint {
                         None => Ok(Step::Retry),
                     },
                 )?;
-            let ptr = self
-                .chan
-                .chunk_ptr(chunk, len)
-                .ok_or_else(|| Error::corrupted(self.chan.name(), "chunk outside arena"))?;
+            let Some(ptr) = self.chan.chunk_ptr(chunk, len) else {
+                let _ = self.chan.free_chunk(chunk, self.slot);
+                return Err(Error::corrupted(self.chan.name(), "chunk outside arena").into());
+            };
             return Ok(Reserved::Arena { chunk, ptr });
         }
         let waiting_for = Some(Exhausted::OverflowTable);

@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Which limit of the channel a send found reached, in [`TrySendError::Full`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -328,7 +328,9 @@ impl<T> fmt::Display for TrySendError<T> {
 impl<T> fmt::Display for SendTimeoutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SendTimeoutError::Timeout(_) => f.write_str("timed out sending on a full channel"),
+            SendTimeoutError::Timeout(_) => {
+                f.write_str("timed out before the operation could complete")
+            }
             SendTimeoutError::Disconnected(_) => f.write_str(DISCONNECTED_SEND),
             SendTimeoutError::Failed(e, _) => write!(f, "channel operation failed: {e}"),
         }

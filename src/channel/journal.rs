@@ -38,7 +38,7 @@ impl<'a, W: Words, const N: usize> Txn<'a, W, N> {
         }
     }
 
-    pub(crate) fn pending(&self) -> &[(u64, u64)] {
+    pub(super) fn pending(&self) -> &[(u64, u64)] {
         &self.writes[..self.len]
     }
 

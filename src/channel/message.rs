@@ -168,7 +168,8 @@ impl Loan {
             match loan.publish(None) {
                 Ok(()) => return Ok(()),
                 // A wait without a deadline does not time out; should a step ever report it,
-                // retry rather than call it something it is not.
+                // retry rather than call it something it is not (endpoint::blocking's rule,
+                // written out here because the loan moves in and out of each attempt).
                 Err((Stopped::Deadline(_), back)) => loan = back,
                 Err((e, back)) => return Err(to_send(e, back)),
             }
@@ -273,11 +274,9 @@ impl<T: Pod> SliceLoan<T> {
     /// Publishes the values if the ring has room now.
     pub fn try_send(self) -> Result<(), TrySendError<SliceLoan<T>>> {
         let n = self.n;
-        self.loan.try_send().map_err(|e| match e {
-            TrySendError::Full(loan, what) => TrySendError::Full(SliceLoan::new(loan, n), what),
-            TrySendError::Disconnected(loan) => TrySendError::Disconnected(SliceLoan::new(loan, n)),
-            TrySendError::Failed(e, loan) => TrySendError::Failed(e, SliceLoan::new(loan, n)),
-        })
+        self.loan
+            .try_send()
+            .map_err(|e| map_try_send(e, |loan| SliceLoan::new(loan, n)))
     }
 
     /// Publishes the values, waiting at most `timeout` for room in the ring.
@@ -306,6 +305,14 @@ fn map_send<T, U>(e: SendError<T>, f: impl FnOnce(T) -> U) -> SendError<U> {
     match e {
         SendError::Disconnected(t) => SendError::Disconnected(f(t)),
         SendError::Failed(e, t) => SendError::Failed(e, f(t)),
+    }
+}
+
+fn map_try_send<T, U>(e: TrySendError<T>, f: impl FnOnce(T) -> U) -> TrySendError<U> {
+    match e {
+        TrySendError::Full(t, what) => TrySendError::Full(f(t), what),
+        TrySendError::Disconnected(t) => TrySendError::Disconnected(f(t)),
+        TrySendError::Failed(e, t) => TrySendError::Failed(e, f(t)),
     }
 }
 

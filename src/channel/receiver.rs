@@ -81,6 +81,16 @@ impl Receiver {
     }
 }
 
+/// The next message of a blocking iterator that stays ended once it has ended.
+fn next_until_ended(rx: &Receiver, ended: &mut bool) -> Option<Message> {
+    if *ended {
+        return None;
+    }
+    let next = rx.recv().ok();
+    *ended = next.is_none();
+    next
+}
+
 /// Blocking iterator returned by [`Receiver::iter`].
 #[derive(Debug)]
 pub struct Iter<'a> {
@@ -91,12 +101,7 @@ pub struct Iter<'a> {
 impl Iterator for Iter<'_> {
     type Item = Message;
     fn next(&mut self) -> Option<Message> {
-        if self.ended {
-            return None;
-        }
-        let next = self.rx.recv().ok();
-        self.ended = next.is_none();
-        next
+        next_until_ended(self.rx, &mut self.ended)
     }
 }
 
@@ -128,12 +133,7 @@ pub struct IntoIter {
 impl Iterator for IntoIter {
     type Item = Message;
     fn next(&mut self) -> Option<Message> {
-        if self.ended {
-            return None;
-        }
-        let next = self.rx.recv().ok();
-        self.ended = next.is_none();
-        next
+        next_until_ended(&self.rx, &mut self.ended)
     }
 }
 

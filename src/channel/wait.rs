@@ -50,7 +50,7 @@ pub(crate) enum WaitError {
 }
 
 /// Longest single futex sleep: how often a sleeper re-checks its condition and its peers.
-pub(crate) const MAX_SLEEP: Duration = Duration::from_millis(25);
+const MAX_SLEEP: Duration = Duration::from_millis(25);
 
 impl Chan {
     fn wait_word(&self, on: WaitOn) -> &AtomicU32 {

@@ -230,13 +230,9 @@ impl<T: Pod> Drop for ElementGuard<T> {
         // keeps the mapping alive; the mutex was initialised by the creator.
         let unlocked = unsafe { sys::robust_mutex_unlock(self.state.mutex_ptr()) };
         // Drop cannot return the error, and panicking here could abort a thread that is already
-        // unwinding. Unlocking a mutex this thread holds fails only if someone broke the lock
-        // protocol (overwrote the mutex), which no caller can repair: flag it in debug builds.
-        debug_assert!(
-            unlocked.is_ok(),
-            "pthread_mutex_unlock failed on the mutex of segment {:?}, which this thread holds: \
-             {unlocked:?}",
-            self.state.name()
-        );
+        // unwinding, or turn a peer's garbage into a crash of ours. Unlocking a mutex this thread
+        // holds fails only if someone broke the lock protocol (overwrote the mutex), which no
+        // caller can repair: it is ignored, and the next locker sees the word as it is.
+        let _ = unlocked;
     }
 }

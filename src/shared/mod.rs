@@ -3,7 +3,7 @@
 //!
 //! # Layout of the data area
 //!
-//! The data area of a `value` or `array` segment starts page aligned (see `segment.rs`).
+//! The data area of a `value` or `array` segment starts page aligned (see `segment/header.rs`).
 //! Offsets below are from its start; integers are native-endian.
 //!
 //! ```text

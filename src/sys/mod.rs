@@ -1,5 +1,5 @@
-//! Every call into the operating system, and the one place where a pointer into shared memory
-//! becomes a Rust reference.
+//! Every call into the operating system, and the one place where an address in shared memory
+//! becomes a reference to an atomic word.
 //!
 //! The rest of the crate sees a small vocabulary and never calls `rustix` or `libc` itself:
 //!
@@ -8,7 +8,9 @@
 //!   object. OS errors come back as [`std::io::Error`]s whose [`kind`](std::io::Error::kind)
 //!   callers match on (errno values stay in here).
 //! - [`mapping`]: [`Mapping`], a mapped object, and its checked atomic views
-//!   ([`Mapping::atomic`]): bounds and alignment are checked there and nowhere else.
+//!   ([`Mapping::atomic`]), which checks bounds and alignment before it makes the reference.
+//!   (Payload bytes are reached as slices by `Message`, `Loan` and the shared-value guards,
+//!   whose `# Soundness` sections say why that is sound.)
 //!
 //! Porting shmq to another system means writing one more file beside `linux.rs` that offers the
 //! same functions; `mapping.rs` is portable.
