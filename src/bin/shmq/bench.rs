@@ -1,13 +1,13 @@
 //! `shmq bench`: a short version of the criterion benches (`benches/transfer.rs`,
-//! `benches/latency.rs`), printed as one table with ratios. The workloads are in `workload.rs`.
+//! `benches/latency.rs`), printed as one table with ratios. The workloads are in `workload.rs` (and `workload/`).
 
 use std::time::{Duration, Instant};
 
 use clap::Args;
 
+use crate::error::BoxResult;
 use crate::workload::{
-    size_label, BoxResult, Contender, Launcher, PingContender, PingPong, Transfer, TransferSpec,
-    SMALL_MESSAGE,
+    size_label, Contender, Launcher, PingContender, PingPong, Transfer, TransferSpec, SMALL_MESSAGE,
 };
 
 /// Options of `shmq bench`.
