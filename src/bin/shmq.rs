@@ -8,11 +8,14 @@
 //! shmq bench                    # compare shmq with a pipe and a Unix socket on this host (~15 s)
 //! ```
 
-// Submodules live in src/bin/shmq/ (the benches include workload.rs too).
+// Submodules live in src/bin/shmq/ (the benches include workload.rs too). Layers, each using
+// only those below it: the commands (admin, bench), the bench workloads, the error type.
 #[path = "shmq/admin.rs"]
 mod admin;
 #[path = "shmq/bench.rs"]
 mod bench;
+#[path = "shmq/error.rs"]
+mod error;
 #[path = "shmq/workload.rs"]
 mod workload;
 

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shmq::{ParticipantInfo, SegmentInfo};
 
-use crate::workload::BoxResult;
+use crate::error::BoxResult;
 
 /// A JSON string literal.
 fn json_str(s: &str) -> String {
