@@ -53,7 +53,11 @@ impl Chan {
         }
         // SAFETY: start + len lies inside the arena (checked above), which lies inside the data
         // area by construction of the geometry.
-        Some(unsafe { self.base.add((self.geo.arena_offset + start) as usize) })
+        Some(unsafe {
+            self.data
+                .as_ptr()
+                .add((self.geo.arena_offset + start) as usize)
+        })
     }
 
     pub(super) fn alloc_error(&self, e: AllocError) -> Error {

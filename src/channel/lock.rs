@@ -36,7 +36,7 @@ impl Chan {
     pub(super) fn lock(&self, offset: u64, journal: u64) -> Result<Held<'_>> {
         // SAFETY: the offset is one of the three mutexes of the fixed layout, inside the data
         // area (the geometry puts it there).
-        let ptr = unsafe { self.base.add(offset as usize) };
+        let ptr = unsafe { self.data.as_ptr().add(offset as usize) };
         let failed = |e| Error::from_io(self.name(), "pthread_mutex_lock", e);
         // Holders keep these locks for well under a microsecond, and glibc's robust mutexes
         // never spin: try for a moment before sleeping in the kernel.

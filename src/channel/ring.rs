@@ -23,14 +23,14 @@ impl Chan {
     fn slot_ptr(&self, position: u64) -> *mut u8 {
         // SAFETY: the masked index is below ring_slots, so the slot lies inside the ring, which
         // lies inside the data area by construction of the geometry.
-        unsafe { self.base.add(self.slot_offset(position) as usize) }
+        unsafe { self.data.as_ptr().add(self.slot_offset(position) as usize) }
     }
 
     fn slot_word(&self, position: u64, field: u64) -> &AtomicU64 {
         // field < 4 keeps the word inside the slot's 32-byte descriptor.
         let offset = self.slot_offset(position) + 8 * field;
-        self.region
-            .data_atomic(offset as usize)
+        self.data
+            .atomic_in(offset as usize)
             .expect("ring slot word in bounds")
     }
 

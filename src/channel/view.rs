@@ -28,12 +28,13 @@ use crate::sys;
 
 /// One process's view of one channel segment.
 pub(crate) struct Chan {
-    /// The mapping; every shared word is reached through its checked atomic views.
+    /// The mapping, kept alive for `data`.
     pub(super) region: Arc<Region>,
     pub(super) geo: Geometry,
-    /// Start of the data area: for the byte ranges that are not words (inline payloads, arena
-    /// chunks, mutexes), always offset by amounts the geometry keeps in bounds.
-    pub(super) base: *mut u8,
+    /// The data area: every shared word is reached through its checked atomic views
+    /// ([`sys::Window::atomic_in`]), and the byte ranges that are not words (inline payloads,
+    /// arena chunks, mutexes) from its start, by offsets the geometry keeps in bounds.
+    pub(super) data: sys::Window,
     /// This process's last reading of `head` (producers) and `tail` (consumers): each side
     /// rereads the other's index, a cache line the other core writes, only when its copy says
     /// the ring is full (or empty).
@@ -41,7 +42,7 @@ pub(crate) struct Chan {
     pub(super) tail_seen: AtomicU64,
 }
 
-// SAFETY: `base` points into the mapping that `region` keeps alive; all shared state is reached
+// SAFETY: `data` is a window on the mapping that `region` keeps alive; all shared state is reached
 // through atomics or through byte copies whose use the channel protocol orders. Region itself is
 // Send + Sync.
 unsafe impl Send for Chan {}
@@ -73,7 +74,7 @@ impl Chan {
         for lock in [C_PRODUCER_LOCK, C_CONSUMER_LOCK, C_ALLOC_LOCK] {
             // SAFETY: the offset lies inside the data area (Geometry puts it there), is 64-byte
             // aligned, and nobody can use the mutex before the segment is marked initialised.
-            unsafe { sys::robust_mutex_init(chan.base.add(lock as usize)) }
+            unsafe { sys::robust_mutex_init(chan.data.as_ptr().add(lock as usize)) }
                 .map_err(|e| Error::from_io(region.name(), "pthread_mutex_init", e))?;
         }
         chan.word(C_MAGIC / 8)
@@ -82,8 +83,10 @@ impl Chan {
     }
 
     fn new(region: Arc<Region>, geo: Geometry) -> Chan {
+        // SAFETY: the Chan holds the Arc of the region for as long as it holds the window.
+        let data = unsafe { region.data_window() };
         Chan {
-            base: region.data_ptr(),
+            data,
             region,
             geo,
             head_seen: AtomicU64::new(0),
@@ -133,7 +136,7 @@ impl Chan {
     #[inline]
     pub(super) fn word_checked(&self, index: u64) -> Option<&AtomicU64> {
         let offset = usize::try_from(index.checked_mul(8)?).ok()?;
-        self.region.data_atomic(offset)
+        self.data.atomic_in(offset)
     }
 
     /// A word of the fixed layout; `index` comes from the layout's constants or the geometry,

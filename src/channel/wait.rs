@@ -54,8 +54,8 @@ const MAX_SLEEP: Duration = Duration::from_millis(25);
 
 impl Chan {
     fn wait_word(&self, on: WaitOn) -> &AtomicU32 {
-        self.region
-            .data_atomic(C_WAIT_WORDS as usize + 4 * on as usize)
+        self.data
+            .atomic_in(C_WAIT_WORDS as usize + 4 * on as usize)
             .expect("wait word in bounds")
     }
 
@@ -63,8 +63,8 @@ impl Chan {
     /// re-checks its condition, swapped to zero by the one waker that then issues FUTEX_WAKE.
     /// One wake-up system call per sleep, and a sleeper that died costs one spurious wake.
     fn armed(&self, on: WaitOn) -> &AtomicU32 {
-        self.region
-            .data_atomic(C_WAIT_WORDS as usize + 16 + 4 * on as usize)
+        self.data
+            .atomic_in(C_WAIT_WORDS as usize + 16 + 4 * on as usize)
             .expect("armed flag in bounds")
     }
 

@@ -288,6 +288,21 @@ impl Region {
             .expect("segment layout offset in bounds")
     }
 
+    /// A [`sys::Window`] on the data area, for a kind's hot path.
+    ///
+    /// # Safety
+    /// As for [`sys::Mapping::window`]: the caller keeps this region alive (an `Arc` of it)
+    /// for as long as it uses the window.
+    pub(crate) unsafe fn data_window(&self) -> sys::Window {
+        // SAFETY: the caller keeps the region, and so its mapping, alive; the header check
+        // guarantees the data area lies inside the mapping and starts page aligned.
+        unsafe {
+            self.map
+                .window(self.header.data_offset as usize, self.data_len())
+        }
+        .expect("the data area lies inside the mapping")
+    }
+
     /// The word of type `A` at byte `offset` of the data area, if it lies inside the data area
     /// and is aligned for `A`. Kinds reach their shared words through this.
     #[inline]

@@ -68,20 +68,61 @@ impl Mapping {
     }
 
     /// The word of type `A` at byte `offset`, if it lies inside the mapping and `offset` is a
-    /// multiple of its size. This is the only place where shmq turns an address in shared memory
-    /// into a reference to an atomic.
+    /// multiple of its size.
     #[inline]
     pub(crate) fn atomic<A: SharedAtomic>(&self, offset: usize) -> Option<&A> {
-        let end = offset.checked_add(A::SIZE)?;
-        if end > self.len || !offset.is_multiple_of(A::SIZE) {
+        // SAFETY: ptr..ptr + len is this mapping, which stays mapped while &self lives (it is
+        // unmapped only in Drop), and the reference is tied to &self.
+        unsafe { atomic_at(self.ptr, self.len, offset) }
+    }
+
+    /// A [`Window`] on `len` bytes from `offset`, if they lie inside the mapping.
+    ///
+    /// # Safety
+    /// The caller must not use the window (or a reference it gave) after this mapping is
+    /// dropped: keep the mapping's owner alive beside the window.
+    pub(crate) unsafe fn window(&self, offset: usize, len: usize) -> Option<Window> {
+        if offset.checked_add(len)? > self.len || !offset.is_multiple_of(8) {
             return None;
         }
-        // SAFETY: offset..offset + SIZE lies inside the mapping (checked above) and is aligned
-        // for A (the mapping is page aligned and offset is a multiple of A's alignment). The
-        // mapping stays valid while &self lives (it is unmapped only in Drop). Other processes
-        // write this word concurrently, which is sound because A is an atomic type
-        // (SharedAtomic's contract) and every byte pattern they may leave is a valid A.
-        Some(unsafe { &*self.ptr.as_ptr().add(offset).cast::<A>() })
+        // SAFETY: offset <= len of the mapping (checked above), so the result stays inside it
+        // (or one past its end for an empty window).
+        let base = unsafe { self.ptr.as_ptr().add(offset) };
+        Some(Window {
+            base: NonNull::new(base)?,
+            len,
+        })
+    }
+}
+
+/// A part of a [`Mapping`] that its user keeps beside the mapping's owner, so that reaching a
+/// word costs one bounds check and no pointer chasing. Made only by [`Mapping::window`], whose
+/// caller promises that the mapping outlives every use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    /// 8-byte aligned (page aligned plus a multiple of 8).
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Window is an address range like Mapping; see Mapping's Send and Sync impls.
+unsafe impl Send for Window {}
+// SAFETY: as above.
+unsafe impl Sync for Window {}
+
+impl Window {
+    /// Start of the window.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// The word of type `A` at byte `offset` of the window, if it lies inside the window and
+    /// `offset` is a multiple of its size.
+    #[inline]
+    pub(crate) fn atomic_in<A: SharedAtomic>(&self, offset: usize) -> Option<&A> {
+        // SAFETY: base..base + len lies inside a mapping that outlives every use of the window
+        // (Mapping::window's contract), and the reference is tied to &self.
+        unsafe { atomic_at(self.base, self.len, offset) }
     }
 }
 
@@ -91,4 +132,29 @@ impl Drop for Mapping {
         // borrow of the mapping is tied to a handle that holds this Mapping alive.
         unsafe { unmap_raw(self.ptr, self.len) };
     }
+}
+
+/// The word of type `A` at byte `offset` of the `len` bytes from `base`, if it lies inside them
+/// and `offset` is a multiple of its size. This is the only place where shmq turns an address in
+/// shared memory into a reference to an atomic.
+///
+/// # Safety
+/// `base..base + len` must lie inside a live shared mapping that stays mapped for `'a`, and
+/// `base` must be 8-byte aligned.
+#[inline]
+unsafe fn atomic_at<'a, A: SharedAtomic>(
+    base: NonNull<u8>,
+    len: usize,
+    offset: usize,
+) -> Option<&'a A> {
+    let end = offset.checked_add(A::SIZE)?;
+    if end > len || !offset.is_multiple_of(A::SIZE) {
+        return None;
+    }
+    // SAFETY: offset..offset + SIZE lies inside the range (checked above), hence inside the
+    // mapping, and is aligned for A (base is 8-byte aligned and offset a multiple of A's size,
+    // which is its alignment, at most 8). The mapping stays valid for 'a (the caller's
+    // contract). Other processes write this word concurrently, which is sound because A is an
+    // atomic type (SharedAtomic's contract) and every byte pattern they may leave is a valid A.
+    Some(unsafe { &*base.as_ptr().add(offset).cast::<A>() })
 }

@@ -8,7 +8,8 @@
 //!   object. OS errors come back as [`std::io::Error`]s whose [`kind`](std::io::Error::kind)
 //!   callers match on (errno values stay in here).
 //! - [`mapping`]: [`Mapping`], a mapped object, and its checked atomic views
-//!   ([`Mapping::atomic`]), which checks bounds and alignment before it makes the reference.
+//!   ([`Mapping::atomic`], [`Window::atomic_in`] for a part of a mapping kept beside its owner),
+//!   which check bounds and alignment before they make the reference.
 //!   (Payload bytes are reached as slices by `Message`, `Loan` and the shared-value guards,
 //!   whose `# Soundness` sections say why that is sound.)
 //!
@@ -21,7 +22,7 @@ mod linux;
 pub(crate) use linux::*;
 
 mod mapping;
-pub(crate) use mapping::{Mapping, SharedAtomic};
+pub(crate) use mapping::{Mapping, SharedAtomic, Window};
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmq supports Linux only for now: see src/sys/mod.rs for what a port needs");
