@@ -59,7 +59,8 @@ pub(super) fn blocking<T>(mut op: impl FnMut() -> Result<T, Stopped>) -> Result<
     }
 }
 
-/// Room for one payload, not yet published.
+/// Room for one payload owned by one participant: a sender's before it is published, a
+/// receiver's once it has taken the message.
 pub(super) enum Reserved {
     Arena {
         chunk: u64,
@@ -253,7 +254,7 @@ impl Endpoint {
         }
     }
 
-    /// Gives back room that will not be published.
+    /// Gives back room this participant owns (an unsent loan, or a received message).
     pub(super) fn release(&self, reserved: &Reserved) {
         let _ = match reserved {
             Reserved::Arena { chunk, .. } => self.chan.free_chunk(*chunk, self.slot),
@@ -351,7 +352,7 @@ impl Endpoint {
                     .chan
                     .chunk_ptr(chunk, desc.len)
                     .unwrap_or(std::ptr::null_mut());
-                Body::Arena { chunk, ptr }
+                Body::Owned(Reserved::Arena { chunk, ptr })
             }
             Place::Overflow { entry, id } => {
                 let name = self.chan.overflow_name(id);
@@ -367,7 +368,7 @@ impl Endpoint {
                         }
                     });
                 match opened {
-                    Ok(region) => Body::Overflow { entry, id, region },
+                    Ok(region) => Body::Owned(Reserved::Overflow { entry, id, region }),
                     Err(e) => {
                         let _ = self.chan.release_overflow(entry, id, self.slot);
                         self.chan.mark_done(self.slot);

@@ -14,20 +14,12 @@ use super::errors::{SendError, SendTimeoutError, TrySendError};
 use super::layout::{InlineBuf, INLINE_MAX};
 use super::{deadline_after, to_send, to_send_timeout, to_try_send};
 use crate::error::Error;
-use crate::segment::Region;
 
-/// Where a received payload lies.
+/// Where a received payload lies: copied out of its ring slot, or in room that the receiving
+/// participant now owns (an arena chunk or an overflow segment), given back like a sender's.
 pub(super) enum Body {
     Inline(InlineBuf),
-    Arena {
-        chunk: u64,
-        ptr: *mut u8,
-    },
-    Overflow {
-        entry: u64,
-        id: u64,
-        region: Arc<Region>,
-    },
+    Owned(Reserved),
 }
 
 /// A received payload, read in place in shared memory. Dropping it frees its memory and counts
@@ -87,8 +79,7 @@ impl Deref for Message {
     fn deref(&self) -> &[u8] {
         let ptr = match &self.body {
             Body::Inline(buf) => return &buf.0[..self.len.min(INLINE_MAX)],
-            Body::Arena { ptr, .. } => *ptr as *const u8,
-            Body::Overflow { region, .. } => region.data_ptr() as *const u8,
+            Body::Owned(room) => room.ptr() as *const u8,
         };
         if ptr.is_null() {
             return &[];
@@ -103,14 +94,8 @@ impl Deref for Message {
 impl Drop for Message {
     fn drop(&mut self) {
         let ep = &self.ep;
-        match &self.body {
-            Body::Inline(_) => {}
-            Body::Arena { chunk, .. } => {
-                let _ = ep.chan.free_chunk(*chunk, ep.slot);
-            }
-            Body::Overflow { entry, id, .. } => {
-                let _ = ep.chan.release_overflow(*entry, *id, ep.slot);
-            }
+        if let Body::Owned(room) = &self.body {
+            ep.release(room);
         }
         ep.chan.mark_done(ep.slot);
     }
