@@ -127,6 +127,22 @@ pub enum Error {
         what: String,
     },
 
+    /// A lock of the segment was not free by the caller's deadline (plus a grace of a few
+    /// milliseconds): another process holds it and is not letting go, most likely because it
+    /// is stopped (SIGSTOP, Ctrl-Z, a debugger, a frozen cgroup). Nothing was changed; the call
+    /// may be retried. A blocking call without a deadline waits instead.
+    #[error("segment {name:?}: the {lock} lock was not free within {waited:?}{}", holder_text(*.holder_pid))]
+    LockTimeout {
+        /// The segment name.
+        name: String,
+        /// Which lock: `"producer"`, `"consumer"`, `"allocator"` or `"membership"`.
+        lock: &'static str,
+        /// The process holding it when the wait gave up, if known.
+        holder_pid: Option<u32>,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+
     /// An operating-system call failed.
     #[error("{op} failed for segment {name:?}: {source}")]
     Io {
@@ -185,6 +201,17 @@ impl Clone for Error {
                 name: name.clone(),
                 what: what.clone(),
             },
+            Error::LockTimeout {
+                name,
+                lock,
+                holder_pid,
+                waited,
+            } => Error::LockTimeout {
+                name: name.clone(),
+                lock,
+                holder_pid: *holder_pid,
+                waited: *waited,
+            },
             Error::Io { name, op, source } => Error::Io {
                 name: name.clone(),
                 op,
@@ -228,6 +255,13 @@ impl PartialEq for Error {
 }
 
 impl Eq for Error {}
+
+fn holder_text(holder_pid: Option<u32>) -> String {
+    match holder_pid {
+        Some(pid) => format!(" (held by process {pid}, which may be stopped)"),
+        None => String::new(),
+    }
+}
 
 impl Error {
     /// Maps an OS error from `op` on segment `name` to the most specific variant.

@@ -31,6 +31,9 @@ pub struct SegmentInfo {
     pub participant_capacity: u32,
     /// Slots in use, live or dead.
     pub participants: Vec<ParticipantInfo>,
+    /// The process holding the segment's membership lock right now (attaching, detaching or
+    /// reclaiming; one that holds it for long is probably stopped).
+    pub membership_holder: Option<u32>,
     /// Queue figures, for channels.
     pub channel: Option<ChannelStats>,
     /// Why the segment could not be read (foreign file, other version, unfinished...).
@@ -68,6 +71,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         created_unix_ns: 0,
         participant_capacity: 0,
         participants: Vec::new(),
+        membership_holder: None,
         channel: None,
         problem: None,
     };
@@ -85,6 +89,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
     info.created_unix_ns = header.created_unix_ns;
     info.participant_capacity = header.capacity;
     info.participants = region.participants();
+    info.membership_holder = region.membership_holder();
     if region.kind() == Kind::Channel {
         match Chan::attach(std::sync::Arc::clone(&region)) {
             Ok(chan) => info.channel = Some(chan.stats()),

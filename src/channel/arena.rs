@@ -1,5 +1,7 @@
 //! Payload chunks in the arena: allocating one for a sender and freeing one (allocator lock).
 
+use std::time::Instant;
+
 use super::alloc::{AllocError, AllocLayout};
 use super::journal::{Txn, Words};
 use super::layout::ARENA_PAGE;
@@ -9,9 +11,14 @@ use crate::error::{Error, Result};
 
 impl Chan {
     /// Allocates a chunk for `len` bytes owned by participant `slot`. `Ok(None)`: no room now.
-    pub(crate) fn try_alloc(&self, len: u64, slot: u32) -> Result<Option<u64>> {
+    pub(crate) fn try_alloc(
+        &self,
+        len: u64,
+        slot: u32,
+        deadline: Option<Instant>,
+    ) -> Result<Option<u64>> {
         let pages = AllocLayout::pages_for(len);
-        let _held = self.lock_alloc()?;
+        let _held = self.lock_alloc(deadline)?;
         let mut txn = Txn::<Chan>::new(self);
         match self.geo.alloc.alloc(&mut txn, pages, slot as u64 + 1) {
             Ok(chunk) => {
@@ -24,9 +31,14 @@ impl Chan {
     }
 
     /// Frees a chunk that participant `slot` owns.
-    pub(crate) fn free_chunk(&self, chunk: u64, slot: u32) -> Result<()> {
+    pub(crate) fn free_chunk(
+        &self,
+        chunk: u64,
+        slot: u32,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         {
-            let _held = self.lock_alloc()?;
+            let _held = self.lock_alloc(deadline)?;
             let owner = self.load(self.geo.alloc.owner_index(chunk)).unwrap_or(0);
             if owner != slot as u64 + 1 {
                 return Err(Error::corrupted(

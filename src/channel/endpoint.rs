@@ -2,18 +2,20 @@
 //! process, and the operations the public handles are made of: reserving room, publishing,
 //! receiving, and noticing that the other side is gone.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::errors::Exhausted;
-use super::layout::{Desc, InlineBuf, Place, INLINE_MAX};
+use super::layout::{InlineBuf, Place, INLINE_MAX};
 use super::message::{Body, Message};
+use super::ring::Taken;
 use super::view::Chan;
 use super::wait::{Step, WaitError, WaitOn};
 use super::{DEFAULT_SPIN, HOOKS};
 use crate::error::{Error, Result};
 use crate::segment::{validate_name, CreateSpec, Kind, Participant, Region, Role};
+use crate::sys;
 
 /// How often a blocked call looks for dead peers.
 pub(super) const PEER_RECHECK: Duration = Duration::from_millis(25);
@@ -59,9 +61,32 @@ pub(super) fn blocking<T>(mut op: impl FnMut() -> Result<T, Stopped>) -> Result<
     }
 }
 
+/// Which participant owns something, and in which process: after a `fork`, what the parent
+/// owned is still the parent's, and the child must neither free it nor count it done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Owner {
+    pub(super) slot: u32,
+    fork_generation: u64,
+}
+
+impl Owner {
+    /// Whether it belongs to this process (not to a parent it was inherited from).
+    pub(super) fn is_ours(&self) -> bool {
+        self.fork_generation == sys::fork_generation()
+    }
+}
+
 /// Room for one payload owned by one participant: a sender's before it is published, a
 /// receiver's once it has taken the message.
-pub(super) enum Reserved {
+#[derive(Clone)]
+pub(super) struct Reserved {
+    pub(super) room: Room,
+    pub(super) owner: Owner,
+}
+
+/// Where reserved room lies.
+#[derive(Clone)]
+pub(super) enum Room {
     Arena {
         chunk: u64,
         ptr: *mut u8,
@@ -73,12 +98,20 @@ pub(super) enum Reserved {
     },
 }
 
+// SAFETY: a Reserved is a description of room (an offset-derived address into the channel's
+// mapping, or the Arc of an overflow mapping); the bytes are reached only by the one Loan or
+// Message that owns it, whose own Send/Sync rules govern that. Moving the description between
+// threads (a deferred release) touches no byte.
+unsafe impl Send for Reserved {}
+// SAFETY: as above; &Reserved only reads the description.
+unsafe impl Sync for Reserved {}
+
 impl Reserved {
     /// Start of the reserved bytes (4096-byte aligned).
     pub(super) fn ptr(&self) -> *mut u8 {
-        match self {
-            Reserved::Arena { ptr, .. } => *ptr,
-            Reserved::Overflow { region, .. } => region.data_ptr(),
+        match &self.room {
+            Room::Arena { ptr, .. } => *ptr,
+            Room::Overflow { region, .. } => region.data_ptr(),
         }
     }
 }
@@ -86,14 +119,23 @@ impl Reserved {
 /// One family of handles (a `Sender` or `Receiver` and its clones) in this process.
 pub(super) struct Endpoint {
     pub(super) chan: Chan,
-    participant: Option<Participant>,
-    pub(super) slot: u32,
+    role: Role,
     peer_role: Role,
+    /// This process's participant. A family inherited through `fork` registers a participant
+    /// of the child's own on first use (see [`Endpoint::owner`]).
+    participant: Mutex<Option<Participant>>,
+    /// `participant`'s slot and the fork generation it was attached in, for the hot path to
+    /// read without the mutex (the generation is written last).
+    slot: AtomicU32,
+    fork_generation: AtomicU64,
     pub(super) spin_ns: AtomicU64,
     /// The cached answer of `peers_alive`: `epoch << 1 | alive`, in one word so that threads
     /// sharing the endpoint never combine one scan's answer with another's epoch.
     peer_cache: AtomicU64,
     peer_checked_ns: AtomicU64,
+    /// Room whose release found the allocator lock held (by a stopped process): given back by
+    /// the next release that gets the lock, or with the slot when the family goes.
+    deferred: Mutex<Vec<Reserved>>,
 }
 
 fn clock_ns() -> u64 {
@@ -101,21 +143,29 @@ fn clock_ns() -> u64 {
     BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
+/// How long a handle inherited through `fork` waits for its family's registration mutex, which
+/// a thread of the parent may have held at the fork (it would then never be released here).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl Endpoint {
     pub(super) fn new(region: Arc<Region>, participant: Participant) -> Result<Arc<Endpoint>> {
         let chan = Chan::attach(region)?;
-        let peer_role = match participant.role() {
+        let role = participant.role();
+        let peer_role = match role {
             Role::Sender => Role::Receiver,
             _ => Role::Sender,
         };
         let ep = Endpoint {
-            slot: participant.slot(),
+            slot: AtomicU32::new(participant.slot()),
+            fork_generation: AtomicU64::new(sys::fork_generation()),
             chan,
-            participant: Some(participant),
+            role,
+            participant: Mutex::new(Some(participant)),
             peer_role,
             spin_ns: AtomicU64::new(DEFAULT_SPIN.as_nanos() as u64),
             peer_cache: AtomicU64::new(u64::MAX),
             peer_checked_ns: AtomicU64::new(0),
+            deferred: Mutex::new(Vec::new()),
         };
         ep.chan.bump_membership();
         Ok(Arc::new(ep))
@@ -131,32 +181,78 @@ impl Endpoint {
         Endpoint::new(region, participant)
     }
 
+    /// The participant this process acts as. In a child forked without exec, the first call
+    /// attaches a participant of the child's own (the inherited one stays the parent's, which
+    /// the parent keeps using): the child then counts as a sender or receiver in its own
+    /// right, and its death is seen apart from the parent's.
+    #[inline]
+    pub(super) fn owner(&self) -> Result<Owner> {
+        let generation = sys::fork_generation();
+        if self.fork_generation.load(Ordering::Acquire) == generation {
+            return Ok(Owner {
+                slot: self.slot.load(Ordering::Relaxed),
+                fork_generation: generation,
+            });
+        }
+        self.register_in_child(generation)
+    }
+
+    #[cold]
+    fn register_in_child(&self, generation: u64) -> Result<Owner> {
+        let deadline = Instant::now() + REGISTER_TIMEOUT;
+        let mut participant = loop {
+            match self.participant.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(100))
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(Error::LockTimeout {
+                        name: self.chan.name().to_owned(),
+                        lock: "registration",
+                        holder_pid: None,
+                        waited: REGISTER_TIMEOUT,
+                    })
+                }
+            }
+        };
+        if self.fork_generation.load(Ordering::Acquire) != generation {
+            // The inherited participant is the parent's: dropping it here leaves its slot alone.
+            drop(participant.take());
+            let fresh = self.chan.region().attach(self.role)?;
+            self.slot.store(fresh.slot(), Ordering::Relaxed);
+            self.fork_generation.store(generation, Ordering::Release);
+            *participant = Some(fresh);
+            self.peer_cache.store(u64::MAX, Ordering::Release);
+            self.chan.bump_membership();
+        }
+        Ok(Owner {
+            slot: self.slot.load(Ordering::Relaxed),
+            fork_generation: generation,
+        })
+    }
+
     fn spin(&self) -> Duration {
         Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed))
     }
 
     /// Whether a peer (a receiver for senders, a sender for receivers) is alive. Cheap while the
-    /// membership epoch is unchanged; with `max_age`, rescans the table if the cached answer is
-    /// older, which is how deaths that nobody has reclaimed yet are noticed.
-    pub(super) fn peers_alive(&self, max_age: Option<Duration>) -> bool {
+    /// membership epoch is unchanged and the cached answer younger than `max_age`; otherwise
+    /// rescans the table, which is how deaths that nobody has reclaimed yet are noticed.
+    pub(super) fn peers_alive(&self, max_age: Duration) -> bool {
         let epoch = self.chan.membership_epoch();
-        let fresh_enough = match max_age {
-            None => true,
-            Some(age) => {
-                clock_ns().saturating_sub(self.peer_checked_ns.load(Ordering::Relaxed))
-                    < age.as_nanos() as u64
-            }
-        };
+        let fresh_enough = clock_ns().saturating_sub(self.peer_checked_ns.load(Ordering::Relaxed))
+            < max_age.as_nanos() as u64;
         let cached = self.peer_cache.load(Ordering::Acquire);
         if cached != u64::MAX && cached >> 1 == epoch & (u64::MAX >> 1) && fresh_enough {
             return cached & 1 == 1;
         }
-        if max_age.is_some() {
-            // Whoever finds the cache stale frees what dead peers held, rather than leaving it
-            // to a call that happens to sleep (rate-limited by max_age; no lock is held here).
-            // The reclaim hook bumps the membership epoch itself.
-            let _ = self.chan.region().reclaim_dead();
-        }
+        // Whoever finds the cache stale frees what dead peers held, rather than leaving it to a
+        // call that happens to sleep (rate-limited by max_age; no channel lock is held here).
+        // Only if the membership lock is free now: its holder may be stopped, and this call
+        // has a deadline to keep. The reclaim hook bumps the membership epoch itself.
+        let _ = self.chan.region().try_reclaim_dead();
         let epoch = self.chan.membership_epoch() & (u64::MAX >> 1);
         let alive = self.chan.any_alive(self.peer_role);
         self.peer_checked_ns.store(clock_ns(), Ordering::Relaxed);
@@ -193,9 +289,9 @@ impl Endpoint {
         deadline: Option<Instant>,
     ) -> Result<(), Stopped> {
         self.wait_for(WaitOn::NotFull, deadline, Some(Exhausted::Ring), || {
-            if self.chan.try_publish(place, len, inline)? {
+            if self.chan.try_publish(place, len, inline, deadline)? {
                 Ok(Step::Ready(()))
-            } else if !self.peers_alive(Some(PEER_RECHECK)) {
+            } else if !self.peers_alive(PEER_RECHECK) {
                 Ok(Step::Disconnected)
             } else {
                 Ok(Step::Retry)
@@ -206,7 +302,10 @@ impl Endpoint {
     /// Reserves room for `len` payload bytes: an arena chunk, or an overflow segment for a
     /// payload larger than the arena.
     pub(super) fn reserve(&self, len: u64, deadline: Option<Instant>) -> Result<Reserved, Stopped> {
-        if !self.peers_alive(None) {
+        let owner = self.owner()?;
+        // Rechecked when older than PEER_RECHECK: a receiver killed a moment ago is noticed
+        // even while the ring has room (nobody bumps the epoch for a death).
+        if !self.peers_alive(PEER_RECHECK) {
             return Err(Stopped::Disconnected);
         }
         let arena = self.chan.geometry().arena_bytes;
@@ -216,23 +315,26 @@ impl Endpoint {
                     WaitOn::Space,
                     deadline,
                     Some(Exhausted::Arena),
-                    || match self.chan.try_alloc(len, self.slot)? {
+                    || match self.chan.try_alloc(len, owner.slot, deadline)? {
                         Some(chunk) => Ok(Step::Ready(chunk)),
-                        None if !self.peers_alive(Some(PEER_RECHECK)) => Ok(Step::Disconnected),
+                        None if !self.peers_alive(PEER_RECHECK) => Ok(Step::Disconnected),
                         None => Ok(Step::Retry),
                     },
                 )?;
             let Some(ptr) = self.chan.chunk_ptr(chunk, len) else {
-                let _ = self.chan.free_chunk(chunk, self.slot);
+                let _ = self.chan.free_chunk(chunk, owner.slot, deadline);
                 return Err(Error::corrupted(self.chan.name(), "chunk outside arena").into());
             };
-            return Ok(Reserved::Arena { chunk, ptr });
+            return Ok(Reserved {
+                room: Room::Arena { chunk, ptr },
+                owner,
+            });
         }
         let waiting_for = Some(Exhausted::OverflowTable);
         let (entry, id) = self.wait_for(WaitOn::Space, deadline, waiting_for, || {
-            match self.chan.try_reserve_overflow(len, self.slot)? {
+            match self.chan.try_reserve_overflow(len, owner.slot, deadline)? {
                 Some(found) => Ok(Step::Ready(found)),
-                None if !self.peers_alive(Some(PEER_RECHECK)) => Ok(Step::Disconnected),
+                None if !self.peers_alive(PEER_RECHECK) => Ok(Step::Disconnected),
                 None => Ok(Step::Retry),
             }
         })?;
@@ -246,22 +348,57 @@ impl Endpoint {
             hooks: None,
         };
         match Region::create(spec, &[], |_| Ok(())) {
-            Ok((region, _)) => Ok(Reserved::Overflow { entry, id, region }),
+            Ok((region, _)) => Ok(Reserved {
+                room: Room::Overflow { entry, id, region },
+                owner,
+            }),
             Err(e) => {
-                let _ = self.chan.release_overflow(entry, id, self.slot);
+                let _ = self
+                    .chan
+                    .release_overflow(entry, id, owner.slot, Some(Instant::now()));
                 Err(Stopped::Failed(e))
             }
         }
     }
 
-    /// Gives back room this participant owns (an unsent loan, or a received message).
+    /// Gives back room this participant owns (an unsent loan, or a received message). Bounded
+    /// in time: if the allocator lock is not free within the lock grace (a stopped holder), the
+    /// room is kept for a later release, or for the sweep of this slot when the family goes.
+    /// Room inherited from a parent process is the parent's, and is left alone.
     pub(super) fn release(&self, reserved: &Reserved) {
-        let _ = match reserved {
-            Reserved::Arena { chunk, .. } => self.chan.free_chunk(*chunk, self.slot),
-            Reserved::Overflow { entry, id, .. } => {
-                self.chan.release_overflow(*entry, *id, self.slot)
+        if !reserved.owner.is_ours() {
+            return;
+        }
+        match self.free(reserved) {
+            Err(Error::LockTimeout { .. }) => {
+                if let Ok(mut deferred) = self.deferred.lock() {
+                    deferred.push(reserved.clone());
+                }
             }
+            // The lock was free: give back what earlier releases could not.
+            _ => self.release_deferred(),
+        }
+    }
+
+    fn free(&self, reserved: &Reserved) -> Result<()> {
+        let slot = reserved.owner.slot;
+        let deadline = Some(Instant::now());
+        match &reserved.room {
+            Room::Arena { chunk, .. } => self.chan.free_chunk(*chunk, slot, deadline),
+            Room::Overflow { entry, id, .. } => {
+                self.chan.release_overflow(*entry, *id, slot, deadline)
+            }
+        }
+    }
+
+    fn release_deferred(&self) {
+        let pending = match self.deferred.try_lock() {
+            Ok(mut deferred) if !deferred.is_empty() => std::mem::take(&mut *deferred),
+            _ => return,
         };
+        for reserved in pending {
+            self.release(&reserved);
+        }
     }
 
     /// Publishes `len` bytes of reserved room as a message. On failure the room stays reserved.
@@ -271,9 +408,17 @@ impl Endpoint {
         len: u64,
         deadline: Option<Instant>,
     ) -> Result<(), Stopped> {
-        let place = match reserved {
-            Reserved::Arena { chunk, .. } => Place::Arena(*chunk),
-            Reserved::Overflow { entry, id, .. } => Place::Overflow {
+        if !reserved.owner.is_ours() {
+            return Err(Stopped::Failed(Error::InvalidArgument {
+                name: self.chan.name().to_owned(),
+                what: "this loan was inherited through fork: its room belongs to the parent \
+                       process, which alone may send or drop it"
+                    .to_owned(),
+            }));
+        }
+        let place = match &reserved.room {
+            Room::Arena { chunk, .. } => Place::Arena(*chunk),
+            Room::Overflow { entry, id, .. } => Place::Overflow {
                 entry: *entry,
                 id: *id,
             },
@@ -288,7 +433,8 @@ impl Endpoint {
         deadline: Option<Instant>,
     ) -> Result<(), Stopped> {
         if bytes.len() <= INLINE_MAX {
-            if !self.peers_alive(None) {
+            self.owner()?;
+            if !self.peers_alive(PEER_RECHECK) {
                 return Err(Stopped::Disconnected);
             }
             return self.publish(Place::Inline, bytes.len() as u64, bytes, deadline);
@@ -307,12 +453,13 @@ impl Endpoint {
 
     /// Waits until every message sent before the call has been received and dropped.
     pub(super) fn join(&self, deadline: Option<Instant>) -> Result<(), Stopped> {
+        self.owner()?;
         let chan = &self.chan;
         let target = chan.sent_total();
         self.wait_for(WaitOn::Done, deadline, None, || {
             if chan.done_total() >= target {
                 Ok(Step::Ready(()))
-            } else if !self.peers_alive(Some(PEER_RECHECK)) && chan.done_total() < target {
+            } else if !self.peers_alive(PEER_RECHECK) && chan.done_total() < target {
                 // Re-read after the liveness scan: a receiver may have finished meanwhile.
                 Ok(Step::Disconnected)
             } else {
@@ -325,70 +472,100 @@ impl Endpoint {
 
     /// Receives the oldest message.
     pub(super) fn receive(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Message, Stopped> {
+        let owner = self.owner()?;
         let mut inline = InlineBuf([0; INLINE_MAX]);
-        let desc = self.wait_for(WaitOn::NotEmpty, deadline, None, || {
-            if let Some(desc) = self.chan.try_take(self.slot, &mut inline)? {
-                return Ok(Step::Ready(desc));
+        let taken = self.wait_for(WaitOn::NotEmpty, deadline, None, || {
+            if let Some(taken) = self.chan.try_take(owner.slot, &mut inline, deadline)? {
+                return Ok(Step::Ready(taken));
             }
-            if self.peers_alive(Some(PEER_RECHECK)) {
+            if self.peers_alive(PEER_RECHECK) {
                 return Ok(Step::Retry);
             }
             // Every sender is gone; anything they published before dying is still delivered.
-            match self.chan.try_take(self.slot, &mut inline)? {
-                Some(desc) => Ok(Step::Ready(desc)),
+            match self.chan.try_take(owner.slot, &mut inline, deadline)? {
+                Some(taken) => Ok(Step::Ready(taken)),
                 None => Ok(Step::Disconnected),
             }
         })?;
-        Ok(self.message(desc, inline)?)
+        Ok(self.message(taken, inline, owner)?)
     }
 
-    /// Turns a taken descriptor into a [`Message`] that reads the payload in place.
-    fn message(self: &Arc<Self>, desc: Desc, inline: InlineBuf) -> Result<Message> {
-        let body = match desc.place {
-            Place::Inline => Body::Inline(inline),
+    /// Turns a taken message into a [`Message`] that reads the payload in place.
+    fn message(self: &Arc<Self>, taken: Taken, inline: InlineBuf, owner: Owner) -> Result<Message> {
+        let Taken { desc, payload } = taken;
+        let room = match desc.place {
+            Place::Inline => {
+                return Ok(Message::new(
+                    Arc::clone(self),
+                    Body::Inline(inline),
+                    desc.len as usize,
+                    owner,
+                ))
+            }
             Place::Arena(chunk) => {
                 // read_desc checked that the chunk holds `len` bytes.
                 let ptr = self
                     .chan
                     .chunk_ptr(chunk, desc.len)
                     .unwrap_or(std::ptr::null_mut());
-                Body::Owned(Reserved::Arena { chunk, ptr })
+                Room::Arena { chunk, ptr }
             }
-            Place::Overflow { entry, id } => {
-                let name = self.chan.overflow_name(id);
-                let opened =
-                    Region::open(&name, Kind::Overflow, &[], true, None).and_then(|(region, _)| {
-                        if (region.data_len() as u64) < desc.len {
-                            Err(Error::corrupted(
-                                &name,
-                                "overflow payload shorter than its descriptor",
-                            ))
-                        } else {
-                            Ok(region)
-                        }
-                    });
-                match opened {
-                    Ok(region) => Body::Owned(Reserved::Overflow { entry, id, region }),
-                    Err(e) => {
-                        let _ = self.chan.release_overflow(entry, id, self.slot);
-                        self.chan.mark_done(self.slot);
-                        return Err(e);
-                    }
+            Place::Overflow { entry, id } => match payload {
+                Some(Ok(region)) => {
+                    // Mapped under the consumer lock without page tables; filled now.
+                    region.prefault_data();
+                    Room::Overflow { entry, id, region }
                 }
-            }
+                // The payload is gone for good (try_take leaves it queued otherwise): report
+                // it, and count the message done, since no receiver can ever have it.
+                lost => {
+                    let _ = self
+                        .chan
+                        .release_overflow(entry, id, owner.slot, Some(Instant::now()));
+                    self.chan.mark_done(owner.slot);
+                    return Err(match lost {
+                        Some(Err(e)) => e,
+                        _ => Error::corrupted(self.chan.name(), "overflow payload not opened"),
+                    });
+                }
+            },
         };
-        Ok(Message::new(Arc::clone(self), body, desc.len as usize))
+        let body = Body::Owned(Reserved { room, owner });
+        Ok(Message::new(
+            Arc::clone(self),
+            body,
+            desc.len as usize,
+            owner,
+        ))
     }
 }
 
 impl Drop for Endpoint {
     fn drop(&mut self) {
-        // Every Message and Loan holds an Arc of this endpoint, so none is outstanding. Sweep
-        // as for a dead participant (anything a failed free left owned by this slot is freed
-        // now, not blamed on the slot's next occupant), move the counts to the retired total,
-        // then detach.
-        let _ = self.chan.reclaim(self.slot);
-        drop(self.participant.take());
+        // Every Message and Loan holds an Arc of this endpoint, so none is outstanding.
+        let participant = match self.participant.get_mut() {
+            Ok(participant) => participant.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(participant) = participant else {
+            return;
+        };
+        if participant.is_inherited() {
+            // Inherited through fork and never used here: the parent's, left alone.
+            return;
+        }
+        // Sweep as for a dead participant (what a failed or deferred release left owned by
+        // this slot is freed now, not blamed on the slot's next occupant), move the counts to
+        // the retired total, then detach. Bounded: if a lock is held by a stopped process, let
+        // go without detaching, and the next attach or gc reclaims the slot as a dead one's.
+        self.deferred
+            .get_mut()
+            .map(|d| d.clear())
+            .unwrap_or_else(|p| p.into_inner().clear());
+        match self.chan.reclaim(participant.slot(), Some(Instant::now())) {
+            Err(Error::LockTimeout { .. }) => participant.abandon(),
+            _ => drop(participant),
+        }
         self.chan.bump_membership();
     }
 }

@@ -1,7 +1,8 @@
 //! The channel's three robust mutexes (producer, consumer, allocator): taking them, and
 //! finishing what a holder that died had committed to its journal.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use super::journal::{replay_journal, Txn};
 use super::layout::{
@@ -32,8 +33,43 @@ impl Drop for Held<'_> {
     }
 }
 
+/// How long a lock wait may outlast its caller's deadline. Holders keep these locks for well
+/// under a microsecond, but a holder preempted on a busy machine can keep one for a few
+/// scheduler slices: without this grace a `try_` call would fail whenever it met such a
+/// holder. A stopped holder costs a `try_` call, or a drop, this long.
+pub(crate) const LOCK_GRACE: Duration = Duration::from_millis(20);
+
+/// When a lock wait for a call with `deadline` gives up (`None`: never).
+pub(crate) fn lock_deadline(deadline: Option<Instant>) -> Option<Instant> {
+    deadline.map(|d| d.max(Instant::now() + LOCK_GRACE))
+}
+
+/// The name of the lock at `offset`, for errors.
+fn lock_name(offset: u64) -> &'static str {
+    match offset {
+        C_PRODUCER_LOCK => "producer",
+        C_CONSUMER_LOCK => "consumer",
+        _ => "allocator",
+    }
+}
+
 impl Chan {
-    pub(super) fn lock(&self, offset: u64, journal: u64) -> Result<Held<'_>> {
+    /// The process holding the lock at `offset` right now, if any (informative: read from the
+    /// mutex word without taking it).
+    pub(crate) fn lock_holder(&self, offset: u64) -> Option<u32> {
+        let word = self.data.atomic_in::<AtomicU32>(offset as usize)?;
+        let tid = sys::robust_mutex_holder_tid(word.load(Ordering::Relaxed))?;
+        Some(sys::process_of_thread(tid).unwrap_or(tid))
+    }
+
+    /// Takes the lock at `offset`, waiting until `deadline` (see [`lock_deadline`]; `None`
+    /// waits for ever), and replays `journal` if its previous holder died.
+    pub(super) fn lock(
+        &self,
+        offset: u64,
+        journal: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Held<'_>> {
         // SAFETY: the offset is one of the three mutexes of the fixed layout, inside the data
         // area (the geometry puts it there).
         let ptr = unsafe { self.data.as_ptr().add(offset as usize) };
@@ -51,8 +87,18 @@ impl Chan {
             std::hint::spin_loop();
         }
         if outcome == LockOutcome::Busy {
+            let started = Instant::now();
+            let until = lock_deadline(deadline);
             // SAFETY: as for the try-lock above.
-            outcome = unsafe { sys::robust_mutex_lock(ptr, None) }.map_err(failed)?;
+            outcome = unsafe { sys::robust_mutex_lock(ptr, until) }.map_err(failed)?;
+            if outcome == LockOutcome::Busy {
+                return Err(Error::LockTimeout {
+                    name: self.name().to_owned(),
+                    lock: lock_name(offset),
+                    holder_pid: self.lock_holder(offset),
+                    waited: started.elapsed(),
+                });
+            }
         }
         match outcome {
             LockOutcome::Acquired => {}
@@ -87,6 +133,7 @@ impl Chan {
                 return Ok(held);
             }
             LockOutcome::Busy | LockOutcome::Unrecoverable => {
+                // (Busy was returned above; only Unrecoverable arrives here.)
                 return Err(Error::corrupted(
                     self.name(),
                     "a channel lock is unrecoverable",
@@ -101,16 +148,16 @@ impl Chan {
         C_TAIL / 8..self.geo.alloc.span().end
     }
 
-    pub(super) fn lock_producer(&self) -> Result<Held<'_>> {
-        self.lock(C_PRODUCER_LOCK, C_PRODUCER_JOURNAL)
+    pub(super) fn lock_producer(&self, deadline: Option<Instant>) -> Result<Held<'_>> {
+        self.lock(C_PRODUCER_LOCK, C_PRODUCER_JOURNAL, deadline)
     }
 
-    pub(super) fn lock_consumer(&self) -> Result<Held<'_>> {
-        self.lock(C_CONSUMER_LOCK, C_CONSUMER_JOURNAL)
+    pub(super) fn lock_consumer(&self, deadline: Option<Instant>) -> Result<Held<'_>> {
+        self.lock(C_CONSUMER_LOCK, C_CONSUMER_JOURNAL, deadline)
     }
 
-    pub(super) fn lock_alloc(&self) -> Result<Held<'_>> {
-        self.lock(C_ALLOC_LOCK, self.geo.alloc.journal * 8)
+    pub(super) fn lock_alloc(&self, deadline: Option<Instant>) -> Result<Held<'_>> {
+        self.lock(C_ALLOC_LOCK, self.geo.alloc.journal * 8, deadline)
     }
 
     pub(super) fn commit<const N: usize>(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 
-use super::endpoint::{Endpoint, Reserved, Stopped};
+use super::endpoint::{Endpoint, Owner, Reserved, Stopped};
 use super::errors::{SendError, SendTimeoutError, TrySendError};
 use super::layout::{InlineBuf, INLINE_MAX};
 use super::{deadline_after, to_send, to_send_timeout, to_try_send};
@@ -42,6 +42,8 @@ pub struct Message {
     ep: Arc<Endpoint>,
     body: Body,
     len: usize,
+    /// The receiving participant, which counts the message done when it drops.
+    owner: Owner,
 }
 
 // SAFETY: the payload bytes belong to this message alone until it is dropped; the Endpoint it
@@ -51,8 +53,13 @@ unsafe impl Send for Message {}
 unsafe impl Sync for Message {}
 
 impl Message {
-    pub(super) fn new(ep: Arc<Endpoint>, body: Body, len: usize) -> Message {
-        Message { ep, body, len }
+    pub(super) fn new(ep: Arc<Endpoint>, body: Body, len: usize, owner: Owner) -> Message {
+        Message {
+            ep,
+            body,
+            len,
+            owner,
+        }
     }
 
     /// The payload as `&[T]`, read in place. Fails with [`Error::InvalidArgument`] if the length
@@ -93,11 +100,16 @@ impl Deref for Message {
 
 impl Drop for Message {
     fn drop(&mut self) {
+        // A message inherited through fork is the parent's to free and count (the child may
+        // read it while the parent keeps it).
+        if !self.owner.is_ours() {
+            return;
+        }
         let ep = &self.ep;
         if let Body::Owned(room) = &self.body {
             ep.release(room);
         }
-        ep.chan.mark_done(ep.slot);
+        ep.chan.mark_done(self.owner.slot);
     }
 }
 

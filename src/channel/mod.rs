@@ -108,10 +108,18 @@ use crate::segment::{
 /// How long a blocked call spins before it sleeps, unless changed with `set_spin`.
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(20);
 
-fn reclaim_hook(region: &Arc<Region>, slot: u32) {
-    if let Ok(chan) = Chan::attach(Arc::clone(region)) {
-        let _ = chan.reclaim(slot);
-        chan.bump_membership();
+fn reclaim_hook(region: &Arc<Region>, slot: u32) -> bool {
+    let Ok(chan) = Chan::attach(Arc::clone(region)) else {
+        return true; // not a channel any more: nothing to free
+    };
+    // Bounded: a lock held by a stopped process leaves the slot for a later reclaim, rather
+    // than freezing the attach or detach that runs this.
+    match chan.reclaim(slot, Some(Instant::now())) {
+        Err(Error::LockTimeout { .. }) => false,
+        _ => {
+            chan.bump_membership();
+            true
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! Payloads larger than the arena: each travels in a segment of its own, named after its
 //! channel's incarnation, and tracked by an entry of the overflow table (allocator lock).
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use super::journal::{Txn, Words};
 use super::layout::{C_OVERFLOW_NEXT_ID, C_OVERFLOW_TABLE, OVERFLOW_SLOTS};
 use super::view::Chan;
 use super::wait::WaitOn;
 use crate::error::{Error, Result};
-use crate::segment::os_name;
+use crate::segment::{os_name, Kind, Region};
 use crate::sys;
 
 /// The parts of an overflow payload's name `<channel>~<incarnation>.<id>` (both in hex): the
@@ -46,8 +49,13 @@ impl Chan {
     }
 
     /// Reserves an overflow table entry for `len` bytes owned by `slot`. `Ok(None)`: table full.
-    pub(crate) fn try_reserve_overflow(&self, len: u64, slot: u32) -> Result<Option<(u64, u64)>> {
-        let _held = self.lock_alloc()?;
+    pub(crate) fn try_reserve_overflow(
+        &self,
+        len: u64,
+        slot: u32,
+        deadline: Option<Instant>,
+    ) -> Result<Option<(u64, u64)>> {
+        let _held = self.lock_alloc(deadline)?;
         let mut txn = Txn::<Chan, 4>::new(self);
         let next_id = txn.get(C_OVERFLOW_NEXT_ID / 8).unwrap_or(1).max(1);
         for entry in 0..OVERFLOW_SLOTS {
@@ -64,9 +72,15 @@ impl Chan {
     }
 
     /// Unlinks overflow payload `entry` (if it is `id` owned by `slot`) and frees the entry.
-    pub(crate) fn release_overflow(&self, entry: u64, id: u64, slot: u32) -> Result<()> {
+    pub(crate) fn release_overflow(
+        &self,
+        entry: u64,
+        id: u64,
+        slot: u32,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         {
-            let _held = self.lock_alloc()?;
+            let _held = self.lock_alloc(deadline)?;
             let found_id = self.load(self.overflow_word(entry, 0)).unwrap_or(0);
             let owner = self.load(self.overflow_word(entry, 1)).unwrap_or(0);
             if found_id != id || owner != slot as u64 + 1 {
@@ -86,6 +100,20 @@ impl Chan {
         Ok(())
     }
 
+    /// Opens overflow payload `id` of a `len`-byte message. The mapping is not prefaulted: this
+    /// runs under the consumer lock, and the receiver prefaults it after letting go.
+    pub(crate) fn open_overflow(&self, id: u64, len: u64) -> Result<Arc<Region>> {
+        let name = self.overflow_name(id);
+        let (region, _) = Region::open(&name, Kind::Overflow, &[], false, None)?;
+        if (region.data_len() as u64) < len {
+            return Err(Error::corrupted(
+                &name,
+                "overflow payload shorter than its descriptor",
+            ));
+        }
+        Ok(region)
+    }
+
     /// Unlinks every overflow payload still referenced (the channel is going away).
     pub(crate) fn teardown(&self) {
         for entry in 0..OVERFLOW_SLOTS {
@@ -95,4 +123,18 @@ impl Chan {
             }
         }
     }
+}
+
+/// Whether a failure to open an overflow payload is for good (the payload was removed, or is
+/// not a valid payload): then no receiver can ever have the message. Anything else (out of
+/// descriptors or memory, a lock not free) may pass, and the message stays queued.
+pub(crate) fn payload_lost(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::NotFound { .. }
+            | Error::Corrupted { .. }
+            | Error::Incompatible { .. }
+            | Error::PermissionDenied { .. }
+            | Error::InvalidName { .. }
+    )
 }

@@ -3,6 +3,8 @@
 //! visible.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
 use super::alloc::AllocLayout;
 use super::journal::{Txn, Words};
@@ -10,9 +12,19 @@ use super::layout::{
     Desc, InlineBuf, Place, C_CONSUMER_JOURNAL, C_CORRUPT_SKIPPED, C_HEAD, C_PRODUCER_JOURNAL,
     C_TAIL, DESC_ARENA, DESC_INLINE, DESC_OVERFLOW, INLINE_MAX, OVERFLOW_SLOTS, SLOT_BYTES,
 };
+use super::overflow::payload_lost;
 use super::view::Chan;
 use super::wait::WaitOn;
 use crate::error::{Error, Result};
+use crate::segment::Region;
+
+/// A message taken off the ring.
+pub(crate) struct Taken {
+    /// Its checked descriptor.
+    pub(crate) desc: Desc,
+    /// For an overflow payload: its segment, mapped, or why it could not be (for good).
+    pub(crate) payload: Option<Result<Arc<Region>>>,
+}
 
 impl Chan {
     /// Offset in the data area of the slot for ring position `position`.
@@ -35,9 +47,15 @@ impl Chan {
     }
 
     /// Publishes a descriptor (and inline bytes). `Ok(false)`: the ring is full.
-    pub(crate) fn try_publish(&self, place: Place, len: u64, inline: &[u8]) -> Result<bool> {
+    pub(crate) fn try_publish(
+        &self,
+        place: Place,
+        len: u64,
+        inline: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<bool> {
         {
-            let _held = self.lock_producer()?;
+            let _held = self.lock_producer(deadline)?;
             let tail = self.tail().load(Ordering::Relaxed);
             let mut head = self.head_seen.load(Ordering::Acquire);
             if tail.wrapping_sub(head) >= self.geo.capacity {
@@ -143,10 +161,20 @@ impl Chan {
     }
 
     /// Takes the oldest message for participant `slot`. `Ok(None)`: the ring is empty.
-    pub(crate) fn try_take(&self, slot: u32, inline: &mut InlineBuf) -> Result<Option<Desc>> {
+    ///
+    /// An overflow payload is opened before the message is taken: if that fails for a reason
+    /// that may pass (out of descriptors or memory, a lock), the message stays queued and the
+    /// error is returned. A payload that is gone for good (removed, corrupted) is taken, so
+    /// that it does not block the ring, and its error comes back in [`Taken::payload`].
+    pub(crate) fn try_take(
+        &self,
+        slot: u32,
+        inline: &mut InlineBuf,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Taken>> {
         let mut skipped = false;
         let taken = {
-            let _held = self.lock_consumer()?;
+            let _held = self.lock_consumer(deadline)?;
             loop {
                 let head = self.head().load(Ordering::Relaxed);
                 let mut tail = self.tail_seen.load(Ordering::Acquire);
@@ -173,6 +201,14 @@ impl Chan {
                     skipped = true;
                     continue;
                 };
+                let payload = match desc.place {
+                    Place::Overflow { id, .. } => match self.open_overflow(id, desc.len) {
+                        Ok(region) => Some(Ok(region)),
+                        Err(e) if payload_lost(&e) => Some(Err(e)),
+                        Err(e) => return Err(e),
+                    },
+                    _ => None,
+                };
                 let taken_index = self.participant_index(slot, 0);
                 txn.set(
                     taken_index,
@@ -190,7 +226,7 @@ impl Chan {
                 // Last, as in try_publish: `head` is the commit marker replay looks at.
                 txn.set(C_HEAD / 8, head.wrapping_add(1));
                 self.commit(txn, C_CONSUMER_JOURNAL)?;
-                break Some(desc);
+                break Some(Taken { desc, payload });
             }
         };
         if taken.is_some() || skipped {

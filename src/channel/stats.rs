@@ -3,7 +3,10 @@
 use std::sync::atomic::Ordering;
 
 use super::journal::Words;
-use super::layout::{ARENA_PAGE, C_CORRUPT_SKIPPED, C_RECLAIM_EPOCH, C_RETIRED, OVERFLOW_SLOTS};
+use super::layout::{
+    ARENA_PAGE, C_ALLOC_LOCK, C_CONSUMER_LOCK, C_CORRUPT_SKIPPED, C_PRODUCER_LOCK, C_RECLAIM_EPOCH,
+    C_RETIRED, OVERFLOW_SLOTS,
+};
 use super::view::Chan;
 
 /// A channel's figures at one instant.
@@ -30,6 +33,13 @@ pub struct ChannelStats {
     pub done_total: u64,
     /// Ring descriptors skipped because they did not validate (a sign of corruption).
     pub corrupt_skipped: u64,
+    /// The process holding the producer lock right now, if any. Holders keep the channel's
+    /// locks for well under a microsecond: one that shows here again and again is stopped.
+    pub producer_lock_holder: Option<u32>,
+    /// The process holding the consumer lock right now, if any.
+    pub consumer_lock_holder: Option<u32>,
+    /// The process holding the allocator lock right now, if any.
+    pub allocator_lock_holder: Option<u32>,
 }
 
 impl Chan {
@@ -52,7 +62,7 @@ impl Chan {
         }
         // Still odd: the retirer died half-way. Taking its lock replays its journal and makes
         // the epoch even again; under the lock the counts cannot move.
-        let Ok(_held) = self.lock_alloc() else {
+        let Ok(_held) = self.lock_alloc(Some(std::time::Instant::now())) else {
             return done;
         };
         let mut done = self.word(C_RETIRED / 8).load(Ordering::Acquire);
@@ -82,6 +92,9 @@ impl Chan {
             sent_total: self.sent_total(),
             done_total: self.done_total(),
             corrupt_skipped: self.corrupt_skipped(),
+            producer_lock_holder: self.lock_holder(C_PRODUCER_LOCK),
+            consumer_lock_holder: self.lock_holder(C_CONSUMER_LOCK),
+            allocator_lock_holder: self.lock_holder(C_ALLOC_LOCK),
             ..Default::default()
         };
         stats.messages_in_flight = stats.sent_total.saturating_sub(stats.done_total);

@@ -61,11 +61,11 @@ pub(crate) fn collect_segment(
         hooks: hooks_for(kind),
         membership: Mutex::new(()),
     });
-    let _membership = region.lock_membership().ok()?;
+    let membership = region.lock_membership().ok()?;
     if (0..region.capacity()).any(|s| region.is_alive(s)) {
         return None;
     }
-    region.reclaim_dead_locked();
+    region.reclaim_dead_locked(&membership);
     region.destroy_locked();
     Some(name.to_owned())
 }

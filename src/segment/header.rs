@@ -22,6 +22,9 @@ const H_DATA_OFFSET: usize = 48;
 const H_DATA_LEN: usize = 56;
 pub(super) const H_CLOSED: usize = 64;
 pub(super) const H_INITIALIZED: usize = 68;
+/// The pid of the process holding the membership lock (0 when free), for error messages and
+/// inspection only: an OFD lock does not say who holds it.
+pub(super) const H_MEMBERSHIP_HOLDER: usize = 72;
 
 /// Offset of the data area for a participant table of `capacity` slots.
 pub(super) fn data_offset_for(capacity: u32) -> u64 {

@@ -209,8 +209,10 @@ fn unix_now_ns() -> u64 {
 #[derive(Debug)]
 pub(crate) struct KindHooks {
     /// Frees what the dead participant in `slot` held. Runs under the membership lock, before
-    /// the slot is reused; must be idempotent (a reclaimer can die too).
-    pub(crate) reclaim: fn(&Arc<Region>, u32),
+    /// the slot is reused; must be idempotent (a reclaimer can die too) and bounded in time.
+    /// Returns false if it could not finish (a lock of the kind held by a stopped process):
+    /// the slot then stays as it is, dead, for a later reclaim.
+    pub(crate) reclaim: fn(&Arc<Region>, u32) -> bool,
     /// Releases resources outside the segment (overflow segments) just before it is unlinked.
     pub(crate) teardown: fn(&Arc<Region>),
 }

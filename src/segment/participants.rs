@@ -1,11 +1,11 @@
 //! The participant table: one 64-byte slot per attached handle family, alive while its OFD lock
 //! is held. Attaching, detaching, liveness and the reclaim of dead participants.
 
-use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use super::region::Region;
+use super::region::{MembershipGuard, Region};
 use super::{unix_now_ns, Role, FLAG_AUTO_UNLINK, HEADER_SIZE, SLOT_LOCK_BASE, SLOT_SIZE};
 use crate::error::{Error, Result};
 use crate::sys;
@@ -93,13 +93,14 @@ impl Region {
     /// participant takes the lock).
     pub(super) fn attach_all_locked(
         self: &Arc<Self>,
+        membership: &MembershipGuard<'_>,
         roles: &[Role],
         into: &mut Vec<Participant>,
     ) -> Result<()> {
         // Every attach frees what dead participants left, so that a long-lived segment whose
         // peers come and go never fills up with the dead or their memory.
         if !roles.is_empty() {
-            self.reclaim_dead_locked();
+            self.reclaim_dead_locked(membership);
         }
         for &role in roles {
             into.push(self.attach_locked(role)?);
@@ -109,13 +110,15 @@ impl Region {
 
     fn attach_locked(self: &Arc<Self>, role: Role) -> Result<Participant> {
         // A description of our own: its lock marks this participant alive, and closing it (or
-        // dying) releases exactly this participant.
-        let fd = sys::shm_open_existing(&super::os_name(&self.name))
+        // dying) releases exactly this participant. Registered, so that a forked child lets go
+        // of it.
+        let os = super::os_name(&self.name);
+        let fd = sys::LivenessFd::open(|| sys::shm_open_existing(&os))
             .map_err(|e| Error::from_io(&self.name, "shm_open", e))?;
         // The name is opened again, so it must still be the object we mapped: if it was
         // removed and re-created meanwhile, a lock on the new object would make our slot in the
         // old one look dead (and hold a slot of the new one that no table entry accounts for).
-        let same = sys::same_object(sys::borrow(&fd), sys::borrow(&self.fd))
+        let same = sys::same_object(fd.as_fd(), sys::borrow(&self.fd))
             .map_err(|e| Error::from_io(&self.name, "fstat", e))?;
         if !same {
             return Err(Error::NotFound {
@@ -129,13 +132,15 @@ impl Region {
                 continue;
             }
             let lock_byte = SLOT_LOCK_BASE + slot as u64;
-            match sys::try_lock_byte(sys::borrow(&fd), lock_byte) {
+            match sys::try_lock_byte(fd.as_fd(), lock_byte) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => return Err(Error::from_io(&self.name, "fcntl(F_OFD_SETLK)", e)),
             }
-            if state == SLOT_ACTIVE {
-                self.reclaim_slot_locked(slot);
+            if state == SLOT_ACTIVE && !self.reclaim_slot_locked(slot) {
+                // Its dead holder's state could not be freed now: leave the slot for later.
+                let _ = sys::unlock_byte(fd.as_fd(), lock_byte);
+                continue;
             }
             let generation = self.u64_at(base + S_GENERATION).load(Ordering::Relaxed);
             self.u32_at(base + S_ROLE)
@@ -153,6 +158,7 @@ impl Region {
                 slot,
                 role,
                 fd: Some(fd),
+                fork_generation: sys::fork_generation(),
             });
         }
         Err(Error::TooManyParticipants {
@@ -162,23 +168,29 @@ impl Region {
     }
 
     /// Runs the kind's reclaim for a dead participant and frees its slot. The caller holds the
-    /// membership lock and the slot's lock.
-    fn reclaim_slot_locked(self: &Arc<Self>, slot: u32) {
+    /// membership lock and the slot's lock. Returns false, leaving the slot as it is, if the
+    /// kind's reclaim could not finish.
+    fn reclaim_slot_locked(self: &Arc<Self>, slot: u32) -> bool {
         if let Some(hooks) = self.hooks {
-            (hooks.reclaim)(self, slot);
+            if !(hooks.reclaim)(self, slot) {
+                return false;
+            }
         }
         let base = self.slot_offset(slot);
         self.u32_at(base + S_STATE)
             .store(SLOT_FREE, Ordering::Release);
+        true
     }
 
-    /// Reclaims every participant whose process died. Returns how many were reclaimed.
-    pub(crate) fn reclaim_dead(self: &Arc<Self>) -> Result<usize> {
-        let _membership = self.lock_membership()?;
-        Ok(self.reclaim_dead_locked())
+    /// Reclaims every participant whose process died, if the membership lock is free now
+    /// (`None` if it is not: someone else is attaching, detaching or reclaiming). Returns how
+    /// many were reclaimed.
+    pub(crate) fn try_reclaim_dead(self: &Arc<Self>) -> Option<usize> {
+        let membership = self.lock_membership_until(Instant::now()).ok()?;
+        Some(self.reclaim_dead_locked(&membership))
     }
 
-    pub(super) fn reclaim_dead_locked(self: &Arc<Self>) -> usize {
+    pub(super) fn reclaim_dead_locked(self: &Arc<Self>, membership: &MembershipGuard<'_>) -> usize {
         let mut reclaimed = 0;
         for slot in 0..self.capacity() {
             let base = self.slot_offset(slot);
@@ -186,11 +198,13 @@ impl Region {
                 continue;
             }
             let lock_byte = SLOT_LOCK_BASE + slot as u64;
-            // Our base description holds no slot locks, so success means nobody does.
-            if let Ok(true) = sys::try_lock_byte(sys::borrow(&self.fd), lock_byte) {
-                self.reclaim_slot_locked(slot);
-                let _ = sys::unlock_byte(sys::borrow(&self.fd), lock_byte);
-                reclaimed += 1;
+            // The membership guard's description is this operation's own and holds no slot
+            // locks, so success means nobody does.
+            if let Ok(true) = sys::try_lock_byte(membership.fd(), lock_byte) {
+                if self.reclaim_slot_locked(slot) {
+                    reclaimed += 1;
+                }
+                let _ = sys::unlock_byte(membership.fd(), lock_byte);
             }
         }
         reclaimed
@@ -199,12 +213,18 @@ impl Region {
 
 /// One attached handle family: its slot in the table and the description whose lock says it is
 /// alive. Dropping it detaches; the last live participant of an auto-unlinking segment unlinks.
+///
+/// A participant inherited through `fork` is its parent's: in the child it is inert, and its
+/// drop leaves the parent's slot alone (the child let go of its liveness description at the
+/// fork already; see `sys::LivenessFd`).
 #[derive(Debug)]
 pub(crate) struct Participant {
     region: Arc<Region>,
     slot: u32,
     role: Role,
-    fd: Option<OwnedFd>,
+    fd: Option<sys::LivenessFd>,
+    /// [`sys::fork_generation`] when it attached.
+    fork_generation: u64,
 }
 
 impl Participant {
@@ -219,28 +239,61 @@ impl Participant {
     pub(crate) fn role(&self) -> Role {
         self.role
     }
+
+    /// Whether this participant was inherited through `fork` (it is the parent's).
+    pub(crate) fn is_inherited(&self) -> bool {
+        self.fork_generation != sys::fork_generation()
+    }
+
+    /// Lets go without detaching: the slot reads as dead, and the next attach or gc reclaims
+    /// it. For a detach whose cleanup could not be done now.
+    pub(crate) fn abandon(mut self) {
+        self.release_liveness();
+    }
+
+    /// Releases the liveness lock (explicitly, so that the copy a concurrently forked child may
+    /// hold does not keep it) and closes the description.
+    fn release_liveness(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            if !self.is_inherited() {
+                let _ = sys::unlock_byte(fd.as_fd(), SLOT_LOCK_BASE + self.slot as u64);
+            }
+        }
+    }
 }
+
+/// How long dropping a participant waits for the membership lock before it lets go without
+/// detaching (which leaves the slot to the next attach or gc).
+const DETACH_TIMEOUT: Duration = Duration::from_millis(100);
 
 impl Drop for Participant {
     fn drop(&mut self) {
-        let region = &self.region;
-        let Ok(_membership) = region.lock_membership() else {
-            // Could not serialise with other members: just let go; the slot reads as dead and
-            // the next attach or gc reclaims it.
+        if self.fd.is_none() {
+            return; // abandoned
+        }
+        if self.is_inherited() {
+            // The parent's: the description is /dev/null in this process already.
+            drop(self.fd.take());
+            return;
+        }
+        let region = Arc::clone(&self.region);
+        let Ok(membership) = region.lock_membership_until(Instant::now() + DETACH_TIMEOUT) else {
+            // Could not serialise with other members (a stopped holder): just let go; the slot
+            // reads as dead and the next attach or gc reclaims it.
+            self.release_liveness();
             return;
         };
         let base = region.slot_offset(self.slot);
         region
             .u32_at(base + S_STATE)
             .store(SLOT_FREE, Ordering::Release);
-        // Closing our description drops our slot lock.
-        drop(self.fd.take());
+        self.release_liveness();
         if region.header.flags & FLAG_AUTO_UNLINK == 0 || region.is_closed() {
             return;
         }
         let anyone_alive = (0..region.capacity()).any(|s| region.is_alive(s));
         if !anyone_alive {
-            region.reclaim_dead_locked();
+            region.reclaim_dead_locked(&membership);
             region.destroy_locked();
         }
     }

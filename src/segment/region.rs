@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::header::{data_offset_for, read_header, HeaderCopy, H_CLOSED, H_INITIALIZED};
+use super::header::{
+    data_offset_for, read_header, HeaderCopy, H_CLOSED, H_INITIALIZED, H_MEMBERSHIP_HOLDER,
+};
 use super::participants::Participant;
 use super::{
     os_name, unix_now_ns, Kind, KindHooks, Role, CREATOR_LOCK, HEADER_SIZE, LAYOUT_VERSION, MAGIC,
@@ -42,20 +44,34 @@ pub(crate) struct CreateSpec<'a> {
     pub(crate) hooks: Option<&'static KindHooks>,
 }
 
+/// How long `open` and `create` wait for the membership lock. Holders keep it for
+/// microseconds (plus bounded reclaims); only a stopped holder keeps it longer.
+pub(crate) const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Holds the membership lock of a region: no participant attaches, detaches or is reclaimed
 /// while it lives.
 pub(super) struct MembershipGuard<'a> {
-    /// The description holding the lock: one of its own (closing it releases the lock), or
-    /// the region's base descriptor where /proc is not there to open one.
-    holder: Option<OwnedFd>,
+    /// The description holding the lock, opened for this one operation (closing it releases the
+    /// lock, and a child forked meanwhile lets go of it).
+    holder: sys::LivenessFd,
     region: &'a Region,
     _local: MutexGuard<'a, ()>,
 }
 
+impl MembershipGuard<'_> {
+    /// A description of this operation's own, through which reclaims take dead slots' locks
+    /// (a child forked without exec shares the region's base description).
+    pub(super) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.holder.as_fd()
+    }
+}
+
 impl Drop for MembershipGuard<'_> {
     fn drop(&mut self) {
-        let fd = self.holder.as_ref().unwrap_or(&self.region.fd);
-        let _ = sys::unlock_byte(sys::borrow(fd), MEMBERSHIP_LOCK);
+        self.region
+            .u32_at(H_MEMBERSHIP_HOLDER)
+            .store(0, Ordering::Release);
+        let _ = sys::unlock_byte(self.holder.as_fd(), MEMBERSHIP_LOCK);
     }
 }
 impl Region {
@@ -149,8 +165,8 @@ impl Region {
         // dropping one takes the membership lock again.
         let mut participants = Vec::with_capacity(roles.len());
         let attached = init(&region).and_then(|()| {
-            let _membership = region.lock_membership()?;
-            region.attach_all_locked(roles, &mut participants)?;
+            let membership = region.lock_membership()?;
+            region.attach_all_locked(&membership, roles, &mut participants)?;
             // Set last: openers wait for this word before trusting anything else.
             region.u32_at(H_INITIALIZED).store(1, Ordering::Release);
             Ok(())
@@ -237,13 +253,13 @@ impl Region {
         // Declared before the guard: see `create`.
         let mut participants = Vec::with_capacity(roles.len());
         {
-            let _membership = region.lock_membership()?;
+            let membership = region.lock_membership()?;
             if region.is_closed() {
                 return Err(Error::NotFound {
                     name: name.to_owned(),
                 });
             }
-            region.attach_all_locked(roles, &mut participants)?;
+            region.attach_all_locked(&membership, roles, &mut participants)?;
         }
         Ok((region, participants))
     }
@@ -267,6 +283,11 @@ impl Region {
         self.map
             .as_ptr()
             .wrapping_add(self.header.data_offset as usize)
+    }
+
+    /// Asks the kernel to fill the page tables of the mapping for reading now (best effort).
+    pub(crate) fn prefault_data(&self) {
+        self.map.prefault_read();
     }
 
     /// Length of the data area in bytes.
@@ -322,27 +343,78 @@ impl Region {
         self.u32_at(H_CLOSED).load(Ordering::Acquire) != 0
     }
 
+    /// Takes the membership lock, waiting up to [`MEMBERSHIP_TIMEOUT`].
     pub(super) fn lock_membership(&self) -> Result<MembershipGuard<'_>> {
-        let local = self.membership.lock().unwrap_or_else(|p| p.into_inner());
+        self.lock_membership_until(Instant::now() + MEMBERSHIP_TIMEOUT)
+    }
+
+    /// Takes the membership lock, waiting until `deadline`; past it, fails with
+    /// [`Error::LockTimeout`] naming the holder.
+    pub(super) fn lock_membership_until(&self, deadline: Instant) -> Result<MembershipGuard<'_>> {
+        let started = Instant::now();
+        let timed_out = || Error::LockTimeout {
+            name: self.name.clone(),
+            lock: "membership",
+            holder_pid: Some(self.u32_at(H_MEMBERSHIP_HOLDER).load(Ordering::Acquire))
+                .filter(|&pid| pid != 0),
+            waited: started.elapsed(),
+        };
+        // Threads of this process first (OFD locks do not exclude threads that share a
+        // description). Polled rather than blocked on, so that the deadline holds here too.
+        let local = loop {
+            match self.membership.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= deadline => {
+                    return Err(timed_out())
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(Duration::from_micros(50))
+                }
+            }
+        };
         // Locked through a description opened for this one operation: a child forked without
         // exec shares the base description, and would keep a lock taken through it held for
         // ever if the parent died holding it.
-        let holder = sys::reopen(sys::borrow(&self.fd)).ok();
-        let fd = holder.as_ref().unwrap_or(&self.fd);
+        let holder = sys::LivenessFd::open(|| sys::reopen(sys::borrow(&self.fd)))
+            .map_err(|e| Error::from_io(&self.name, "open(/proc/self/fd)", e))?;
         // Holders keep it for microseconds; a dead holder's lock is dropped by the kernel.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        match sys::lock_byte_until(sys::borrow(fd), MEMBERSHIP_LOCK, deadline) {
-            Ok(true) => Ok(MembershipGuard {
-                holder,
-                region: self,
-                _local: local,
-            }),
-            Ok(false) => Err(Error::NotReady {
-                name: self.name.clone(),
-                waited: Duration::from_secs(10),
-            }),
+        match sys::lock_byte_until(holder.as_fd(), MEMBERSHIP_LOCK, deadline) {
+            Ok(true) => {
+                self.u32_at(H_MEMBERSHIP_HOLDER)
+                    .store(sys::process_id(), Ordering::Release);
+                Ok(MembershipGuard {
+                    holder,
+                    region: self,
+                    _local: local,
+                })
+            }
+            Ok(false) => Err(timed_out()),
             Err(e) => Err(Error::from_io(&self.name, "fcntl(F_OFD_SETLK)", e)),
         }
+    }
+
+    /// The pid recorded by the holder of the membership lock, if it is held (informative).
+    pub(crate) fn membership_holder(&self) -> Option<u32> {
+        Some(self.u32_at(H_MEMBERSHIP_HOLDER).load(Ordering::Acquire)).filter(|&pid| pid != 0)
+    }
+
+    /// Attaches one more participant with `role` to this open region (a handle inherited
+    /// through `fork` registering as the child's own).
+    pub(crate) fn attach(self: &Arc<Self>, role: Role) -> Result<Participant> {
+        let mut participants = Vec::with_capacity(1);
+        {
+            let membership = self.lock_membership()?;
+            if self.is_closed() {
+                return Err(Error::NotFound {
+                    name: self.name.clone(),
+                });
+            }
+            self.attach_all_locked(&membership, &[role], &mut participants)?;
+        }
+        participants
+            .pop()
+            .ok_or_else(|| Error::corrupted(&self.name, "participant missing after attach"))
     }
 
     /// Marks the segment closed, releases what lies outside it and unlinks its name.

@@ -4,7 +4,8 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FallocateFlags, Mode};
@@ -421,4 +422,200 @@ pub(crate) unsafe fn robust_mutex_mark_consistent(mutex: *mut u8) -> io::Result<
 /// Borrows a descriptor (helper so callers need not import `AsFd`).
 pub(crate) fn borrow(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()
+}
+
+/// Which thread holds a robust mutex, read from glibc's lock word (the first 32-bit word of
+/// `pthread_mutex_t`): for robust mutexes glibc keeps the holder's kernel thread id there, with
+/// the kernel's FUTEX_WAITERS and FUTEX_OWNER_DIED bits on top. Informative only (for error
+/// messages and inspection); never used to decide anything.
+pub(crate) fn robust_mutex_holder_tid(lock_word: u32) -> Option<u32> {
+    const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+    Some(lock_word & FUTEX_TID_MASK).filter(|&tid| tid != 0)
+}
+
+/// The process (thread group) that thread `tid` belongs to, if it still exists and /proc shows
+/// it. Informative only: a thread id can be reused once its thread is gone.
+pub(crate) fn process_of_thread(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
+/// Asks the kernel to fill the page tables of `len` bytes at `ptr` for reading now, so that the
+/// first reads take no page faults (MADV_POPULATE_READ, Linux 5.14). Best effort: an older
+/// kernel's EINVAL only means the faults come later.
+///
+/// # Safety
+/// `ptr..ptr + len` must lie inside one live mapping.
+pub(crate) unsafe fn prefault_read(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller guarantees a live mapping; advice changes no memory contents.
+    let _ = unsafe { rustix::mm::madvise(ptr.cast(), len, rustix::mm::Advice::LinuxPopulateRead) };
+}
+
+// ----- fork --------------------------------------------------------------------------------
+//
+// A liveness lock belongs to an open file description, and `fork` gives the child a descriptor
+// of every description the parent has open. Left alone, a forked child would keep every
+// participant of its parent alive (their locks held) for as long as it lives, even after the
+// parent died. So every descriptor that holds a liveness lock is registered here, and a handler
+// that runs in the child right after `fork` points each of them at /dev/null: the child lets go
+// of the description (the lock stays the parent's), while the number stays open so that the
+// child's copy of the handle can still close it without closing some other file that reused
+// the number. The handler also bumps a fork generation, by which handles see that they were
+// inherited.
+//
+// Opening a description and registering it must not be split by a fork (the child would keep an
+// unregistered copy, and a lock the parent takes through it later would be held by the child
+// too): `fork` waits in its prepare handler until no registration is under way.
+
+/// Registered descriptors (as `fd + 1`, so that the all-zero static means empty).
+const LIVENESS_FD_SLOTS: usize = 1 << 16;
+static LIVENESS_FDS: [AtomicI32; LIVENESS_FD_SLOTS] =
+    [const { AtomicI32::new(0) }; LIVENESS_FD_SLOTS];
+/// One past the highest entry of `LIVENESS_FDS` ever used: the child's handler scans no further.
+static LIVENESS_HIGH: AtomicUsize = AtomicUsize::new(0);
+/// Registrations under way, and whether a fork waits for them to end.
+static REGISTERING: AtomicU32 = AtomicU32::new(0);
+static FORKING: AtomicU32 = AtomicU32::new(0);
+/// How many `fork`s lie between the start of the program and this process.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+/// A descriptor of /dev/null opened before any fork, for the child's handler to duplicate
+/// (opening a file there could fail for want of descriptors).
+static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
+static AT_FORK: Once = Once::new();
+
+/// Runs in the forking thread before `fork`: waits for registrations under way to finish and
+/// holds new ones back until the fork is done.
+extern "C" fn before_fork() {
+    FORKING.store(1, Ordering::SeqCst);
+    while REGISTERING.load(Ordering::SeqCst) != 0 {
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs in the parent after `fork`.
+extern "C" fn after_fork_in_parent() {
+    FORKING.store(0, Ordering::SeqCst);
+}
+
+/// Runs in the child after `fork`, with only the forking thread alive: calls only
+/// async-signal-safe functions (atomics, dup3).
+extern "C" fn after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    let dev_null = DEV_NULL.load(Ordering::SeqCst);
+    let high = LIVENESS_HIGH.load(Ordering::SeqCst);
+    for entry in &LIVENESS_FDS[..high.min(LIVENESS_FD_SLOTS)] {
+        let stored = entry.swap(0, Ordering::SeqCst);
+        if stored > 0 && dev_null >= 0 {
+            // SAFETY: dup3 is async-signal-safe; both numbers are open descriptors of this
+            // process (a registered one is closed only after it is unregistered), and replacing
+            // it drops only this process's reference to the parent's description.
+            unsafe { libc::dup3(dev_null, stored - 1, libc::O_CLOEXEC) };
+        }
+    }
+    FORKING.store(0, Ordering::SeqCst);
+}
+
+/// How many `fork`s separate this process from the one that started the program: a handle
+/// that recorded another value was inherited through `fork`.
+#[inline]
+pub(crate) fn fork_generation() -> u64 {
+    FORK_GENERATION.load(Ordering::Acquire)
+}
+
+fn install_fork_handlers() -> io::Result<()> {
+    AT_FORK.call_once(|| {
+        let Ok(fd) = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return;
+        };
+        // SAFETY: the three handlers touch only atomics and call only dup3, as pthread_atfork
+        // handlers of a multi-threaded program must.
+        let rc = unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(after_fork_in_child),
+            )
+        };
+        if rc == 0 {
+            use std::os::fd::IntoRawFd;
+            DEV_NULL.store(fd.into_raw_fd(), Ordering::SeqCst);
+        }
+    });
+    if DEV_NULL.load(Ordering::SeqCst) < 0 {
+        return Err(io::Error::other("the fork handlers could not be installed"));
+    }
+    Ok(())
+}
+
+/// A descriptor whose open file description holds liveness locks (a participant's, or one
+/// opened for one membership operation), registered so that a forked child lets go of it.
+#[derive(Debug)]
+pub(crate) struct LivenessFd {
+    fd: OwnedFd,
+}
+
+impl LivenessFd {
+    /// Opens a description with `open` and registers it, with no fork in between. Fails if
+    /// `open` fails, if the fork handlers cannot be installed, or if 65,536 descriptors are
+    /// registered already.
+    pub(crate) fn open(open: impl FnOnce() -> io::Result<OwnedFd>) -> io::Result<LivenessFd> {
+        install_fork_handlers()?;
+        loop {
+            while FORKING.load(Ordering::SeqCst) != 0 {
+                std::thread::yield_now();
+            }
+            REGISTERING.fetch_add(1, Ordering::SeqCst);
+            if FORKING.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            REGISTERING.fetch_sub(1, Ordering::SeqCst);
+        }
+        let registered = open().and_then(|fd| {
+            let stored = fd.as_raw_fd() + 1;
+            for (index, entry) in LIVENESS_FDS.iter().enumerate() {
+                if entry
+                    .compare_exchange(0, stored, Ordering::SeqCst, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    LIVENESS_HIGH.fetch_max(index + 1, Ordering::SeqCst);
+                    return Ok(LivenessFd { fd });
+                }
+            }
+            Err(io::Error::other(
+                "65,536 liveness descriptors are registered already",
+            ))
+        });
+        REGISTERING.fetch_sub(1, Ordering::SeqCst);
+        registered
+    }
+
+    /// The descriptor.
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Drop for LivenessFd {
+    fn drop(&mut self) {
+        // Unregistered before it is closed (when `self.fd` drops after this), so that the
+        // child of a concurrent fork never points a reused number at /dev/null. Holders
+        // release their locks explicitly before this, so such a child's copy holds none.
+        let stored = self.fd.as_raw_fd() + 1;
+        let high = LIVENESS_HIGH.load(Ordering::SeqCst);
+        for entry in &LIVENESS_FDS[..high.min(LIVENESS_FD_SLOTS)] {
+            if entry
+                .compare_exchange(stored, 0, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
+        }
+    }
 }

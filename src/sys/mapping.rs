@@ -62,6 +62,13 @@ impl Mapping {
         Ok(Mapping { ptr, len })
     }
 
+    /// Asks the kernel to fill the page tables of the whole mapping for reading now (best
+    /// effort; see [`prefault_read`](super::prefault_read)).
+    pub(crate) fn prefault_read(&self) {
+        // SAFETY: ptr..ptr + len is this live mapping.
+        unsafe { super::prefault_read(self.ptr.as_ptr(), self.len) }
+    }
+
     /// Start of the mapping (page aligned).
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
