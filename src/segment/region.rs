@@ -250,6 +250,16 @@ impl Region {
             hooks,
             membership: Mutex::new(()),
         });
+        if roles.is_empty() {
+            // Nothing to attach (an overflow payload, an inspection): no membership lock, which
+            // a stopped attacher may hold.
+            if region.is_closed() {
+                return Err(Error::NotFound {
+                    name: name.to_owned(),
+                });
+            }
+            return Ok((region, Vec::new()));
+        }
         // Declared before the guard: see `create`.
         let mut participants = Vec::with_capacity(roles.len());
         {

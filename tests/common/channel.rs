@@ -54,6 +54,11 @@ impl Kid {
         }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for a line equal to `wanted`.
     pub fn expect(&mut self, wanted: &str) {
         self.expect_prefix(wanted, true);

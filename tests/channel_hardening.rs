@@ -1,0 +1,600 @@
+//! Promises that hold against stopped, forking and dying peers (issue 11), each with real
+//! processes:
+//!
+//! - a process stopped (SIGSTOP) while it holds the producer, consumer, allocator or membership
+//!   lock never freezes another process's `try_` and `_timeout` calls or its drops: they return
+//!   by their deadline plus the lock grace, with `LockTimeout` naming the holder;
+//! - a receive that cannot open an overflow payload for want of descriptors leaves the message
+//!   queued, and the next receive gets it;
+//! - a child forked without exec that drops the handles it inherited leaves the parent's channel
+//!   alone; one that uses them works as a participant of its own; a parent killed while its
+//!   forked child lives is seen as gone;
+//! - a sender notices a killed last receiver within tens of milliseconds, ring room or not.
+//!
+//! The stopped-holder tests catch a lock held by stopping a child that churns through the
+//! channel at random moments until inspection shows it holding the lock wanted; they do not
+//! rely on any hook inside the library.
+
+mod common;
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::channel::{assert_gone, check_pattern, config, fill_pattern, Kid, KIB, MIB};
+use common::{child_dispatch, unique_name};
+use shmq::{
+    channel, Error, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError,
+    TrySendError,
+};
+
+/// What a call with a deadline may take beyond it: the lock grace (20 ms) and a generous margin
+/// for a loaded machine. A frozen call takes for ever, so this bound still fails it.
+const SLACK: Duration = Duration::from_millis(800);
+/// Bound for a drop (lock grace, or the 100 ms detach wait, plus margin).
+const DROP_BOUND: Duration = Duration::from_millis(1500);
+/// Turns a hang into a failure.
+const HANG: Duration = Duration::from_secs(20);
+
+#[test]
+#[ignore = "entry point of child processes; run by the tests in this file"]
+fn child_entry() {
+    child_dispatch(|role, args| match role {
+        "churn" => churn(&args[0]),
+        "churn-membership" => churn_membership(&args[0]),
+        "emfile" => emfile_receive(&args[0]),
+        "fork-drop" => fork_child_drops_inherited(&args[0]),
+        "fork-use" => fork_child_uses_inherited(&args[0]),
+        "fork-parent" => fork_parent_then_sleep(&args[0]),
+        "receiver-sleep" => {
+            let _rx = Receiver::open(&args[0]).expect("open receiver");
+            common::signal_parent("ready");
+            common::channel::sleep_until_killed();
+        }
+        other => panic!("unknown role {other}"),
+    });
+}
+
+// ----- helpers --------------------------------------------------------------------------------
+
+/// Runs `f` on a thread and returns its result and how long it took; panics after [`HANG`].
+fn timed<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> (T, Duration) {
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(out) => (out, started.elapsed()),
+        Err(_) => panic!("{what} did not return within {HANG:?}: frozen by the stopped peer"),
+    }
+}
+
+fn signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// Waits until /proc says process `pid` is stopped.
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the parenthesised command name.
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.trim().chars().next());
+        if state == Some('T') || state == Some('t') {
+            return;
+        }
+        assert!(Instant::now() < deadline, "process {pid} did not stop");
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Stops process `pid` at random moments until `holds()` says it holds the lock wanted, and
+/// leaves it stopped there. Panics if it never catches it.
+fn stop_while(pid: u32, what: &str, holds: impl Fn() -> bool) {
+    let mut rng = common::Rng(pid as u64);
+    for _ in 0..20_000 {
+        signal(pid, libc::SIGSTOP);
+        wait_stopped(pid);
+        if holds() {
+            return;
+        }
+        signal(pid, libc::SIGCONT);
+        thread::sleep(Duration::from_micros(50 + rng.below(500)));
+    }
+    panic!("never caught process {pid} holding the {what} lock");
+}
+
+fn channel_stats(name: &str) -> shmq::ChannelStats {
+    shmq::inspect(name)
+        .expect("inspect")
+        .channel
+        .expect("channel stats")
+}
+
+fn assert_lock_timeout(e: &Error, lock: &str, holder: u32) {
+    match e {
+        Error::LockTimeout {
+            lock: found,
+            holder_pid,
+            ..
+        } => {
+            assert_eq!(*found, lock, "{e}");
+            assert_eq!(*holder_pid, Some(holder), "{e}");
+        }
+        other => panic!("expected LockTimeout on the {lock} lock, got {other:?}"),
+    }
+}
+
+// ----- children -------------------------------------------------------------------------------
+
+/// Sends and receives arena payloads as fast as it can: producer, consumer and allocator locks
+/// are each held a good part of the time.
+fn churn(name: &str) {
+    let tx = Sender::open(name).expect("open sender");
+    let rx = Receiver::open(name).expect("open receiver");
+    common::signal_parent("ready");
+    let payload = vec![7u8; 4 * KIB];
+    loop {
+        let _ = tx.try_send(&payload);
+        drop(rx.try_recv());
+    }
+}
+
+/// Attaches and detaches as fast as it can: the membership lock is held most of the time.
+fn churn_membership(name: &str) {
+    common::signal_parent("ready");
+    loop {
+        drop(Sender::open(name));
+    }
+}
+
+// ----- stopped lock holders -------------------------------------------------------------------
+
+/// A churning child stopped holding `lock`; the parent's handles are checked against it.
+fn with_stopped_holder(
+    lock: &str,
+    holds: fn(&shmq::ChannelStats, u32) -> bool,
+    check: impl FnOnce(&str, u32, &Sender, &Receiver),
+) {
+    let name = unique_name(&format!("stop-{lock}"));
+    let (tx, rx) = channel(&name, config(64, MIB)).expect("create channel");
+    let mut kid = Kid::spawn("churn", &[&name]);
+    kid.expect("ready");
+    let pid = kid.pid();
+    stop_while(pid, lock, || holds(&channel_stats(&name), pid));
+    check(&name, pid, &tx, &rx);
+    signal(pid, libc::SIGCONT);
+    kid.kill();
+    drop((tx, rx));
+    assert_gone(&name);
+}
+
+#[test]
+fn a_stopped_producer_lock_holder_does_not_freeze_senders() {
+    with_stopped_holder(
+        "producer",
+        |s, pid| s.producer_lock_holder == Some(pid),
+        |name, pid, tx, _rx| {
+            let t = tx.clone();
+            let (r, took) = timed("try_send", move || t.try_send(b"small"));
+            match r {
+                Err(TrySendError::Failed(e, ())) => assert_lock_timeout(&e, "producer", pid),
+                other => panic!("try_send: {other:?}"),
+            }
+            assert!(took < SLACK, "try_send took {took:?}");
+            let t = tx.clone();
+            let (r, took) = timed("send_timeout", move || {
+                t.send_timeout(b"small", Duration::from_millis(100))
+            });
+            match r {
+                Err(SendTimeoutError::Failed(e, ())) => assert_lock_timeout(&e, "producer", pid),
+                other => panic!("send_timeout: {other:?}"),
+            }
+            assert!(took < Duration::from_millis(100) + SLACK, "took {took:?}");
+            // Dropping a sender runs a reclaim that takes every lock.
+            let other = Sender::open(name).expect("open another sender");
+            let ((), took) = timed("drop(Sender)", move || drop(other));
+            assert!(took < DROP_BOUND, "drop took {took:?}");
+        },
+    );
+}
+
+#[test]
+fn a_stopped_consumer_lock_holder_does_not_freeze_receivers() {
+    with_stopped_holder(
+        "consumer",
+        |s, pid| s.consumer_lock_holder == Some(pid),
+        |name, pid, _tx, rx| {
+            let r = rx.clone();
+            let (got, took) = timed("try_recv", move || r.try_recv().map(drop));
+            match got {
+                Err(TryRecvError::Failed(e)) => assert_lock_timeout(&e, "consumer", pid),
+                other => panic!("try_recv: {other:?}"),
+            }
+            assert!(took < SLACK, "try_recv took {took:?}");
+            let r = rx.clone();
+            let (got, took) = timed("recv_timeout", move || {
+                r.recv_timeout(Duration::from_millis(100)).map(drop)
+            });
+            match got {
+                Err(RecvTimeoutError::Failed(e)) => assert_lock_timeout(&e, "consumer", pid),
+                other => panic!("recv_timeout: {other:?}"),
+            }
+            assert!(took < Duration::from_millis(100) + SLACK, "took {took:?}");
+            let other = Receiver::open(name).expect("open another receiver");
+            let ((), took) = timed("drop(Receiver)", move || drop(other));
+            assert!(took < DROP_BOUND, "drop took {took:?}");
+        },
+    );
+}
+
+#[test]
+fn a_stopped_allocator_lock_holder_does_not_freeze_senders_or_message_drops() {
+    let name = unique_name("stop-allocator");
+    let (tx, rx) = channel(&name, config(64, MIB)).expect("create channel");
+    // A message the parent holds, to drop while the allocator lock is held.
+    let mut held = Vec::new();
+    for seed in 0..4 {
+        let mut loan = tx.loan(8 * KIB).expect("loan");
+        fill_pattern(&mut loan, seed);
+        loan.send().expect("send");
+    }
+    for _ in 0..4 {
+        held.push(rx.recv().expect("recv"));
+    }
+    let mut kid = Kid::spawn("churn", &[&name]);
+    kid.expect("ready");
+    let pid = kid.pid();
+    stop_while(pid, "allocator", || {
+        channel_stats(&name).allocator_lock_holder == Some(pid)
+    });
+
+    let t = tx.clone();
+    let (r, took) = timed("try_send", move || t.try_send(&[1u8; 4 * KIB]));
+    match r {
+        Err(TrySendError::Failed(e, ())) => assert_lock_timeout(&e, "allocator", pid),
+        other => panic!("try_send of an arena payload: {other:?}"),
+    }
+    assert!(took < SLACK, "try_send took {took:?}");
+    let t = tx.clone();
+    let (r, took) = timed("loan_timeout", move || {
+        t.loan_timeout(4 * KIB, Duration::from_millis(100))
+            .map(drop)
+    });
+    match r {
+        Err(SendTimeoutError::Failed(e, ())) => assert_lock_timeout(&e, "allocator", pid),
+        other => panic!("loan_timeout: {other:?}"),
+    }
+    assert!(took < Duration::from_millis(100) + SLACK, "took {took:?}");
+    // Dropping messages cannot free their pages now: bounded, and given back later.
+    let first = held.remove(0);
+    assert!(check_pattern(&first, 0));
+    let ((), took) = timed("drop(Message)", move || drop(first));
+    assert!(took < DROP_BOUND, "drop(Message) took {took:?}");
+
+    signal(pid, libc::SIGCONT);
+    kid.kill();
+    // The lock is free again: the next release gives back the deferred one too.
+    for (seed, message) in held.drain(..).enumerate() {
+        assert!(check_pattern(&message, seed as u64 + 1));
+        drop(message);
+    }
+    // The killed child's own messages and chunks are reclaimed by the next liveness check.
+    let deadline = Instant::now() + HANG;
+    while tx.free_arena_bytes() != MIB as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "arena not back to empty: {} of {MIB} bytes free",
+            tx.free_arena_bytes()
+        );
+        let _ = tx.try_send(b"poke"); // runs the liveness check that reclaims the dead
+        while let Ok(m) = rx.try_recv() {
+            drop(m);
+        }
+        thread::sleep(Duration::from_millis(30));
+    }
+    drop((tx, rx));
+    assert_gone(&name);
+}
+
+#[test]
+fn a_stopped_membership_lock_holder_does_not_freeze_timeouts_opens_or_drops() {
+    let name = unique_name("stop-membership");
+    let (tx, rx) = channel(&name, config(16, MIB)).expect("create channel");
+    let extra = Receiver::open(&name).expect("open a receiver to drop later");
+    let mut kid = Kid::spawn("churn-membership", &[&name]);
+    kid.expect("ready");
+    let pid = kid.pid();
+    stop_while(pid, "membership", || {
+        shmq::inspect(&name).expect("inspect").membership_holder == Some(pid)
+    });
+
+    // A receive with a timeout runs a liveness check that reclaims the dead under the
+    // membership lock: it must skip that rather than wait 10 s for it.
+    let r = rx.clone();
+    let (got, took) = timed("recv_timeout", move || {
+        r.recv_timeout(Duration::from_millis(100)).map(drop)
+    });
+    assert!(matches!(got, Err(RecvTimeoutError::Timeout)), "{got:?}");
+    assert!(took < Duration::from_millis(100) + SLACK, "took {took:?}");
+    // An open waits for the membership lock (2 s) and says who holds it.
+    let n = name.clone();
+    let (opened, took) = timed("Sender::open", move || Sender::open(&n).map(drop));
+    match opened {
+        Err(e) => assert_lock_timeout(&e, "membership", pid),
+        Ok(()) => panic!("open succeeded while the membership lock was held"),
+    }
+    assert!(took < Duration::from_secs(2) + SLACK, "open took {took:?}");
+    // A drop cannot detach now: it lets go, leaving its slot for the next attach or gc.
+    let ((), took) = timed("drop(Receiver)", move || drop(extra));
+    assert!(took < DROP_BOUND, "drop took {took:?}");
+    // The channel still works meanwhile.
+    tx.send(b"still working").expect("send");
+    assert_eq!(&rx.recv().expect("recv")[..], b"still working");
+
+    signal(pid, libc::SIGCONT);
+    kid.kill();
+    // Once the lock is free, opens work again and the abandoned slot is reclaimed.
+    let again = Sender::open(&name).expect("open after SIGCONT");
+    drop(again);
+    drop((tx, rx));
+    assert_gone(&name);
+}
+
+// ----- a transient receive failure ------------------------------------------------------------
+
+fn lowest_free_descriptor() -> u64 {
+    use std::os::fd::AsRawFd;
+    let probe = std::fs::File::open("/dev/null").expect("open /dev/null");
+    probe.as_raw_fd() as u64
+}
+
+fn set_descriptor_limit(soft: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read a plain struct on our stack.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let old = limit.rlim_cur;
+        limit.rlim_cur = soft;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        old
+    }
+}
+
+/// In a process of its own (it lowers its descriptor limit).
+fn emfile_receive(name: &str) {
+    let (tx, rx) = channel(name, config(16, 64 * KIB)).expect("create channel");
+    let len = MIB; // larger than the arena: travels in an overflow segment
+    let mut loan = tx.loan(len).expect("loan");
+    fill_pattern(&mut loan, 42);
+    loan.send().expect("send");
+
+    // No descriptor left for opening the payload: the limit is the lowest free number.
+    let old = set_descriptor_limit(lowest_free_descriptor());
+    let first = rx.try_recv().map(drop);
+    set_descriptor_limit(old);
+    match first {
+        Err(TryRecvError::Failed(Error::Io { .. })) => {}
+        other => panic!("receive without descriptors: {other:?}"),
+    }
+    assert_eq!(rx.len(), 1, "the message must stay queued");
+    assert!(
+        matches!(
+            tx.join_timeout(Duration::from_millis(50)),
+            Err(SendTimeoutError::Timeout(()))
+        ),
+        "the message must not count as done"
+    );
+    let message = rx.try_recv().expect("the second receive gets the message");
+    assert_eq!(message.len(), len);
+    assert!(check_pattern(&message, 42), "payload intact");
+    drop(message);
+    tx.join_timeout(Duration::from_secs(5))
+        .expect("done once received");
+    drop((tx, rx));
+    assert_gone(name);
+    common::signal_parent("ok");
+}
+
+#[test]
+fn a_receive_out_of_descriptors_leaves_the_message_queued() {
+    let name = unique_name("emfile");
+    let kid = Kid::spawn("emfile", &[&name]);
+    let lines = kid.finish();
+    assert!(lines.iter().any(|l| l == "ok"), "{lines:?}");
+    assert_gone(&name);
+}
+
+// ----- fork -----------------------------------------------------------------------------------
+
+fn fork() -> libc::pid_t {
+    // SAFETY: the child only runs Rust code of this single-threaded test role (the harness runs
+    // it with one test thread) and exits with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    pid
+}
+
+fn wait_pid(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waitpid on our own child with a status word on our stack.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(
+        libc::WIFEXITED(status),
+        "forked child did not exit normally"
+    );
+    libc::WEXITSTATUS(status)
+}
+
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
+    unsafe { libc::_exit(code) }
+}
+
+/// Forks a child that drops every handle it inherited (and a held message) and exits; the
+/// parent's channel, handles and message must be untouched.
+fn fork_child_drops_inherited(name: &str) {
+    let (tx, rx) = channel(name, config(16, MIB)).expect("create channel");
+    let mut loan = tx.loan(64 * KIB).expect("loan");
+    fill_pattern(&mut loan, 7);
+    loan.send().expect("send");
+    let held = rx.recv().expect("recv");
+    let free_before = tx.free_arena_bytes();
+
+    let child = fork();
+    if child == 0 {
+        drop(held);
+        drop(tx);
+        drop(rx);
+        exit_now(0);
+    }
+    assert_eq!(wait_pid(child), 0);
+
+    assert!(
+        common::shm_exists(name),
+        "the child's drops unlinked the channel"
+    );
+    let third = Sender::open(name).expect("a third party can still open the channel");
+    third.send(b"from a third party").expect("third-party send");
+    assert_eq!(&rx.recv().expect("recv")[..], b"from a third party");
+    tx.send(b"from the parent").expect("parent send");
+    assert_eq!(&rx.recv().expect("recv")[..], b"from the parent");
+    assert!(check_pattern(&held, 7), "the held message was overwritten");
+    assert_eq!(
+        tx.free_arena_bytes(),
+        free_before,
+        "the child's drop freed the parent's pages"
+    );
+    drop(held);
+    assert_eq!(tx.free_arena_bytes(), MIB as u64);
+    drop((third, tx, rx));
+    assert_gone(name);
+    common::signal_parent("ok");
+}
+
+#[test]
+fn a_forked_child_dropping_inherited_handles_leaves_the_parent_alone() {
+    let name = unique_name("fork-drop");
+    let lines = Kid::spawn("fork-drop", &[&name]).finish();
+    assert!(lines.iter().any(|l| l == "ok"), "{lines:?}");
+    assert_gone(&name);
+}
+
+/// Forks a child that sends and receives through the handles it inherited.
+fn fork_child_uses_inherited(name: &str) {
+    const EACH: u64 = 200;
+    let (tx, rx) = channel(name, config(16, MIB)).expect("create channel");
+    let child = fork();
+    if child == 0 {
+        // The child's sender and receiver register as participants of its own on first use.
+        for seed in 0..EACH {
+            let mut loan = tx.loan(4 * KIB).expect("child loan");
+            fill_pattern(&mut loan, seed);
+            loan.send().expect("child send");
+        }
+        tx.join().expect("the parent received the child's messages");
+        for seed in 0..EACH {
+            let m = rx.recv().expect("child recv");
+            if !check_pattern(&m, 1000 + seed) {
+                exit_now(2);
+            }
+        }
+        drop((tx, rx));
+        exit_now(0);
+    }
+    for seed in 0..EACH {
+        let m = rx.recv().expect("parent recv");
+        assert!(check_pattern(&m, seed), "message {seed} from the child");
+    }
+    for seed in 0..EACH {
+        let mut loan = tx.loan(4 * KIB).expect("parent loan");
+        fill_pattern(&mut loan, 1000 + seed);
+        loan.send().expect("parent send");
+    }
+    assert_eq!(wait_pid(child), 0, "the forked child failed");
+    // The parent's handles still work once the child is gone.
+    tx.send(b"after the child").expect("send");
+    assert_eq!(&rx.recv().expect("recv")[..], b"after the child");
+    assert_eq!(tx.free_arena_bytes(), MIB as u64);
+    drop((tx, rx));
+    assert_gone(name);
+    common::signal_parent("ok");
+}
+
+#[test]
+fn a_forked_child_uses_inherited_handles_as_its_own_participant() {
+    let name = unique_name("fork-use");
+    let lines = Kid::spawn("fork-use", &[&name]).finish();
+    assert!(lines.iter().any(|l| l == "ok"), "{lines:?}");
+    assert_gone(&name);
+}
+
+/// Opens a sender, forks a child that sleeps with the inherited handle, and sleeps.
+fn fork_parent_then_sleep(name: &str) {
+    let tx = Sender::open(name).expect("open sender");
+    tx.send(b"hello").expect("send");
+    let child = fork();
+    if child == 0 {
+        thread::sleep(Duration::from_secs(60));
+        exit_now(0);
+    }
+    common::signal_parent(&format!("grandchild {child}"));
+    common::channel::sleep_until_killed();
+}
+
+#[test]
+fn a_killed_parent_is_seen_gone_while_its_forked_child_lives() {
+    let name = unique_name("fork-parent");
+    let (tx, rx) = channel(&name, config(16, MIB)).expect("create channel");
+    drop(tx);
+    let mut kid = Kid::spawn("fork-parent", &[&name]);
+    let line = kid.expect_prefix("grandchild ", false);
+    let grandchild: u32 = line["grandchild ".len()..].parse().expect("pid");
+    assert_eq!(&rx.recv().expect("recv")[..], b"hello");
+    kid.kill();
+    let got = rx.recv_timeout(Duration::from_secs(5)).map(drop);
+    let grandchild_alive = std::path::Path::new(&format!("/proc/{grandchild}")).exists();
+    signal(grandchild, libc::SIGKILL);
+    assert!(grandchild_alive, "the forked grandchild should still live");
+    assert!(
+        matches!(got, Err(RecvTimeoutError::Disconnected)),
+        "the dead parent's sender was kept alive by its forked child: {got:?}"
+    );
+    drop(rx);
+    assert_gone(&name);
+}
+
+// ----- a killed last receiver -----------------------------------------------------------------
+
+#[test]
+fn try_send_sees_a_killed_last_receiver_while_the_ring_has_room() {
+    let name = unique_name("dead-receiver");
+    let (tx, rx) = channel(&name, config(64, MIB)).expect("create channel");
+    let mut kid = Kid::spawn("receiver-sleep", &[&name]);
+    kid.expect("ready");
+    drop(rx);
+    tx.try_send(b"while the receiver lives")
+        .expect("send to a live receiver");
+    kid.kill();
+    // Longer than the 25 ms liveness recheck: the next send must know.
+    thread::sleep(Duration::from_millis(60));
+    assert!(tx.len() < tx.capacity(), "the ring has room");
+    match tx.try_send(b"to nobody") {
+        Err(TrySendError::Disconnected(())) => {}
+        other => panic!("try_send after the last receiver died: {other:?}"),
+    }
+    match tx.try_send(&[0u8; 4 * KIB]) {
+        Err(TrySendError::Disconnected(())) => {}
+        other => panic!("try_send of an arena payload: {other:?}"),
+    }
+    drop(tx);
+    assert_gone(&name);
+}
