@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 
 pub(crate) use collect::{collect_segment, peek_header};
+pub(crate) use header::segment_len;
 pub(crate) use participants::Participant;
 pub use participants::ParticipantInfo;
 pub use raw::Segment;
@@ -52,6 +53,14 @@ pub(crate) const PAGE: usize = 4096;
 pub(crate) const HEADER_SIZE: usize = 128;
 /// Bytes of one participant slot.
 pub(crate) const SLOT_SIZE: usize = 64;
+/// Largest length in bytes of a whole segment file: a file offset (`off_t`) is an `i64`, and a
+/// mapping (and every slice into it) must fit in an `isize`. A larger request is an
+/// [`Error::InvalidArgument`], never left for the kernel to refuse with `EINVAL`.
+pub(crate) const MAX_SEGMENT_LEN: u64 = if (isize::MAX as u64) < (i64::MAX as u64) {
+    isize::MAX as u64
+} else {
+    i64::MAX as u64
+};
 /// Largest participant table a segment may declare.
 pub(crate) const MAX_PARTICIPANTS: u32 = 1024;
 /// Participant slots of a segment made by [`Segment::create`].

@@ -49,8 +49,9 @@ impl<T: Pod> SharedArray<T> {
     /// exists.
     ///
     /// Errors: [`Error::InvalidName`], [`Error::AlreadyExists`], [`Error::OutOfSpace`],
-    /// [`Error::InvalidArgument`] if `len` elements overflow the address space or `T` is aligned
-    /// to more than 4096 bytes, [`Error::Io`].
+    /// [`Error::InvalidArgument`] if `len` elements overflow the address space or the largest
+    /// segment (`i64::MAX` bytes with the header) or `T` is aligned to more than 4096 bytes,
+    /// [`Error::Io`].
     pub fn create(name: &str, len: usize, value: T) -> Result<SharedArray<T>> {
         Self::create_tagged(name, len, value, "")
     }
