@@ -46,7 +46,11 @@ pub(crate) use region::{CreateSpec, Region};
 /// First word of every shmq segment.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// Version of the layout described in docs/design.md. Bumped on any incompatible change.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+///
+/// 3 since every robust mutex in a segment is error-checking: an opener cannot check a
+/// mutex's type, and shared values promise that re-locking by the holder is reported, which a
+/// mutex made by an older version (2) would not do.
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;
 /// Bytes of the header at offset 0.
