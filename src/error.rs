@@ -40,8 +40,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// /dev/shm has no room for the requested bytes. Reported at creation, never as SIGBUS later.
-    #[error("not enough space in /dev/shm for segment {name:?}: {requested} bytes requested")]
+    /// /dev/shm has no room for the requested bytes, or no inode left for a new file, or the
+    /// kernel cannot provide the memory now (`ENOSPC`, `EFBIG` or `ENOMEM` while creating).
+    /// Reported at creation, never as SIGBUS later.
+    ///
+    /// A size that no segment can have at all (beyond `i64::MAX` bytes, or a multiplication
+    /// that overflows) is [`Error::InvalidArgument`] instead: retrying cannot help.
+    #[error("not enough space in /dev/shm (or memory) for segment {name:?}: {requested} bytes requested")]
     OutOfSpace {
         /// The segment name.
         name: String,
@@ -278,6 +283,28 @@ impl Error {
         }
     }
 
+    /// Maps an OS error from `op` while creating segment `name` of `requested` bytes in all.
+    ///
+    /// The kernel's ways of saying "not now" become [`Error::OutOfSpace`]: `ENOSPC` (no
+    /// blocks, or no inode: `shm_open(O_CREAT)` reports a /dev/shm out of inodes this way),
+    /// `EFBIG` and `ENOMEM`. Everything else is mapped as by [`Error::from_io`].
+    pub(crate) fn from_io_creating(
+        name: &str,
+        op: &'static str,
+        source: io::Error,
+        requested: u64,
+    ) -> Error {
+        match source.kind() {
+            io::ErrorKind::StorageFull
+            | io::ErrorKind::FileTooLarge
+            | io::ErrorKind::OutOfMemory => Error::OutOfSpace {
+                name: name.to_owned(),
+                requested,
+            },
+            _ => Error::from_io(name, op, source),
+        }
+    }
+
     pub(crate) fn corrupted(name: &str, what: impl Into<String>) -> Error {
         Error::Corrupted {
             name: name.to_owned(),
@@ -297,5 +324,57 @@ impl Error {
             expected: expected.to_string(),
             found: found.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    // A /dev/shm out of inodes fails shm_open(O_CREAT) with ENOSPC before any byte is asked
+    // for: that is OutOfSpace too, not an Io error (issue 11).
+    #[test]
+    fn no_room_while_creating_is_out_of_space() {
+        for (op, code) in [
+            ("shm_open", libc::ENOSPC),
+            ("fallocate", libc::ENOSPC),
+            ("fallocate", libc::EFBIG),
+            ("fallocate", libc::ENOMEM),
+            ("mmap", libc::ENOMEM),
+        ] {
+            let err = Error::from_io_creating("seg", op, os(code), 8192);
+            assert_eq!(
+                err,
+                Error::OutOfSpace {
+                    name: "seg".into(),
+                    requested: 8192
+                },
+                "{op}: {}",
+                os(code)
+            );
+        }
+        // A kind alone (no errno) is mapped the same way.
+        let full = io::Error::from(io::ErrorKind::StorageFull);
+        assert!(matches!(
+            Error::from_io_creating("seg", "shm_open", full, 1),
+            Error::OutOfSpace { requested: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn other_errors_while_creating_keep_their_meaning() {
+        let err = Error::from_io_creating("seg", "shm_open", os(libc::EEXIST), 1);
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+        let err = Error::from_io_creating("seg", "shm_open", os(libc::EACCES), 1);
+        assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+        let err = Error::from_io_creating("seg", "fallocate", os(libc::EIO), 1);
+        assert!(
+            matches!(&err, Error::Io { op: "fallocate", source, .. } if source.raw_os_error() == Some(libc::EIO)),
+            "{err:?}"
+        );
     }
 }

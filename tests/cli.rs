@@ -133,3 +133,29 @@ fn gc_removes_what_a_killed_process_left_and_says_so() {
     );
     assert!(!shm_exists(&name));
 }
+
+// `shmq bench --payloads 18446744073709551608` (a multiple of 8 near usize::MAX) passed the
+// argument check and panicked with "capacity overflow" allocating its source buffer (issue 11).
+#[test]
+fn bench_refuses_too_large_payloads_with_a_message_and_no_panic() {
+    for payload in [
+        "18446744073709551608",
+        "17179869184GiB",
+        "4GiB",
+        "4294967296",
+    ] {
+        let out = shmq(&["bench", "--payloads", payload, "--time-ms", "10"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{payload}: accepted\n{stderr}");
+        assert!(!stderr.contains("panicked"), "{payload}: {stderr}");
+        assert!(
+            stderr.contains(payload) && stderr.contains("at most 4294967288"),
+            "{payload}: the message names the value and the limit:\n{stderr}"
+        );
+        assert!(
+            stdout(&out).is_empty(),
+            "{payload}: nothing ran:\n{}",
+            stdout(&out)
+        );
+    }
+}

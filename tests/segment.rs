@@ -212,7 +212,7 @@ impl Header {
     fn valid(data_len: u64) -> Header {
         Header {
             magic: MAGIC,
-            version: 2,
+            version: 3,
             kind: 1,
             total_len: DATA_OFFSET + data_len,
             creator_uid: euid(),
@@ -773,10 +773,10 @@ fn open_refuses_another_layout_version() {
     let name = unique_name("version");
     let _cleanup = Cleanup::new(&[&name]);
     let mut header = Header::valid(4096);
-    header.version = 1; // the previous layout
+    header.version = 2; // the previous layout
     craft(&name, &header.bytes(), header.total_len);
     let (expected, found) = expect_incompatible(Segment::open(&name), "layout version");
-    assert_eq!((expected.as_str(), found.as_str()), ("2", "1"));
+    assert_eq!((expected.as_str(), found.as_str()), ("3", "2"));
 }
 
 #[test]
@@ -1004,7 +1004,7 @@ fn arb_header() -> impl Strategy<Value = (Header, u64)> {
     let small = || prop_oneof![Just(0u64), 1u64..=3 * 4096, any::<u64>()];
     (
         magic,
-        prop_oneof![4 => Just(2u32), 1 => any::<u32>()], // the layout version
+        prop_oneof![4 => Just(3u32), 1 => any::<u32>()], // the layout version
         prop_oneof![4 => Just(1u32), 1 => 0u32..8, 1 => any::<u32>()],
         prop_oneof![4 => Just(CAPACITY), 1 => 0u32..2048, 1 => any::<u32>()],
         prop_oneof![4 => Just(None), 1 => small().prop_map(Some)],

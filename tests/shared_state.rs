@@ -1,7 +1,7 @@
 //! SharedValue and SharedArray across real processes: exact counts under contention, data
-//! written by one process and read by another, a holder killed with SIGKILL, timeouts, element
-//! identity (size, alignment and tag, in one process and across two), bad names and garbage
-//! layout words.
+//! written by one process and read by another, a holder killed with SIGKILL, timeouts,
+//! re-locking from the holding thread, element identity (size, alignment and tag, in one
+//! process and across two), bad names and garbage layout words.
 
 mod common;
 
@@ -65,6 +65,22 @@ fn child_entry() {
             // args: name, then how to open it (see `open_value_as`).
             let err = open_value_as(&args[0], &args[1]).expect_err("a mismatched open");
             expect_incompatible(err, "element type", &["bytes, align", "8 bytes, align 8"]);
+        }
+        "relock" => {
+            // Another process re-locks from its holding thread: an error there too.
+            let value = SharedValue::<u64>::open(&args[0]).expect("open value");
+            let mut guard = match value.lock() {
+                Ok(guard) => guard,
+                Err(LockError::OwnerDied(dead)) => dead.into_inner(),
+                Err(e) => panic!("lock: {e}"),
+            };
+            assert!(matches!(value.lock(), Err(LockError::WouldDeadlock { .. })));
+            assert!(matches!(
+                value.try_lock(),
+                Err(LockError::WouldDeadlock { .. })
+            ));
+            *guard += 1;
+            guard.mark_consistent();
         }
         "open_as_u64" => {
             // A value created as a `Meters` (same size and alignment, no tag) opens as u64.
@@ -776,5 +792,137 @@ fn question_mark_converts_lock_errors() {
     assert_gone(&name);
     assert_gone(&format!("{name}-grid"));
     assert_eq!(plain(&name).expect("plain"), 3);
+    assert_gone(&name);
+}
+
+// ----- re-locking from the holding thread (issue 11, item 9) ----------------------------------
+
+/// Runs `f` on a thread of its own and fails if it has not returned within a minute, so that a
+/// re-lock that deadlocks fails the test instead of hanging the run.
+fn finishes<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(value) => value,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("did not return within 60 s: the re-lock deadlocked")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            panic!("the test's thread panicked (its message is above)")
+        }
+    }
+}
+
+fn would_deadlock<G>(result: shmq::LockResult<G>, name: &str) -> bool {
+    matches!(result, Err(LockError::WouldDeadlock { name: ref n }) if n == name)
+}
+
+#[test]
+fn relocking_from_the_holding_thread_is_an_error_not_a_deadlock() {
+    let name = common::unique_name("sv-relock");
+    finishes({
+        let name = name.clone();
+        move || {
+            let value = SharedValue::<u64>::create(&name, 1).expect("create");
+            let clone = value.clone();
+            let other = SharedValue::<u64>::open(&name).expect("a second handle, mapped apart");
+            let mut guard = value.lock().expect("lock");
+            // Every form, through this handle, a clone, and a handle of its own mapping.
+            for handle in [&value, &clone, &other] {
+                assert!(would_deadlock(handle.try_lock(), &name));
+                assert!(would_deadlock(
+                    handle.lock_timeout(Duration::from_secs(60)),
+                    &name
+                ));
+                assert!(would_deadlock(handle.lock(), &name));
+            }
+            let err = value.lock().expect_err("re-lock");
+            assert!(err.to_string().contains("already holds"), "{err}");
+            assert!(
+                err.into_guard().is_none(),
+                "a re-lock hands out no second guard"
+            );
+            // The conveniences that lock inside report it as an Error.
+            for err in [value.load().unwrap_err(), other.store(5).unwrap_err()] {
+                assert!(
+                    matches!(&err, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::Deadlock),
+                    "{err:?}"
+                );
+            }
+            // Another thread is simply blocked, as before: WouldBlock, not WouldDeadlock.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    assert!(matches!(
+                        clone.try_lock(),
+                        Err(LockError::WouldBlock { .. })
+                    ));
+                });
+            });
+            // The guard held all along still works, and the lock is free once it is dropped.
+            *guard += 1;
+            assert_eq!(*guard, 2);
+            drop(guard);
+            assert_eq!(other.load().expect("load after the guard is dropped"), 2);
+            *other.lock().expect("lock again") += 1;
+            assert_eq!(value.load().expect("load"), 3);
+
+            let array = SharedArray::<u32>::create(&format!("{name}-a"), 8, 0).expect("array");
+            let mut guard = array.lock().expect("lock the array");
+            assert!(would_deadlock(array.try_lock(), &format!("{name}-a")));
+            assert!(would_deadlock(array.lock(), &format!("{name}-a")));
+            assert!(array.to_vec().is_err());
+            guard[7] = 9;
+            drop(guard);
+            assert_eq!(array.to_vec().expect("to_vec")[7], 9);
+        }
+    });
+    assert_gone(&name);
+    assert_gone(&format!("{name}-a"));
+}
+
+#[test]
+fn the_error_checking_lock_still_recovers_from_a_killed_holder() {
+    let name = common::unique_name("sv-relock-dead");
+    let value = SharedValue::<u64>::create(&name, 10).expect("create");
+    let mut child = holder("hold_value", &name);
+    common::kill9(&mut child.0);
+    let value = finishes(move || {
+        let mut guard = match value.lock() {
+            Err(LockError::OwnerDied(dead)) => dead.into_inner(),
+            other => panic!("expected OwnerDied, got {:?}", other.map(|g| *g)),
+        };
+        assert_eq!(*guard, 999, "the killed holder's half-done update");
+        // Taken from a dead owner, the lock is ours like any other: re-locking is reported.
+        assert!(matches!(
+            value.try_lock(),
+            Err(LockError::WouldDeadlock { .. })
+        ));
+        assert!(matches!(value.lock(), Err(LockError::WouldDeadlock { .. })));
+        *guard = 20;
+        guard.mark_consistent();
+        drop(guard);
+        assert_eq!(value.load().expect("plain Ok after repair"), 20);
+
+        // A thread that ends holding the lock is a dead owner too. (Forgetting the guard also
+        // leaks its handle on the segment, so the segment is removed by name at the end.)
+        std::thread::scope(|s| {
+            s.spawn(|| std::mem::forget(value.lock().expect("lock in a thread")));
+        });
+        let mut guard = value
+            .lock()
+            .err()
+            .and_then(LockError::into_guard)
+            .expect("OwnerDied after a thread ended holding the lock");
+        guard.mark_consistent();
+        drop(guard);
+        value
+    });
+    // Another process re-locks from its holding thread and is told so too.
+    ChildGuard::spawn("relock", &[&name]).wait_success();
+    assert_eq!(value.load().expect("load"), 21);
+    drop(value);
+    shmq::Segment::remove(&name).expect("remove the segment the forgotten guard kept");
     assert_gone(&name);
 }

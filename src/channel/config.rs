@@ -5,6 +5,11 @@ use crate::segment::DEFAULT_PARTICIPANTS;
 /// Size and limits of a new channel. Build it with the `with_` methods, starting from
 /// `default()`; read it back with the getters of the same names.
 ///
+/// The setters take any value; [`channel`](crate::channel) checks them. A value outside the
+/// documented range is [`Error::InvalidArgument`](crate::Error::InvalidArgument) (never clamped,
+/// never a panic); an arena in range that /dev/shm cannot hold now is
+/// [`Error::OutOfSpace`](crate::Error::OutOfSpace).
+///
 /// ```
 /// let config = shmq::ChannelConfig::default().with_capacity(64).with_arena_bytes(256 << 20);
 /// assert_eq!(config.capacity(), 64);
@@ -35,8 +40,9 @@ impl ChannelConfig {
         self
     }
 
-    /// Bytes of payload the arena holds (rounded up to 4 KiB pages). Payloads larger than the
-    /// arena travel in overflow segments of their own; `send` blocks while the arena has no room.
+    /// Bytes of payload the arena holds (rounded up to 4 KiB pages; 0 to 2^32 - 2 pages, about
+    /// 16 TiB). Payloads larger than the arena travel in overflow segments of their own; `send`
+    /// blocks while the arena has no room.
     ///
     /// The arena is reserved and faulted in when the channel is created, and mapped in full
     /// (prefaulted) by every `open`: this costs up to about a second per GiB, once. Create

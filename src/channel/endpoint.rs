@@ -330,6 +330,8 @@ impl Endpoint {
                 owner,
             });
         }
+        // A payload no segment can hold is refused now, not after waiting for an overflow slot.
+        crate::segment::segment_len(self.chan.name(), 0, len)?;
         let waiting_for = Some(Exhausted::OverflowTable);
         let (entry, id) = self.wait_for(WaitOn::Space, deadline, waiting_for, || {
             match self.chan.try_reserve_overflow(len, owner.slot, deadline)? {

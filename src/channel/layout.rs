@@ -15,6 +15,7 @@
 
 use super::alloc::AllocLayout;
 use super::journal::JOURNAL_CAPACITY;
+use crate::segment::MAX_PARTICIPANTS;
 use crate::sys;
 
 /// Size of an arena page, the allocation unit.
@@ -32,6 +33,10 @@ pub(crate) const INLINE_MAX: usize = 96;
 pub(crate) const OVERFLOW_SLOTS: u64 = 64;
 /// Largest ring capacity accepted.
 pub(crate) const MAX_CAPACITY: u64 = 1 << 24;
+/// Most arena pages: the allocator indexes pages with 32 bits and keeps two values free.
+pub(crate) const MAX_ARENA_PAGES: u64 = (1 << 32) - 2;
+/// Largest arena accepted, in bytes (16 TiB less two pages).
+pub(crate) const MAX_ARENA_BYTES: u64 = MAX_ARENA_PAGES * ARENA_PAGE;
 
 // Byte offsets in the data area.
 pub(super) const C_MAGIC: u64 = 0;
@@ -103,15 +108,23 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     pub(crate) fn new(capacity: u64, arena_bytes: u64, participants: u64) -> Option<Geometry> {
-        if capacity == 0 || capacity > MAX_CAPACITY || participants == 0 {
+        if capacity == 0
+            || capacity > MAX_CAPACITY
+            || participants == 0
+            || participants > u64::from(MAX_PARTICIPANTS)
+        {
             return None;
         }
         let ring_slots = capacity.next_power_of_two();
         let pages = arena_bytes / ARENA_PAGE;
-        if pages * ARENA_PAGE != arena_bytes || pages > (1 << 32) - 2 {
+        if !arena_bytes.is_multiple_of(ARENA_PAGE) || pages > MAX_ARENA_PAGES {
             return None;
         }
-        let alloc_base_bytes = C_PARTICIPANTS + participants * PARTICIPANT_STRIDE;
+        let alloc_base_bytes = participants
+            .checked_mul(PARTICIPANT_STRIDE)?
+            .checked_add(C_PARTICIPANTS)?;
+        // With at most 2^32 pages and 1024 participants, the allocator's word offsets stay far
+        // below 2^64: AllocLayout::at adds them up unchecked.
         let alloc = AllocLayout::at(alloc_base_bytes / 8, pages);
         let alloc_end =
             alloc_base_bytes.checked_add(AllocLayout::words_needed(pages).checked_mul(8)?)?;

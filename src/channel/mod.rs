@@ -98,7 +98,7 @@ pub(crate) use overflow::OverflowName;
 pub(crate) use view::Chan;
 
 use endpoint::{Endpoint, Stopped};
-use layout::{Geometry, MAX_CAPACITY};
+use layout::{Geometry, MAX_ARENA_BYTES, MAX_CAPACITY};
 
 use crate::error::{Error, Result};
 use crate::segment::{
@@ -165,18 +165,33 @@ pub fn channel(name: &str, config: ChannelConfig) -> Result<(Sender, Receiver)> 
             "max_participants {participants} (2 to {MAX_PARTICIPANTS}: the first sender and receiver take two)"
         )));
     }
-    let arena = u64::try_from(config.arena_bytes())
+    let capacity = u64::try_from(config.capacity())
         .ok()
-        .and_then(|bytes| bytes.checked_next_multiple_of(layout::ARENA_PAGE));
-    let geo = arena
-        .and_then(|arena| Geometry::new(config.capacity() as u64, arena, participants as u64))
+        .filter(|c| (1..=MAX_CAPACITY).contains(c))
         .ok_or_else(|| {
             invalid(format!(
-                "capacity {} (1 to {MAX_CAPACITY}) with an arena of {} bytes",
-                config.capacity(),
-                config.arena_bytes()
+                "capacity {} (1 to {MAX_CAPACITY} messages)",
+                config.capacity()
             ))
         })?;
+    // Rounded up to pages with checked arithmetic: near usize::MAX the rounding overflows.
+    let arena = u64::try_from(config.arena_bytes())
+        .ok()
+        .and_then(|bytes| bytes.checked_next_multiple_of(layout::ARENA_PAGE))
+        .filter(|&bytes| bytes <= MAX_ARENA_BYTES)
+        .ok_or_else(|| {
+            invalid(format!(
+                "arena_bytes {} (at most {MAX_ARENA_BYTES}: {} pages of {} bytes)",
+                config.arena_bytes(),
+                MAX_ARENA_BYTES / layout::ARENA_PAGE,
+                layout::ARENA_PAGE
+            ))
+        })?;
+    let geo = Geometry::new(capacity, arena, u64::from(participants)).ok_or_else(|| {
+        invalid(format!(
+            "capacity {capacity} with an arena of {arena} bytes and {participants} participants"
+        ))
+    })?;
     let spec = CreateSpec {
         name,
         kind: Kind::Channel,

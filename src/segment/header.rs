@@ -4,7 +4,9 @@
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use super::{Kind, HEADER_SIZE, LAYOUT_VERSION, MAGIC, MAX_PARTICIPANTS, PAGE, SLOT_SIZE};
+use super::{
+    Kind, HEADER_SIZE, LAYOUT_VERSION, MAGIC, MAX_PARTICIPANTS, MAX_SEGMENT_LEN, PAGE, SLOT_SIZE,
+};
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -28,8 +30,31 @@ pub(super) const H_MEMBERSHIP_HOLDER: usize = 72;
 
 /// Offset of the data area for a participant table of `capacity` slots.
 pub(super) fn data_offset_for(capacity: u32) -> u64 {
-    let control = (HEADER_SIZE + SLOT_SIZE * capacity as usize) as u64;
+    // At most 128 + 64 * 2^32 bytes: no overflow in u64, whatever the capacity.
+    let control = HEADER_SIZE as u64 + SLOT_SIZE as u64 * u64::from(capacity);
     control.div_ceil(PAGE as u64) * PAGE as u64
+}
+
+/// The length of the whole file (header, participant table, data area) of a new segment with
+/// `capacity` participant slots and `data_len` bytes of data, as the length of its mapping.
+///
+/// A length no segment can have is [`Error::InvalidArgument`] here, before anything is
+/// created: otherwise the kernel would refuse it with an `EINVAL` or `EFBIG` that reads as an
+/// I/O failure. A length that is possible but more than /dev/shm holds is left to the kernel
+/// (it becomes [`Error::OutOfSpace`]).
+pub(crate) fn segment_len(name: &str, capacity: u32, data_len: u64) -> Result<usize> {
+    let data_offset = data_offset_for(capacity);
+    data_offset
+        .checked_add(data_len)
+        .filter(|&total| total <= MAX_SEGMENT_LEN)
+        .and_then(|total| usize::try_from(total).ok())
+        .ok_or_else(|| Error::InvalidArgument {
+            name: name.to_owned(),
+            what: format!(
+                "{data_len} bytes of data (after a {data_offset}-byte header) exceed the largest \
+                 possible segment, {MAX_SEGMENT_LEN} bytes (the largest file offset and mapping)"
+            ),
+        })
 }
 
 /// A copy of a segment's header, taken once and checked before any field is used.

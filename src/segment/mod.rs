@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::{Error, Result};
 
 pub(crate) use collect::{collect_segment, peek_header};
+pub(crate) use header::segment_len;
 pub(crate) use participants::Participant;
 pub use participants::ParticipantInfo;
 pub use raw::Segment;
@@ -45,13 +46,25 @@ pub(crate) use region::{CreateSpec, Region};
 /// First word of every shmq segment.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// Version of the layout described in docs/design.md. Bumped on any incompatible change.
-pub(crate) const LAYOUT_VERSION: u32 = 2;
+///
+/// 3 since every robust mutex in a segment is error-checking: an opener cannot check a
+/// mutex's type, and shared values promise that re-locking by the holder is reported, which a
+/// mutex made by an older version (2) would not do.
+pub(crate) const LAYOUT_VERSION: u32 = 3;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;
 /// Bytes of the header at offset 0.
 pub(crate) const HEADER_SIZE: usize = 128;
 /// Bytes of one participant slot.
 pub(crate) const SLOT_SIZE: usize = 64;
+/// Largest length in bytes of a whole segment file: a file offset (`off_t`) is an `i64`, and a
+/// mapping (and every slice into it) must fit in an `isize`. A larger request is an
+/// [`Error::InvalidArgument`], never left for the kernel to refuse with `EINVAL`.
+pub(crate) const MAX_SEGMENT_LEN: u64 = if (isize::MAX as u64) < (i64::MAX as u64) {
+    isize::MAX as u64
+} else {
+    i64::MAX as u64
+};
 /// Largest participant table a segment may declare.
 pub(crate) const MAX_PARTICIPANTS: u32 = 1024;
 /// Participant slots of a segment made by [`Segment::create`].

@@ -47,8 +47,10 @@ pub struct Segment {
 impl Segment {
     /// Creates segment `name` with `len` bytes of zeroed data, failing if it exists.
     ///
-    /// The storage is reserved now: a full /dev/shm is [`Error::OutOfSpace`] here, never SIGBUS
-    /// on a later write.
+    /// The storage is reserved now: a full /dev/shm (out of bytes or of inodes) is
+    /// [`Error::OutOfSpace`] here, never SIGBUS on a later write. A `len` that no segment can
+    /// have (with the header, more than `i64::MAX` bytes, the largest file) is
+    /// [`Error::InvalidArgument`].
     pub fn create(name: &str, len: usize) -> Result<Segment> {
         validate_name(name)?;
         let spec = CreateSpec {

@@ -1,7 +1,6 @@
 //! One process's mapping of one segment: creating it, opening it, its membership lock and its
 //! teardown.
 
-use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -84,16 +83,10 @@ impl Region {
     ) -> Result<(Arc<Region>, Vec<Participant>)> {
         let name = spec.name;
         let os = os_name(name);
-        let too_big = || Error::InvalidArgument {
-            name: name.to_owned(),
-            what: format!(
-                "a data area of {} bytes does not fit in memory",
-                spec.data_len
-            ),
-        };
         let data_offset = data_offset_for(spec.capacity);
-        let total_len = data_offset.checked_add(spec.data_len).ok_or_else(too_big)?;
-        let map_len = usize::try_from(total_len).map_err(|_| too_big())?;
+        // Checked before anything exists: a size no segment can have is InvalidArgument.
+        let map_len = super::segment_len(name, spec.capacity, spec.data_len)?;
+        let total_len = map_len as u64;
         if spec.capacity > MAX_PARTICIPANTS || (spec.capacity == 0 && !roles.is_empty()) {
             return Err(Error::InvalidArgument {
                 name: name.to_owned(),
@@ -104,7 +97,9 @@ impl Region {
             });
         }
 
-        let fd = sys::shm_create_exclusive(&os).map_err(|e| Error::from_io(name, "shm_open", e))?;
+        // ENOSPC here is a /dev/shm out of inodes: OutOfSpace, like a lack of bytes below.
+        let fd = sys::shm_create_exclusive(&os)
+            .map_err(|e| Error::from_io_creating(name, "shm_open", e, total_len))?;
         // From here on, a failure must not leave the name behind.
         let unlink_on_error = |err: Error| {
             let _ = sys::shm_unlink(&os);
@@ -122,19 +117,11 @@ impl Region {
             }));
         }
         if let Err(e) = sys::reserve(sys::borrow(&fd), total_len) {
-            let err = match e.kind() {
-                ErrorKind::StorageFull | ErrorKind::FileTooLarge | ErrorKind::OutOfMemory => {
-                    Error::OutOfSpace {
-                        name: name.to_owned(),
-                        requested: total_len,
-                    }
-                }
-                _ => Error::from_io(name, "fallocate", e),
-            };
+            let err = Error::from_io_creating(name, "fallocate", e, total_len);
             return Err(unlink_on_error(err));
         }
         let map = sys::Mapping::new(sys::borrow(&fd), map_len, spec.populate)
-            .map_err(|e| unlink_on_error(Error::from_io(name, "mmap", e)))?;
+            .map_err(|e| unlink_on_error(Error::from_io_creating(name, "mmap", e, total_len)))?;
         let header = HeaderCopy {
             magic: MAGIC,
             version: LAYOUT_VERSION,

@@ -49,8 +49,9 @@ impl<T: Pod> SharedArray<T> {
     /// exists.
     ///
     /// Errors: [`Error::InvalidName`], [`Error::AlreadyExists`], [`Error::OutOfSpace`],
-    /// [`Error::InvalidArgument`] if `len` elements overflow the address space or `T` is aligned
-    /// to more than 4096 bytes, [`Error::Io`].
+    /// [`Error::InvalidArgument`] if `len` elements overflow the address space or the largest
+    /// segment (`i64::MAX` bytes with the header) or `T` is aligned to more than 4096 bytes,
+    /// [`Error::Io`].
     pub fn create(name: &str, len: usize, value: T) -> Result<SharedArray<T>> {
         Self::create_tagged(name, len, value, "")
     }
@@ -111,20 +112,23 @@ impl<T: Pod> SharedArray<T> {
     /// Locks the array, waiting as long as it takes. A holder that died never makes this wait
     /// forever: its death is reported as [`LockError::OwnerDied`] (with the guard).
     ///
-    /// Locking again on a thread that already holds this segment's lock (through any handle)
-    /// is a bug, as with [`std::sync::Mutex`]: it deadlocks. `try_lock` and `lock_timeout`
-    /// report it as `WouldBlock` and `Timeout`.
+    /// The lock is not re-entrant, and locking it again never deadlocks: on a thread that
+    /// already holds this segment's lock (through this handle, a clone, or another handle on
+    /// the same segment), `lock`, `try_lock` and `lock_timeout` return
+    /// [`LockError::WouldDeadlock`] at once, and the guard already held keeps working.
     pub fn lock(&self) -> LockResult<SharedArrayGuard<T>> {
         self.shared.lock(Wait::Forever, SharedArrayGuard::new)
     }
 
-    /// Locks the array if nobody holds the lock, else returns [`LockError::WouldBlock`].
+    /// Locks the array if nobody holds the lock, else returns [`LockError::WouldBlock`]
+    /// ([`LockError::WouldDeadlock`] if the holder is this thread).
     pub fn try_lock(&self) -> LockResult<SharedArrayGuard<T>> {
         self.shared.lock(Wait::Never, SharedArrayGuard::new)
     }
 
     /// Locks the array, waiting at most `timeout` (measured on the monotonic clock), else
-    /// returns [`LockError::Timeout`].
+    /// returns [`LockError::Timeout`] ([`LockError::WouldDeadlock`] at once if the holder is
+    /// this thread).
     pub fn lock_timeout(&self, timeout: Duration) -> LockResult<SharedArrayGuard<T>> {
         self.shared.lock(Wait::For(timeout), SharedArrayGuard::new)
     }
@@ -132,7 +136,8 @@ impl<T: Pod> SharedArray<T> {
     /// A copy of the elements, taken under the lock.
     ///
     /// If the data is poisoned (a holder died), this reports [`Error::OwnerDied`] rather than
-    /// return possibly half-updated data; use [`lock`](Self::lock) to repair it.
+    /// return possibly half-updated data; use [`lock`](Self::lock) to repair it. On a thread
+    /// that holds the lock it fails at once ([`Error::Io`] of kind `Deadlock`).
     pub fn to_vec(&self) -> Result<Vec<T>> {
         Ok(self.lock()?.to_vec())
     }

@@ -157,6 +157,11 @@ impl<T: Pod> Shared<T> {
             Ok(sys::LockOutcome::Unrecoverable) => {
                 return Err(LockError::Unrecoverable { name: name() })
             }
+            // EDEADLK from the error-checking mutex: this thread holds it already. Nothing was
+            // acquired, so the guard this thread holds stays the only one.
+            Err(e) if e.kind() == io::ErrorKind::Deadlock => {
+                return Err(LockError::WouldDeadlock { name: name() })
+            }
             Err(e) => return Err(LockError::Io(Error::from_io(state.name(), op, e))),
         };
         let guard = wrap(guard);

@@ -54,6 +54,14 @@ pub enum LockError<G> {
         /// The timeout that passed.
         waited: Duration,
     },
+    /// The calling thread already holds this segment's lock (through this handle, a clone, or
+    /// another handle on the same segment): waiting for it would wait for ever, so `lock`,
+    /// `try_lock` and `lock_timeout` all return this at once. The guard already held is
+    /// unaffected and stays usable; drop it before locking again.
+    WouldDeadlock {
+        /// The segment name.
+        name: String,
+    },
     /// The mutex can never be taken again: a holder died and the mutex was released without
     /// `pthread_mutex_consistent`. shmq itself never leaves a mutex in this state; only a
     /// process that bypasses it can. The segment must be recreated.
@@ -88,6 +96,9 @@ impl<G> fmt::Debug for LockError<G> {
                 .field("name", name)
                 .field("waited", waited)
                 .finish(),
+            LockError::WouldDeadlock { name } => {
+                f.debug_struct("WouldDeadlock").field("name", name).finish()
+            }
             LockError::Unrecoverable { name } => {
                 f.debug_struct("Unrecoverable").field("name", name).finish()
             }
@@ -107,6 +118,11 @@ impl<G> fmt::Display for LockError<G> {
             LockError::Timeout { name, waited } => write!(
                 f,
                 "the lock of shmq segment {name:?} was not acquired within {waited:?}"
+            ),
+            LockError::WouldDeadlock { name } => write!(
+                f,
+                "this thread already holds the lock of shmq segment {name:?}; locking it again \
+                 would deadlock (drop the guard first)"
             ),
             LockError::Unrecoverable { name } => write!(
                 f,
@@ -140,6 +156,7 @@ impl<G> From<OwnerDiedError<G>> for LockError<G> {
 /// - `OwnerDied` becomes [`Error::OwnerDied`],
 /// - `WouldBlock` becomes [`Error::Io`] with an [`io::ErrorKind::WouldBlock`] source,
 /// - `Timeout` becomes [`Error::Io`] with an [`io::ErrorKind::TimedOut`] source,
+/// - `WouldDeadlock` becomes [`Error::Io`] with an [`io::ErrorKind::Deadlock`] source,
 /// - `Unrecoverable` becomes [`Error::Io`] with an `ENOTRECOVERABLE` source,
 /// - `Io(e)` becomes `e`.
 impl<G> From<LockError<G>> for Error {
@@ -160,6 +177,14 @@ impl<G> From<LockError<G>> for Error {
                 source: io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("the lock was not acquired within {waited:?}"),
+                ),
+            },
+            LockError::WouldDeadlock { name } => Error::Io {
+                name,
+                op: "pthread_mutex_lock",
+                source: io::Error::new(
+                    io::ErrorKind::Deadlock,
+                    "this thread already holds the lock",
                 ),
             },
             LockError::Unrecoverable { name } => Error::Io {

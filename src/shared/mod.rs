@@ -15,7 +15,8 @@
 //! 36    u32   length in bytes of the whole tag
 //! 40    64 B  tag text: the first (up to) 64 bytes of the tag, for error messages
 //! 104   reserved, zero
-//! 128   robust process-shared pthread mutex (ROBUST_MUTEX_SIZE bytes, at most 128 reserved)
+//! 128   robust, error-checking, process-shared pthread mutex (ROBUST_MUTEX_SIZE bytes, at
+//!       most 128 reserved)
 //! V     the elements: len * size_of::<T>() bytes, where V = max(256, align_of::<T>())
 //! ```
 //!
@@ -58,6 +59,16 @@
 //! but the poisoned word stays set, and every later lock, in any process, reports
 //! [`LockError::OwnerDied`] again until somebody marks the data consistent. If the repairer dies
 //! too, the next locker is told the owner died, as before.
+//!
+//! # Re-locking
+//!
+//! The mutex is also error-checking (`PTHREAD_MUTEX_ERRORCHECK`): a thread that locks it while
+//! it holds it already, through any handle on the segment, gets `EDEADLK` instead of sleeping
+//! for ever, and shmq reports [`LockError::WouldDeadlock`]. The owner is recorded in the mutex
+//! word itself (the holder's thread id), so two handles that map the segment at different
+//! addresses are recognised as the same lock. Since only the creator chooses the mutex type,
+//! a segment made by an older shmq (whose mutex did not check) is refused by the layout
+//! version (3 since this change).
 //!
 //! # Files
 //!

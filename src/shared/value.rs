@@ -108,20 +108,23 @@ impl<T: Pod> SharedValue<T> {
     /// Locks the value, waiting as long as it takes. A holder that died never makes this wait
     /// forever: its death is reported as [`LockError::OwnerDied`] (with the guard).
     ///
-    /// Locking again on a thread that already holds this segment's lock (through any handle)
-    /// is a bug, as with [`std::sync::Mutex`]: it deadlocks. `try_lock` and `lock_timeout`
-    /// report it as `WouldBlock` and `Timeout`.
+    /// The lock is not re-entrant, and locking it again never deadlocks: on a thread that
+    /// already holds this segment's lock (through this handle, a clone, or another handle on
+    /// the same segment), `lock`, `try_lock` and `lock_timeout` return
+    /// [`LockError::WouldDeadlock`] at once, and the guard already held keeps working.
     pub fn lock(&self) -> LockResult<SharedValueGuard<T>> {
         self.shared.lock(Wait::Forever, SharedValueGuard::new)
     }
 
-    /// Locks the value if nobody holds the lock, else returns [`LockError::WouldBlock`].
+    /// Locks the value if nobody holds the lock, else returns [`LockError::WouldBlock`]
+    /// ([`LockError::WouldDeadlock`] if the holder is this thread).
     pub fn try_lock(&self) -> LockResult<SharedValueGuard<T>> {
         self.shared.lock(Wait::Never, SharedValueGuard::new)
     }
 
     /// Locks the value, waiting at most `timeout` (measured on the monotonic clock), else
-    /// returns [`LockError::Timeout`].
+    /// returns [`LockError::Timeout`] ([`LockError::WouldDeadlock`] at once if the holder is
+    /// this thread).
     pub fn lock_timeout(&self, timeout: Duration) -> LockResult<SharedValueGuard<T>> {
         self.shared.lock(Wait::For(timeout), SharedValueGuard::new)
     }
@@ -129,7 +132,9 @@ impl<T: Pod> SharedValue<T> {
     /// A copy of the value, read under the lock.
     ///
     /// If the data is poisoned (a holder died), this reports [`Error::OwnerDied`] rather than
-    /// return a possibly half-updated value; use [`lock`](Self::lock) to repair it.
+    /// return a possibly half-updated value; use [`lock`](Self::lock) to repair it. On a thread
+    /// that holds the lock it fails at once ([`Error::Io`] of kind `Deadlock`): read through
+    /// the guard instead.
     pub fn load(&self) -> Result<T> {
         Ok(*self.lock()?)
     }
@@ -137,7 +142,8 @@ impl<T: Pod> SharedValue<T> {
     /// Replaces the value, under the lock.
     ///
     /// If the data is poisoned (a holder died), this reports [`Error::OwnerDied`] and leaves
-    /// the value alone; use [`lock`](Self::lock) to repair it.
+    /// the value alone; use [`lock`](Self::lock) to repair it. On a thread that holds the lock
+    /// it fails at once, as [`load`](Self::load) does.
     pub fn store(&self, value: T) -> Result<()> {
         *self.lock()? = value;
         Ok(())

@@ -7,13 +7,14 @@ use clap::Args;
 
 use crate::workload::{
     size_label, BoxResult, Contender, Launcher, PingContender, PingPong, Transfer, TransferSpec,
-    SMALL_MESSAGE,
+    MAX_PAYLOAD, SMALL_MESSAGE,
 };
 
 /// Options of `shmq bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Payload sizes of the throughput comparison (bytes, or with a KiB/MiB/GiB suffix).
+    /// Payload sizes of the throughput comparison (bytes, or with a KiB/MiB/GiB suffix):
+    /// multiples of 8 bytes, below 4 GiB.
     #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "1MiB,64MiB")]
     payloads: Vec<usize>,
     /// Measuring time of each case, in milliseconds (plus a quarter of it to warm up).
@@ -31,10 +32,18 @@ fn parse_size(text: &str) -> Result<usize, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a size like 4096, 64KiB or 16MiB"))?;
+    // Checked: a size beyond what a workload can move is refused here, with the limit, rather
+    // than overflowing (or failing an allocation) in the middle of the run.
+    let limit = || {
+        format!(
+            "{text:?}: sizes must be positive multiples of 8 bytes, at most {MAX_PAYLOAD} (4 GiB \
+             less 8, the pipe and socket framing's limit)"
+        )
+    };
     let bytes = value
         .checked_mul(1 << shift)
-        .filter(|b| *b > 0 && b.is_multiple_of(8))
-        .ok_or_else(|| format!("{text:?}: sizes must be positive multiples of 8 bytes"))?;
+        .filter(|b| *b > 0 && b.is_multiple_of(8) && *b <= MAX_PAYLOAD)
+        .ok_or_else(limit)?;
     Ok(bytes)
 }
 
@@ -192,7 +201,7 @@ pub fn run(args: &BenchArgs) -> BoxResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_size, MAX_PAYLOAD};
 
     #[test]
     fn sizes_parse() {
@@ -203,5 +212,15 @@ mod tests {
         assert!(parse_size("7").is_err());
         assert!(parse_size("0MiB").is_err());
         assert!(parse_size("lots").is_err());
+        assert_eq!(parse_size("4294967288"), Ok(MAX_PAYLOAD));
+        for too_big in [
+            "4GiB",
+            "4294967296",
+            "18446744073709551608",
+            "17179869184GiB",
+        ] {
+            let err = parse_size(too_big).expect_err(too_big);
+            assert!(err.contains("at most"), "{err}");
+        }
     }
 }

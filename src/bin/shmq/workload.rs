@@ -60,7 +60,7 @@ pub use {
     consumer::consumer_main,
     contender::{Contender, PingContender},
     error::BoxResult,
-    payload::{size_label, SMALL_MESSAGE},
+    payload::{size_label, MAX_PAYLOAD, SMALL_MESSAGE},
     peer::Launcher,
     pingpong::PingPong,
     transfer::{Transfer, TransferSpec},

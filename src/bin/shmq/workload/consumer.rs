@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::contender::{Contender, PingContender};
 use super::framing::{read_frame, write_frame};
-use super::payload::{checksum, SMALL_MESSAGE};
+use super::payload::{checksum, try_buffer, MAX_PAYLOAD, SMALL_MESSAGE};
 use super::peer::READY;
 use super::BoxResult;
 
@@ -101,7 +101,10 @@ fn consume_shmq(name: &str, back: &mut File) -> BoxResult<()> {
 /// Reads framed batches from stdin (a pipe or a socket), acknowledging each, until its end.
 fn consume_stream(payload: usize, back: &mut File) -> BoxResult<()> {
     let mut input = stdin_file()?;
-    let mut buf = vec![1u8; payload]; // faulted in now, reused for every payload
+    if payload > MAX_PAYLOAD {
+        return Err(format!("consumer: payload {payload} is over {MAX_PAYLOAD} bytes").into());
+    }
+    let mut buf = try_buffer(payload, 1u8)?; // faulted in now, reused for every payload
     back.write_all(&READY.to_le_bytes())?;
     let (mut sum, mut bytes) = (0u64, 0u64);
     while let Some(header) = read_frame(&mut input, &mut buf)? {

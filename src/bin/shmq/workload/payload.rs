@@ -1,7 +1,27 @@
 //! What the workloads send: payload sizes and the counter pattern the consumer checks.
 
+use super::BoxResult;
+
 /// The size of the small messages of the latency and rate workloads.
 pub const SMALL_MESSAGE: usize = 64;
+
+/// The largest payload a transfer moves: the pipe and socket framing carries a 32-bit length,
+/// and payloads are whole u64 words (4 GiB less 8 bytes).
+pub const MAX_PAYLOAD: usize = u32::MAX as usize & !7;
+
+/// `len` copies of `value` in a new buffer, or an error when the memory cannot be had: a
+/// failed allocation would otherwise abort the process without a word about the size asked.
+pub(super) fn try_buffer<T: Clone>(len: usize, value: T) -> BoxResult<Vec<T>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len).map_err(|e| {
+        format!(
+            "cannot allocate a buffer of {len} x {} bytes: {e}",
+            std::mem::size_of::<T>()
+        )
+    })?;
+    buf.resize(len, value);
+    Ok(buf)
+}
 
 /// A payload size as people write it: "4KiB", "64MiB", "64B".
 pub fn size_label(bytes: usize) -> String {

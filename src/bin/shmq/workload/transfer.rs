@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::contender::Contender;
 use super::framing::{write_frame, CONCAT_MAX};
-use super::payload::{fill_pattern, pattern_sum};
+use super::payload::{fill_pattern, pattern_sum, try_buffer, MAX_PAYLOAD};
 use super::peer::{read_u64, unique_name, wait_readable, Launcher, Peer, ACK_TIMEOUT};
 use super::BoxResult;
 
@@ -75,8 +75,12 @@ pub struct Transfer {
 impl Transfer {
     /// Starts the consumer and connects to it.
     pub fn start(launcher: &Launcher, spec: TransferSpec) -> BoxResult<Transfer> {
-        if spec.payload == 0 || !spec.payload.is_multiple_of(8) {
-            return Err(format!("payload {} is not a positive multiple of 8", spec.payload).into());
+        if spec.payload == 0 || !spec.payload.is_multiple_of(8) || spec.payload > MAX_PAYLOAD {
+            return Err(format!(
+                "payload {} is not a positive multiple of 8 of at most {MAX_PAYLOAD} bytes",
+                spec.payload
+            )
+            .into());
         }
         let mut args = vec![
             "transfer".to_owned(),
@@ -109,7 +113,7 @@ impl Transfer {
         // The prepared source of send, pipe and socket: filled (and so faulted in) once.
         let mut source = Vec::new();
         if spec.contender != Contender::ShmqLoan {
-            source = vec![0u64; spec.payload / 8];
+            source = try_buffer(spec.payload / 8, 0u64)?;
             fill_pattern(&mut source, 0);
         }
         Ok(Transfer {
