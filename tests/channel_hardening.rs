@@ -46,6 +46,7 @@ fn child_entry() {
         "fork-drop" => fork_child_drops_inherited(&args[0]),
         "fork-use" => fork_child_uses_inherited(&args[0]),
         "fork-parent" => fork_parent_then_sleep(&args[0]),
+        "fork-shared" => fork_shared_value(&args[0]),
         "receiver-sleep" => {
             let _rx = Receiver::open(&args[0]).expect("open receiver");
             common::signal_parent("ready");
@@ -570,6 +571,53 @@ fn a_killed_parent_is_seen_gone_while_its_forked_child_lives() {
     );
     drop(rx);
     assert_gone(&name);
+}
+
+/// A SharedValue inherited through fork: dropping it in the child leaves the parent's segment;
+/// using it there registers the child as a participant of its own.
+fn fork_shared_value(name: &str) {
+    let value = shmq::SharedValue::<u64>::create(name, 1).expect("create value");
+    let child = fork();
+    if child == 0 {
+        drop(value);
+        exit_now(0);
+    }
+    assert_eq!(wait_pid(child), 0);
+    assert!(
+        common::shm_exists(name),
+        "the child's drop unlinked the value"
+    );
+    assert_eq!(value.load().expect("load"), 1);
+
+    let child = fork();
+    if child == 0 {
+        if value.store(41).is_err() {
+            exit_now(2);
+        }
+        // The parent's participant and the child's own.
+        let alive = shmq::inspect(name).map(|info| info.alive()).unwrap_or(0);
+        exit_now(if alive == 2 { 0 } else { 3 });
+    }
+    assert_eq!(
+        wait_pid(child),
+        0,
+        "the forked child's use of the value failed"
+    );
+    assert_eq!(value.load().expect("load"), 41);
+    drop(value);
+    assert!(
+        !common::shm_exists(name),
+        "the value's segment was left behind"
+    );
+    common::signal_parent("ok");
+}
+
+#[test]
+fn a_forked_child_drops_or_uses_an_inherited_shared_value() {
+    let name = unique_name("fork-shared");
+    let lines = Kid::spawn("fork-shared", &[&name]).finish();
+    assert!(lines.iter().any(|l| l == "ok"), "{lines:?}");
+    assert!(!common::shm_exists(&name));
 }
 
 // ----- a killed last receiver -----------------------------------------------------------------

@@ -91,6 +91,7 @@ impl<T: Pod> Shared<T> {
     /// constructor).
     pub(super) fn lock<G>(&self, wait: Wait, wrap: fn(ElementGuard<T>) -> G) -> LockResult<G> {
         let state = &self.state;
+        state.register_if_forked().map_err(LockError::Io)?;
         let mutex = state.mutex_ptr();
         let (op, outcome) = match wait {
             Wait::Never => (

@@ -19,6 +19,9 @@ use crate::sys;
 /// the guards they hand out (a guard keeps the mapping alive).
 pub(super) struct State {
     participant: Participant,
+    /// In a child forked without exec, the participant of the child's own, attached on first
+    /// use (`participant` stays the parent's, and its drop here leaves it alone).
+    in_child: std::sync::Mutex<Option<Participant>>,
     /// Offset of the elements in the data area; checked against the data area's length.
     values_offset: usize,
     /// Number of elements (1 for a value); checked to fit the data area.
@@ -73,6 +76,7 @@ impl State {
         }
         Ok(State {
             participant,
+            in_child: std::sync::Mutex::new(None),
             values_offset,
             len,
         })
@@ -80,6 +84,25 @@ impl State {
 
     fn region(&self) -> &Region {
         self.participant.region()
+    }
+
+    /// Makes sure this process is a participant of the segment: in a child forked without
+    /// exec, the first call attaches one of the child's own, so that the segment counts the
+    /// child as a user and the parent's death is seen apart from it. One comparison otherwise.
+    #[inline]
+    pub(super) fn register_if_forked(&self) -> Result<()> {
+        if !self.participant.is_inherited() {
+            return Ok(());
+        }
+        let mut in_child = self.in_child.lock().unwrap_or_else(|p| p.into_inner());
+        if in_child.as_ref().is_some_and(|p| !p.is_inherited()) {
+            return Ok(());
+        }
+        // One inherited from a grandparent's fork is dropped inertly here.
+        *in_child = None;
+        let region = self.participant.region();
+        *in_child = Some(region.attach(self.participant.role())?);
+        Ok(())
     }
 
     /// The segment's name.
