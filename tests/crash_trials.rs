@@ -10,6 +10,11 @@
 //!
 //! Each trial writes what the victim was doing when it died (its *phase*) into a shared word
 //! just before doing it, so the report can say which kill points were covered.
+//!
+//! One trial in four stops the victim (SIGSTOP) for 20 to 150 ms before the kill, wherever it
+//! is, possibly holding a lock: survivors, which use `try_` calls, must then meet
+//! `LockTimeout` (and fall back to the blocking call) rather than freeze, and the kill of a
+//! stopped process must be reclaimed like any other.
 
 mod common;
 
@@ -19,7 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{kill9, spawn_child, unique_name, wait_exit, wait_for_line, Rng};
-use shmq::{ChannelConfig, LockError, Receiver, Segment, Sender, SharedValue};
+use shmq::{
+    ChannelConfig, Error, LockError, Receiver, Segment, Sender, SharedValue, TryRecvError,
+    TrySendError,
+};
 
 const ARENA: usize = 1 << 20;
 const CAPACITY: usize = 16;
@@ -100,7 +108,8 @@ fn check_message(msg: &[u8]) -> Option<(u32, u32)> {
 ///
 /// word 0..8: per producer, 1 + highest seq whose `send` returned Ok (0: none)
 /// word 8..16: per child, its phase
-/// word 16..24: per consumer, corrupted messages seen
+/// word 16..23: per consumer, corrupted messages seen
+/// word 23: `LockTimeout`s the survivors met (a stopped victim held a lock)
 /// then per consumer: count word + LOG_ENTRIES entries of (producer << 32 | seq)
 struct Book {
     seg: Segment,
@@ -143,6 +152,10 @@ impl Book {
     /// Lock trials have no consumers: the same words count `OwnerDied` seen by each locker.
     fn owner_died(&self, locker: usize) -> &AtomicU64 {
         self.word(16 + locker)
+    }
+
+    fn lock_timeouts(&self) -> &AtomicU64 {
+        self.word(23)
     }
 
     fn log(&self, consumer: usize, entry: (u32, u32)) {
@@ -201,6 +214,12 @@ fn producer_child(args: &[String]) {
                     phase.store(BLOCKED_SEND, Ordering::Relaxed);
                     tx.send(&scratch).expect("send");
                 }
+                // A stopped victim holds a lock: wait for it, as a blocking call does.
+                Err(TrySendError::Failed(Error::LockTimeout { .. }, ())) => {
+                    book.lock_timeouts().fetch_add(1, Ordering::Relaxed);
+                    phase.store(BLOCKED_SEND, Ordering::Relaxed);
+                    tx.send(&scratch).expect("send");
+                }
                 Err(e) => panic!("try_send: {e}"),
             }
         }
@@ -210,6 +229,10 @@ fn producer_child(args: &[String]) {
         }
     }
     phase.store(FINISHED, Ordering::Relaxed);
+}
+
+fn is_lock_timeout(e: &TryRecvError) -> bool {
+    matches!(e, TryRecvError::Failed(Error::LockTimeout { .. }))
 }
 
 fn consumer_child(args: &[String]) {
@@ -229,7 +252,10 @@ fn consumer_child(args: &[String]) {
         phase.store(RECEIVING, Ordering::Relaxed);
         let msg = match rx.try_recv() {
             Ok(msg) => msg,
-            Err(e) if e.is_empty() => {
+            Err(e) if e.is_empty() || is_lock_timeout(&e) => {
+                if is_lock_timeout(&e) {
+                    book.lock_timeouts().fetch_add(1, Ordering::Relaxed);
+                }
                 // Held messages count against the arena: a consumer that kept them while it
                 // waits for more could starve the producers it waits for.
                 held.clear();
@@ -347,6 +373,12 @@ struct Totals {
     hangs: u64,
     leaked_arena_bytes: u64,
     leaked_segments: u64,
+    /// Victims stopped (SIGSTOP) for a while before the kill.
+    stopped_first: u64,
+    /// Of those, victims caught holding one of the channel's locks.
+    stopped_holding_lock: u64,
+    /// `LockTimeout`s survivors met meanwhile (each fell back to a blocking call).
+    lock_timeouts: u64,
     lock_trials: u64,
     lock_repairs_ok: u64,
     /// Lock trials whose victim died holding the lock (a survivor saw `OwnerDied`).
@@ -429,6 +461,7 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
         .position(|(i, _)| *i == victim)
         .expect("victim");
     let (_, mut victim_child) = children.remove(position);
+    stop_first(&mut rng, victim_child.id(), Some(&chan), totals);
     let phase = book.phase(victim).load(Ordering::Relaxed) as usize;
     kill9(&mut victim_child);
     totals.kills += 1;
@@ -514,6 +547,7 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
             "seed {seed}: arena not empty after the trial: {free} of {ARENA} free ({scenario:?})"
         ));
     }
+    totals.lock_timeouts += book.lock_timeouts().load(Ordering::Relaxed);
     drop(rx);
     drop(book);
     let _ = shmq::gc();
@@ -542,6 +576,7 @@ fn lock_trial(seed: u64, totals: &mut Totals) {
     std::thread::sleep(Duration::from_micros(rng.below(30_000)));
     let victim = rng.below(3) as usize;
     let phase = book.phase(victim).load(Ordering::Relaxed) as usize;
+    stop_first(&mut rng, children[victim].id(), None, totals);
     kill9(&mut children[victim]);
     totals.kills += 1;
     totals.lock_trials += 1;
@@ -603,6 +638,62 @@ fn lock_trial(seed: u64, totals: &mut Totals) {
     }
 }
 
+/// In one trial of four, stops the victim for 20 to 150 ms before it is killed. In a channel
+/// trial it first tries (up to 200 stops at random instants) to catch the victim holding one of
+/// the channel's locks, as `shmq::inspect` shows them, so that survivors meet a stopped holder.
+fn stop_first(rng: &mut Rng, pid: u32, chan: Option<&str>, totals: &mut Totals) {
+    if rng.below(4) != 0 {
+        return;
+    }
+    let stop = |sig| {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+        unsafe { libc::kill(pid as libc::pid_t, sig) };
+    };
+    stop(libc::SIGSTOP);
+    if let Some(chan) = chan {
+        for _ in 0..200 {
+            wait_stopped(pid);
+            let Ok(info) = shmq::inspect(chan) else { break };
+            let holds = info.membership_holder == Some(pid)
+                || info.channel.is_some_and(|c| {
+                    [
+                        c.producer_lock_holder,
+                        c.consumer_lock_holder,
+                        c.allocator_lock_holder,
+                    ]
+                    .contains(&Some(pid))
+                });
+            if holds {
+                totals.stopped_holding_lock += 1;
+                break;
+            }
+            stop(libc::SIGCONT);
+            std::thread::sleep(Duration::from_micros(rng.below(300)));
+            stop(libc::SIGSTOP);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(20 + rng.below(131)));
+    totals.stopped_first += 1;
+}
+
+/// Waits (at most a second) until /proc says `pid` is stopped, or gone.
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return;
+        };
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.trim().chars().next());
+        if matches!(state, Some('T' | 't' | 'Z' | 'X')) {
+            return;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
 fn run_trials(trials: u64, base_seed: u64) -> Totals {
     let mut totals = Totals::default();
     for t in 0..trials {
@@ -621,6 +712,10 @@ fn run_trials(trials: u64, base_seed: u64) -> Totals {
 fn report(totals: &Totals, elapsed: Duration) {
     println!("crash trials: {} in {:.1?}", totals.trials, elapsed);
     println!("  kills: {}", totals.kills);
+    println!(
+        "    of which stopped for 20-150 ms first: {} (holding a channel lock: {}; lock timeouts met by survivors meanwhile: {})",
+        totals.stopped_first, totals.stopped_holding_lock, totals.lock_timeouts
+    );
     for (phase, n) in &totals.kill_phases {
         println!("    killed while {phase}: {n}");
     }
