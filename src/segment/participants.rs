@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::object::open_checked;
 use super::region::Region;
 use super::{unix_now_ns, Role, FLAG_AUTO_UNLINK, HEADER_SIZE, SLOT_LOCK_BASE, SLOT_SIZE};
 use crate::error::{Error, Result};
@@ -64,6 +65,11 @@ impl Region {
         Role::from_raw(self.u32_at(base + S_ROLE).load(Ordering::Relaxed))
     }
 
+    /// How many participants are attached and alive.
+    pub(crate) fn alive_count(&self) -> usize {
+        (0..self.capacity()).filter(|&s| self.is_alive(s)).count()
+    }
+
     /// Whether any live participant has `role`.
     pub(crate) fn any_alive_with_role(&self, role: Role) -> bool {
         (0..self.capacity()).any(|s| self.slot_role(s) == Some(role) && self.is_alive(s))
@@ -110,8 +116,7 @@ impl Region {
     fn attach_locked(self: &Arc<Self>, role: Role) -> Result<Participant> {
         // A description of our own: its lock marks this participant alive, and closing it (or
         // dying) releases exactly this participant.
-        let fd = sys::shm_open_existing(&super::os_name(&self.name))
-            .map_err(|e| Error::from_io(&self.name, "shm_open", e))?;
+        let (fd, _) = open_checked(&self.name, &super::os_name(&self.name))?;
         // The name is opened again, so it must still be the object we mapped: if it was
         // removed and re-created meanwhile, a lock on the new object would make our slot in the
         // old one look dead (and hold a slot of the new one that no table entry accounts for).

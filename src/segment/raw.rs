@@ -2,15 +2,15 @@
 
 use super::participants::{Participant, ParticipantInfo};
 use super::region::{CreateSpec, Region};
-use super::{os_name, validate_name, Kind, Role, DEFAULT_PARTICIPANTS, FLAG_AUTO_UNLINK};
-use crate::error::{Error, Result};
-use crate::sys;
+use super::{validate_name, Kind, Role, DEFAULT_PARTICIPANTS, FLAG_AUTO_UNLINK};
+use crate::error::Result;
 
 /// A named shared-memory segment of raw bytes that several processes map.
 ///
 /// The segment `foo` is the POSIX object `shmq.foo` (`/dev/shm/shmq.foo`). It is unlinked when the
-/// last live handle on it is dropped, or by [`Segment::remove`]; one whose handles all died is
-/// removed by [`gc`](crate::gc). Each handle is a participant in the segment's table, so [`gc`](crate::gc) and the
+/// last live handle on it is dropped, or by [`Segment::remove`] (defined beside
+/// [`remove`](crate::remove), since removing a channel runs its teardown); one whose handles all
+/// died is removed by [`gc`](crate::gc). Each handle is a participant in the segment's table, so [`gc`](crate::gc) and the
 /// `shmq` tool can tell whether anyone still uses it.
 ///
 /// This is the counterpart of Python's `multiprocessing.shared_memory.SharedMemory`; channels and
@@ -78,13 +78,6 @@ impl Segment {
         Ok(Segment {
             participant: participants.remove(0),
         })
-    }
-
-    /// Unlinks segment `name` (of any kind) now. Processes that have it mapped keep using it;
-    /// no new process can open it.
-    pub fn remove(name: &str) -> Result<()> {
-        validate_name(name)?;
-        sys::shm_unlink(&os_name(name)).map_err(|e| Error::from_io(name, "shm_unlink", e))
     }
 
     /// The segment's name.

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::header::{data_offset_for, read_header, HeaderCopy, H_CLOSED, H_INITIALIZED};
+use super::object::{open_checked, TombstoneName};
 use super::participants::Participant;
 use super::{
     os_name, unix_now_ns, Kind, KindHooks, Role, CREATOR_LOCK, HEADER_SIZE, LAYOUT_VERSION, MAGIC,
@@ -185,7 +186,8 @@ impl Region {
         hooks: Option<&'static KindHooks>,
     ) -> Result<(Arc<Region>, Vec<Participant>)> {
         let os = os_name(name);
-        let fd = sys::shm_open_existing(&os).map_err(|e| Error::from_io(name, "shm_open", e))?;
+        // Checked before anything is read or mapped: a regular file of ours, not a link.
+        let (fd, _) = open_checked(name, &os)?;
         let started = Instant::now();
         let header = loop {
             let copy = read_header(name, sys::borrow(&fd))?;
@@ -345,7 +347,8 @@ impl Region {
         }
     }
 
-    /// Marks the segment closed, releases what lies outside it and unlinks its name.
+    /// Marks the segment closed, releases what lies outside it and unlinks its name (and its
+    /// tombstone, if it was removed while in use).
     pub(super) fn destroy_locked(self: &Arc<Self>) {
         self.u32_at(H_CLOSED).store(1, Ordering::Release);
         if let Some(hooks) = self.hooks {
@@ -353,6 +356,9 @@ impl Region {
         }
         // Only if the name is still ours: after `Segment::remove` it may name a new segment.
         let _ = sys::shm_unlink_if_same(&os_name(&self.name), sys::borrow(&self.fd));
+        // A segment removed while in use lived on under its tombstone until now.
+        let tombstone = TombstoneName::format(&self.name, self.header.created_unix_ns);
+        let _ = sys::shm_unlink_if_same(&os_name(&tombstone), sys::borrow(&self.fd));
     }
 }
 
