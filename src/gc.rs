@@ -9,7 +9,8 @@ use std::fmt;
 use crate::channel::{ObjectName, OverflowName, HOOKS};
 use crate::error::{Error, Result};
 use crate::segment::{
-    self, open_object, Collected, Kind, KindHooks, OpenFailure, Refusal, TombstoneName, OS_PREFIX,
+    self, open_object, Collected, Incarnation, Kind, KindHooks, OpenFailure, Refusal,
+    TombstoneName, OS_PREFIX,
 };
 use crate::sys;
 
@@ -65,7 +66,8 @@ pub enum GcReason {
     /// creator died half-way.
     Abandoned,
     /// Kept: not a shmq segment this version can judge (another program's file, another
-    /// layout version, a header that does not check out).
+    /// layout version, a header that does not check out), or an overflow payload whose
+    /// channel's name holds such a file.
     Incompatible {
         /// What is wrong with it.
         problem: String,
@@ -109,8 +111,8 @@ pub enum GcReason {
         /// The channel's name.
         channel: String,
     },
-    /// Kept: an overflow payload of `channel`, whose segment of that name is being created, so
-    /// its incarnation cannot be read yet.
+    /// Kept: an overflow payload of `channel`, whose segment of that name is being created (or
+    /// was abandoned half-way, until gc removes it), so its incarnation cannot be read yet.
     PayloadOfChannelBeingCreated {
         /// The channel's name.
         channel: String,
@@ -321,14 +323,18 @@ fn collect_overflow(
     fd: &std::os::fd::OwnedFd,
 ) -> (bool, GcReason) {
     let channel = payload.channel.to_owned();
-    let other_incarnation = match segment::peek_header(payload.channel) {
-        Ok(header) if header.initialized != 1 => {
-            return (false, GcReason::PayloadOfChannelBeingCreated { channel })
-        }
-        Ok(header) if header.created_unix_ns == payload.incarnation => {
+    let other_incarnation = match segment::peek_incarnation(payload.channel) {
+        Ok(Incarnation::Created(created)) if created == payload.incarnation => {
             return (false, GcReason::PayloadOfLiveChannel { channel })
         }
-        Ok(_) => true,
+        Ok(Incarnation::Created(_)) => true,
+        Ok(Incarnation::Unfinished) => {
+            return (false, GcReason::PayloadOfChannelBeingCreated { channel })
+        }
+        Ok(Incarnation::Unreadable(why)) => {
+            let problem = format!("its channel {channel} cannot be read: {why}");
+            return (false, GcReason::Incompatible { problem });
+        }
         Err(Error::NotFound { .. }) => false,
         Err(e) => {
             let problem = format!("its channel {channel}: {e}");
@@ -336,10 +342,11 @@ fn collect_overflow(
         }
     };
     let tombstone = TombstoneName::format(payload.channel, payload.incarnation);
-    match segment::peek_header(&tombstone) {
-        Ok(header) if header.initialized == 1 && header.created_unix_ns == payload.incarnation => {
+    match segment::peek_incarnation(&tombstone) {
+        Ok(Incarnation::Created(created)) if created == payload.incarnation => {
             return (false, GcReason::PayloadOfRemovedChannel { channel })
         }
+        // Not this incarnation's tombstone (a crafted file), or none at all.
         Ok(_) | Err(Error::NotFound { .. }) => {}
         Err(e) => {
             let problem = format!("the tombstone {tombstone}: {e}");

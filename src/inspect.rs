@@ -92,7 +92,7 @@ pub struct SegmentInfo {
     /// Queue figures, for channels.
     pub channel: Option<ChannelStats>,
     /// Why the segment could not be read (a symbolic link, another user's file, a foreign
-    /// file, another version...).
+    /// file, another version, not initialised...).
     pub problem: Option<String>,
 }
 
@@ -144,10 +144,12 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         Ok(Found::Ready(region)) => region,
         Ok(Found::BeingCreated) => {
             info.state = SegmentState::BeingCreated;
+            info.problem = Some(format!("not initialised: {}", info.state));
             return Ok(info);
         }
         Ok(Found::Unfinished { .. }) => {
             info.state = SegmentState::Unfinished;
+            info.problem = Some(format!("not initialised: {}", info.state));
             return Ok(info);
         }
         Ok(Found::Invalid { problem, .. }) => {

@@ -7,19 +7,43 @@
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use super::header::{read_header, HeaderCopy};
+use super::header::read_header;
 use super::object::{open_checked, TombstoneName};
 use super::region::Region;
-use super::{os_name, Kind, KindHooks, ABANDONED_AGE, CREATOR_LOCK, FLAG_AUTO_UNLINK, MAGIC};
+use super::{
+    os_name, Kind, KindHooks, ABANDONED_AGE, CREATOR_LOCK, FLAG_AUTO_UNLINK, LAYOUT_VERSION, MAGIC,
+};
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// Reads the header of segment `name` without mapping or attaching (unchecked: the caller
-/// looks only at what it needs). The object is checked first like every open: a symbolic link
-/// or another user's file is [`Error::PermissionDenied`].
-pub(crate) fn peek_header(name: &str) -> Result<HeaderCopy> {
+/// Which incarnation of a segment a name refers to now, as [`peek_incarnation`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Incarnation {
+    /// An initialised segment of this layout version, created at this time (its
+    /// `created_unix_ns`).
+    Created(u64),
+    /// A segment whose creator has not finished it (or died half-way): its header cannot be
+    /// trusted yet.
+    Unfinished,
+    /// Not a shmq segment of this layout version: why.
+    Unreadable(String),
+}
+
+/// Reads which incarnation segment `name` is, from its header, without mapping or attaching.
+/// The object is checked first like every open: a symbolic link or another user's file is
+/// [`Error::PermissionDenied`].
+pub(crate) fn peek_incarnation(name: &str) -> Result<Incarnation> {
     let (fd, _) = open_checked(name, &os_name(name))?;
-    read_header(name, sys::borrow(&fd))
+    let header = read_header(name, sys::borrow(&fd))?;
+    Ok(match header.magic {
+        MAGIC if header.initialized != 1 => Incarnation::Unfinished,
+        MAGIC if header.version != LAYOUT_VERSION => {
+            Incarnation::Unreadable(format!("layout version {}", header.version))
+        }
+        MAGIC => Incarnation::Created(header.created_unix_ns),
+        0 => Incarnation::Unfinished,
+        other => Incarnation::Unreadable(format!("magic {other:#018x}, not a shmq segment")),
+    })
 }
 
 /// What [`examine`] found behind a name.

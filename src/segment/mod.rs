@@ -42,7 +42,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
-pub(crate) use collect::{collect_segment, examine, peek_header, Collected, Found};
+pub(crate) use collect::{
+    collect_segment, examine, peek_incarnation, Collected, Found, Incarnation,
+};
 pub(crate) use object::{open_object, parse_hex, OpenFailure, Refusal, TombstoneName};
 pub(crate) use participants::Participant;
 pub use participants::ParticipantInfo;

@@ -66,7 +66,8 @@ fn state_json(state: &SegmentState) -> String {
 /// What `shmq ls` and `shmq info` say about a segment that is not simply ready, if anything.
 fn state_note(info: &SegmentInfo) -> Option<String> {
     match &info.state {
-        SegmentState::Ready => None,
+        // The problem line says why a refused or unreadable one could not be read.
+        SegmentState::Ready | SegmentState::Refused | SegmentState::Unreadable => None,
         SegmentState::Removed { segment } if info.alive() > 0 => Some(format!(
             "removed, still in use: {segment} was removed while in use and {} live              participant(s) still use it",
             info.alive()
@@ -190,11 +191,15 @@ pub fn ls(json: bool) -> BoxResult<()> {
                 age(s.created_unix_ns)
             }
         );
-        if let Some(note) = state_note(s) {
+        let note = state_note(s);
+        if let Some(note) = &note {
             println!("    {note}");
         }
         if let Some(problem) = &s.problem {
-            println!("    ! {problem}");
+            // An unfinished segment's problem is its state, already said.
+            if !note.as_ref().is_some_and(|n| problem.ends_with(n.as_str())) {
+                println!("    ! {problem}");
+            }
         }
     }
     Ok(())
