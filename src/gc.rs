@@ -255,7 +255,7 @@ fn collect_one(os: &str, name: &str) -> GcEntry {
     };
     // The owner and the file type first: whatever the contents, another user's file or a link
     // is not ours to judge.
-    let (fd, file) = match open_object(os) {
+    let (fd, _) = match open_object(os) {
         Ok(opened) => opened,
         Err(OpenFailure::Refused(Refusal::Owner { uid })) => {
             return entry(false, GcReason::NotOurs { uid })
@@ -280,7 +280,7 @@ fn collect_one(os: &str, name: &str) -> GcEntry {
         ObjectName::Tombstone(tombstone) => Some(tombstone.segment.to_owned()),
         ObjectName::Segment(_) => None,
     };
-    let (removed, reason) = match segment::collect_segment(name, fd, file, hooks_for) {
+    let (removed, reason) = match segment::collect_segment(name, fd, hooks_for) {
         Collected::BeingCreated => (false, GcReason::BeingCreated),
         Collected::UnfinishedYoung => (false, GcReason::Unfinished),
         Collected::Abandoned => (true, GcReason::Abandoned),

@@ -140,7 +140,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         Err(failure) => return Err(failure.into_error(name, &os)),
     };
     info.file_bytes = file.size;
-    let region = match examine(name, fd, file, |_| None) {
+    let region = match examine(name, fd, |_| None) {
         Ok(Found::Ready(region)) => region,
         Ok(Found::BeingCreated) => {
             info.state = SegmentState::BeingCreated;

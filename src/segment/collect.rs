@@ -46,6 +46,10 @@ pub(crate) fn peek_incarnation(name: &str) -> Result<Incarnation> {
     })
 }
 
+fn file_info(listed: &str, fd: &OwnedFd) -> Result<sys::FileInfo> {
+    sys::file_info(sys::borrow(fd)).map_err(|e| Error::from_io(listed, "fstat", e))
+}
+
 /// What [`examine`] found behind a name.
 #[derive(Debug)]
 pub(crate) enum Found {
@@ -73,34 +77,41 @@ pub(crate) enum Found {
 }
 
 /// Examines the object open as `fd` (checked by [`open_object`](super::open_object)), listed
-/// as `listed` in /dev/shm (without the prefix): a segment or a tombstone. Takes its creator
-/// lock for a moment (held on only in [`Found::Unfinished`]), reads and checks its header and
-/// maps an initialised segment without attaching to it. `hooks_for` gives the kind's hooks,
+/// as `listed` in /dev/shm (without the prefix): a segment or a tombstone. Reads and checks its
+/// header, taking the creator lock for a moment if it is not initialised (held on only in
+/// [`Found::Unfinished`]), and maps an initialised segment without attaching to it. `hooks_for` gives the kind's hooks,
 /// for a caller that may tear the segment down.
 pub(crate) fn examine(
     listed: &str,
     fd: OwnedFd,
-    file: sys::FileInfo,
     hooks_for: impl Fn(Kind) -> Option<&'static KindHooks>,
 ) -> Result<Found> {
     let tombstone = TombstoneName::parse(listed);
     let name = tombstone.map_or(listed, |t| t.segment);
-    let locked = sys::try_lock_byte(sys::borrow(&fd), CREATOR_LOCK)
-        .map_err(|e| Error::from_io(listed, "fcntl(F_OFD_SETLK)", e))?;
-    if !locked {
-        return Ok(Found::BeingCreated);
+    let mut header = read_header(listed, sys::borrow(&fd))?;
+    // The creator lock matters only before `initialized`: past it nobody takes the lock for
+    // long (gc, rm and ls hold it for an instant on unfinished files), so an initialised segment
+    // is never mistaken for one being created because another process is looking at it.
+    if header.magic != MAGIC || header.initialized != 1 {
+        let locked = sys::try_lock_byte(sys::borrow(&fd), CREATOR_LOCK)
+            .map_err(|e| Error::from_io(listed, "fcntl(F_OFD_SETLK)", e))?;
+        if !locked {
+            return Ok(Found::BeingCreated);
+        }
+        // Read again under the lock: a creator that finished meanwhile has released it.
+        header = read_header(listed, sys::borrow(&fd))?;
+        if header.initialized != 1 && (header.magic == 0 || header.magic == MAGIC) {
+            // Magic zero or ours, never finished, creator lock free.
+            let abandoned = file_info(listed, &fd)?
+                .modified
+                .elapsed()
+                .is_ok_and(|age| age >= ABANDONED_AGE);
+            return Ok(Found::Unfinished { abandoned, fd });
+        }
+        let _ = sys::unlock_byte(sys::borrow(&fd), CREATOR_LOCK);
     }
-    let header = read_header(listed, sys::borrow(&fd))?;
-    if header.initialized != 1 && (header.magic == 0 || header.magic == MAGIC) {
-        // Magic zero or ours, never finished, creator lock free.
-        let abandoned = file
-            .modified
-            .elapsed()
-            .is_ok_and(|age| age >= ABANDONED_AGE);
-        return Ok(Found::Unfinished { abandoned, fd });
-    }
-    // Past initialisation the creator lock guards nothing: nobody takes it again.
-    let _ = sys::unlock_byte(sys::borrow(&fd), CREATOR_LOCK);
+    // Stated after the header was read: a creator that finished meanwhile has sized the file.
+    let file = file_info(listed, &fd)?;
     let kind = match header.validate(listed, None, file) {
         Ok(kind) => kind,
         Err(problem) => return Ok(Found::Invalid { problem, fd }),
@@ -172,10 +183,9 @@ pub(crate) enum Collected {
 pub(crate) fn collect_segment(
     listed: &str,
     fd: OwnedFd,
-    file: sys::FileInfo,
     hooks_for: impl Fn(Kind) -> Option<&'static KindHooks>,
 ) -> Collected {
-    let region = match examine(listed, fd, file, hooks_for) {
+    let region = match examine(listed, fd, hooks_for) {
         Err(e) => return Collected::Failed(e),
         Ok(Found::BeingCreated) => return Collected::BeingCreated,
         Ok(Found::Unfinished {

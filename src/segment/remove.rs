@@ -56,7 +56,7 @@ pub(crate) fn remove_segment(
     hooks_for: impl Fn(Kind) -> Option<&'static KindHooks>,
 ) -> Result<Removed> {
     let os = os_name(name);
-    let (fd, file) = open_checked(name, &os)?;
+    let (fd, _) = open_checked(name, &os)?;
     let unlink = |fd: &std::os::fd::OwnedFd| match sys::shm_unlink_if_same(&os, sys::borrow(fd)) {
         Ok(true) => Ok(()),
         // Removed, or removed and re-created, by someone else meanwhile.
@@ -66,7 +66,7 @@ pub(crate) fn remove_segment(
         Err(e) => Err(Error::from_io(name, "shm_unlink", e)),
     };
     let region =
-        match examine(name, fd, file, hooks_for)? {
+        match examine(name, fd, hooks_for)? {
             Found::BeingCreated => return Err(in_use(
                 name,
                 "it is being created (its creator holds the creator lock); try again once it is",
