@@ -221,8 +221,8 @@ impl fmt::Display for GcReason {
                 other_incarnation: true,
             } => write!(
                 f,
-                "orphan overflow payload: channel {channel} is another incarnation, and the \
-                 payload's left no tombstone"
+                "orphan overflow payload: channel {channel} is another incarnation now, and \
+                 the payload's incarnation left no tombstone"
             ),
             GcReason::Vanished => f.write_str("gone before gc could look at it"),
             GcReason::Failed { problem } => write!(f, "could not be checked: {problem}"),

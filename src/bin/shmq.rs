@@ -3,8 +3,8 @@
 //! ```text
 //! shmq ls [--json]              # every shmq segment: kind, size, participants, messages in flight
 //! shmq info NAME [--json]       # one segment's header, queue figures and participants
-//! shmq rm NAME [--force]        # remove a segment (refused while being created, or in use unless forced)
-//! shmq gc [--json]              # remove what only dead processes used; print every decision and why
+//! shmq rm NAME [--force]        # remove a segment (refused while being created; in use: --force)
+//! shmq gc [--json]              # remove what only the dead used; print every decision and why
 //! shmq bench                    # compare shmq with a pipe and a Unix socket on this host (~15 s)
 //! ```
 

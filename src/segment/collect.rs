@@ -79,8 +79,8 @@ pub(crate) enum Found {
 /// Examines the object open as `fd` (checked by [`open_object`](super::open_object)), listed
 /// as `listed` in /dev/shm (without the prefix): a segment or a tombstone. Reads and checks its
 /// header, taking the creator lock for a moment if it is not initialised (held on only in
-/// [`Found::Unfinished`]), and maps an initialised segment without attaching to it. `hooks_for` gives the kind's hooks,
-/// for a caller that may tear the segment down.
+/// [`Found::Unfinished`]), and maps an initialised segment without attaching to it.
+/// `hooks_for` gives the kind's hooks, for a caller that may tear the segment down.
 pub(crate) fn examine(
     listed: &str,
     fd: OwnedFd,

@@ -10,8 +10,8 @@ use crate::error::Result;
 /// The segment `foo` is the POSIX object `shmq.foo` (`/dev/shm/shmq.foo`). It is unlinked when the
 /// last live handle on it is dropped, or by [`Segment::remove`] (defined beside
 /// [`remove`](crate::remove), since removing a channel runs its teardown); one whose handles all
-/// died is removed by [`gc`](crate::gc). Each handle is a participant in the segment's table, so [`gc`](crate::gc) and the
-/// `shmq` tool can tell whether anyone still uses it.
+/// died is removed by [`gc`](crate::gc). Each handle is a participant in the segment's table, so
+/// [`gc`](crate::gc) and the `shmq` tool can tell whether anyone still uses it.
 ///
 /// This is the counterpart of Python's `multiprocessing.shared_memory.SharedMemory`; channels and
 /// shared values are built on the same machinery.
@@ -47,8 +47,8 @@ pub struct Segment {
 impl Segment {
     /// Creates segment `name` with `len` bytes of zeroed data, failing if it exists.
     ///
-    /// The storage is reserved now: a full /dev/shm is [`Error::OutOfSpace`] here, never SIGBUS
-    /// on a later write.
+    /// The storage is reserved now: a full /dev/shm is
+    /// [`Error::OutOfSpace`](crate::Error::OutOfSpace) here, never SIGBUS on a later write.
     pub fn create(name: &str, len: usize) -> Result<Segment> {
         validate_name(name)?;
         let spec = CreateSpec {
@@ -69,9 +69,9 @@ impl Segment {
     /// Opens the existing raw segment `name`.
     ///
     /// Waits up to two seconds for a creator that is still initialising it
-    /// ([`Error::NotReady`] after that), and checks its header: a foreign file, another layout
-    /// version, another kind, a size that disagrees with the header or another owner is an
-    /// error, never a crash.
+    /// ([`Error::NotReady`](crate::Error::NotReady) after that), and checks its header: a
+    /// foreign file, a symbolic link, another layout version, another kind, a size that
+    /// disagrees with the header or another owner is an error, never a crash.
     pub fn open(name: &str) -> Result<Segment> {
         validate_name(name)?;
         let (_, mut participants) = Region::open(name, Kind::Raw, &[Role::User], false, None)?;

@@ -69,11 +69,13 @@ fn state_note(info: &SegmentInfo) -> Option<String> {
         // The problem line says why a refused or unreadable one could not be read.
         SegmentState::Ready | SegmentState::Refused | SegmentState::Unreadable => None,
         SegmentState::Removed { segment } if info.alive() > 0 => Some(format!(
-            "removed, still in use: {segment} was removed while in use and {} live              participant(s) still use it",
+            "removed, still in use: {segment} was removed while in use and {} live \
+             participant(s) still use it",
             info.alive()
         )),
         SegmentState::Removed { segment } => Some(format!(
-            "removed: {segment} was removed while in use; its participants are all dead              (shmq gc removes it)"
+            "removed: {segment} was removed while in use; its participants are all dead \
+             (shmq gc removes it)"
         )),
         other => Some(other.to_string()),
     }
@@ -292,7 +294,8 @@ pub fn rm(name: &str, force: bool, json: bool) -> BoxResult<()> {
     let alive = removal.live_participants;
     if json {
         println!(
-            "{{\"removed\":{},\"live_participants\":{alive},\"reclaimed\":{},\"tombstone\":{},\"problem\":{}}}",
+            "{{\"removed\":{},\"live_participants\":{alive},\"reclaimed\":{},\
+             \"tombstone\":{},\"problem\":{}}}",
             json_str(name),
             removal.reclaimed,
             json_opt_str(removal.tombstone.as_deref()),
