@@ -1,10 +1,9 @@
 //! Views of the segments in /dev/shm, for tools such as `shmq ls` and `shmq info`.
 //!
 //! Inspecting maps a segment but never attaches to it: it changes no participant table, keeps
-//! nothing alive and never waits for a segment being created (it says so instead). Like `gc`, it
-//! takes a segment's creator lock for an instant to tell a creation in progress from a dead one,
-//! and opens nothing that is a symbolic link or another user's file. It is read-only with one
-//! exception: a channel's
+//! nothing alive and never waits for a segment being created (it says so instead: it asks whether
+//! a creator holds the creator lock, without taking it), and opens nothing that is a symbolic
+//! link or another user's file. It is read-only with one exception: a channel's
 //! [`done_total`](ChannelStats::done_total) is read under the channel's allocator lock when a
 //! participant died while moving its counts, and taking that lock replays the dead holder's
 //! journal (finishing its update, as the next sender or receiver would).
@@ -140,7 +139,7 @@ pub fn inspect(name: &str) -> Result<SegmentInfo> {
         Err(failure) => return Err(failure.into_error(name, &os)),
     };
     info.file_bytes = file.size;
-    let region = match examine(name, fd, |_| None) {
+    let region = match examine(name, fd, false, |_| None) {
         Ok(Found::Ready(region)) => region,
         Ok(Found::BeingCreated) => {
             info.state = SegmentState::BeingCreated;

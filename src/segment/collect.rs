@@ -57,11 +57,12 @@ pub(crate) enum Found {
     BeingCreated,
     /// It was never initialised and nobody holds its creator lock: its creator died half-way
     /// (`abandoned`: older than [`ABANDONED_AGE`]) or has created the file and not yet locked
-    /// it (younger). `fd` holds the creator lock, so no creator can take it over meanwhile.
+    /// it (younger). For a caller that may remove it, `fd` holds the creator lock of an
+    /// abandoned one, so no creator can take it over meanwhile.
     Unfinished {
         /// Older than [`ABANDONED_AGE`].
         abandoned: bool,
-        /// The open object, holding its creator lock.
+        /// The open object.
         fd: OwnedFd,
     },
     /// It is not a shmq segment of this layout version, or its header does not check out.
@@ -78,37 +79,49 @@ pub(crate) enum Found {
 
 /// Examines the object open as `fd` (checked by [`open_object`](super::open_object)), listed
 /// as `listed` in /dev/shm (without the prefix): a segment or a tombstone. Reads and checks its
-/// header, taking the creator lock for a moment if it is not initialised (held on only in
-/// [`Found::Unfinished`]), and maps an initialised segment without attaching to it.
-/// `hooks_for` gives the kind's hooks, for a caller that may tear the segment down.
+/// header and maps an initialised segment without attaching to it. Of one that is not
+/// initialised it asks whether a creator holds the creator lock; a caller that `may_remove` an
+/// abandoned file (gc, rm) takes that lock instead, for a file older than [`ABANDONED_AGE`], and
+/// keeps it in [`Found::Unfinished`]. `hooks_for` gives the kind's hooks, for a caller that may
+/// tear the segment down.
 pub(crate) fn examine(
     listed: &str,
     fd: OwnedFd,
+    may_remove: bool,
     hooks_for: impl Fn(Kind) -> Option<&'static KindHooks>,
 ) -> Result<Found> {
     let tombstone = TombstoneName::parse(listed);
     let name = tombstone.map_or(listed, |t| t.segment);
     let mut header = read_header(listed, sys::borrow(&fd))?;
-    // The creator lock matters only before `initialized`: past it nobody takes the lock for
-    // long (gc, rm and ls hold it for an instant on unfinished files), so an initialised segment
-    // is never mistaken for one being created because another process is looking at it.
+    // The creator lock matters only before `initialized`; past it nobody holds it for long.
     if header.magic != MAGIC || header.initialized != 1 {
-        let locked = sys::try_lock_byte(sys::borrow(&fd), CREATOR_LOCK)
-            .map_err(|e| Error::from_io(listed, "fcntl(F_OFD_SETLK)", e))?;
-        if !locked {
+        let abandoned = file_info(listed, &fd)?
+            .modified
+            .elapsed()
+            .is_ok_and(|age| age >= ABANDONED_AGE);
+        // Only a file that may be removed is locked, so that no creator can take it over
+        // meanwhile; any other is only queried, so that gc and ls never make each other see a
+        // creator that is not there.
+        let take_lock = may_remove && abandoned;
+        let held_elsewhere = if take_lock {
+            !sys::try_lock_byte(sys::borrow(&fd), CREATOR_LOCK)
+                .map_err(|e| Error::from_io(listed, "fcntl(F_OFD_SETLK)", e))?
+        } else {
+            sys::byte_locked_elsewhere(sys::borrow(&fd), CREATOR_LOCK)
+                .map_err(|e| Error::from_io(listed, "fcntl(F_OFD_GETLK)", e))?
+        };
+        if held_elsewhere {
             return Ok(Found::BeingCreated);
         }
-        // Read again under the lock: a creator that finished meanwhile has released it.
+        // Read again: a creator that finished meanwhile has released the lock.
         header = read_header(listed, sys::borrow(&fd))?;
         if header.initialized != 1 && (header.magic == 0 || header.magic == MAGIC) {
             // Magic zero or ours, never finished, creator lock free.
-            let abandoned = file_info(listed, &fd)?
-                .modified
-                .elapsed()
-                .is_ok_and(|age| age >= ABANDONED_AGE);
             return Ok(Found::Unfinished { abandoned, fd });
         }
-        let _ = sys::unlock_byte(sys::borrow(&fd), CREATOR_LOCK);
+        if take_lock {
+            let _ = sys::unlock_byte(sys::borrow(&fd), CREATOR_LOCK);
+        }
     }
     // Stated after the header was read: a creator that finished meanwhile has sized the file.
     let file = file_info(listed, &fd)?;
@@ -185,7 +198,7 @@ pub(crate) fn collect_segment(
     fd: OwnedFd,
     hooks_for: impl Fn(Kind) -> Option<&'static KindHooks>,
 ) -> Collected {
-    let region = match examine(listed, fd, hooks_for) {
+    let region = match examine(listed, fd, true, hooks_for) {
         Err(e) => return Collected::Failed(e),
         Ok(Found::BeingCreated) => return Collected::BeingCreated,
         Ok(Found::Unfinished {

@@ -66,7 +66,7 @@ pub(crate) fn remove_segment(
         Err(e) => Err(Error::from_io(name, "shm_unlink", e)),
     };
     let region =
-        match examine(name, fd, hooks_for)? {
+        match examine(name, fd, true, hooks_for)? {
             Found::BeingCreated => return Err(in_use(
                 name,
                 "it is being created (its creator holds the creator lock); try again once it is",
