@@ -88,6 +88,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A removal was refused because the segment is in use: it is being created (its creator
+    /// holds the creator lock, or it is unfinished and younger than two seconds), or live
+    /// participants use it and the removal was not forced.
+    #[error("segment {name:?} was not removed: {reason}")]
+    InUse {
+        /// The segment name.
+        name: String,
+        /// Who uses it: "it is being created ...", "2 live participants use it ...".
+        reason: String,
+    },
+
     /// Every participant slot of the segment is held by a live process.
     #[error(
         "segment {name:?} has no free participant slot: all {capacity} are held by live handles"
@@ -190,6 +201,10 @@ impl Clone for Error {
                 waited: *waited,
             },
             Error::PermissionDenied { name, reason } => Error::PermissionDenied {
+                name: name.clone(),
+                reason: reason.clone(),
+            },
+            Error::InUse { name, reason } => Error::InUse {
                 name: name.clone(),
                 reason: reason.clone(),
             },

@@ -15,8 +15,9 @@
 //!   `multiprocessing.Value` and `Array`. When a holder dies, the next locker gets
 //!   [`LockError::OwnerDied`] with the guard, instead of a deadlock.
 //! - [`Segment`] is a raw named segment, like `shared_memory.SharedMemory`.
-//! - [`gc`] removes what processes that all died left in `/dev/shm`; [`list`] and [`inspect`]
-//!   show what is there (the `shmq` command prints them).
+//! - [`gc`] removes what processes that all died left in `/dev/shm` and says why it removed or
+//!   kept each file; [`remove`] removes a segment by name; [`list`] and [`inspect`] show what is
+//!   there (the `shmq` command prints them).
 //!
 //! # Names, lifetime and crashes
 //!
@@ -105,7 +106,7 @@
 
 // Layers, each using only those above it in this list (see docs/design.md, "Modules"):
 // sys (every OS call) -> error -> segment (header, participants, lifetime) -> channel, shared (the
-// kinds) -> inspect, gc (know every kind). The `shmq` binary sits on top of the public API.
+// kinds) -> inspect, gc, remove (know every kind). The `shmq` binary sits on top of the public API.
 mod sys;
 
 mod error;
@@ -116,6 +117,7 @@ mod shared;
 
 mod gc;
 mod inspect;
+mod remove;
 
 pub use channel::{
     channel, ChannelConfig, ChannelStats, Exhausted, IntoIter, Iter, Loan, Message, Receiver,
@@ -123,8 +125,9 @@ pub use channel::{
     TryRecvError, TrySendError, DEFAULT_SPIN,
 };
 pub use error::{Error, Result};
-pub use gc::gc;
-pub use inspect::{inspect, list, SegmentInfo};
+pub use gc::{gc, GcEntry, GcReason};
+pub use inspect::{inspect, list, SegmentInfo, SegmentState};
+pub use remove::{remove, Removal};
 pub use segment::{Kind, ParticipantInfo, Role, Segment, DEFAULT_PARTICIPANTS, MAX_NAME_LEN};
 pub use shared::{
     LockError, LockResult, OwnerDiedError, SharedArray, SharedArrayGuard, SharedValue,

@@ -92,18 +92,46 @@ fn rm_refuses_live_segments_unless_forced() {
     let segment = shmq::Segment::create(&name, 4096).unwrap();
     let refused = shmq(&["rm", &name]);
     assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("live participant"));
+    let why = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(why.contains("1 live participant"), "{why}");
+    assert!(why.contains("--force"), "says what would remove it: {why}");
     assert!(shm_exists(&name));
-    let forced = shmq(&["rm", &name, "--force"]);
+    let forced = shmq(&["rm", &name, "--force", "--json"]);
     assert!(forced.status.success(), "{:?}", forced);
     assert!(!shm_exists(&name));
-    drop(segment); // its last detach must not fail or recreate anything
+    // The live handle keeps the segment, under its tombstone, which ls shows as removed.
+    let printed = stdout(&forced);
+    let tombstone = printed
+        .split("\"tombstone\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no tombstone in {printed}"))
+        .to_owned();
+    assert!(tombstone.starts_with(&format!("{name}~")), "{tombstone}");
+    assert!(printed.contains("\"live_participants\":1"), "{printed}");
+    assert!(shm_exists(&tombstone));
+    let listed = stdout(&shmq(&["ls"]));
+    let mut lines = listed.lines().skip_while(|l| !l.starts_with(&tombstone));
+    let line = lines.next().unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(line.split_whitespace().nth(4), Some("1"), "{line}");
+    let note = lines.next().unwrap_or_default();
+    assert!(note.contains("removed, still in use"), "{line}\n{note}");
+    // SAFETY: only this thread uses the segment.
+    unsafe { segment.as_ptr().write(7) };
+    drop(segment); // its last detach removes the tombstone, and recreates nothing
+    assert!(!shm_exists(&tombstone));
     assert!(!shm_exists(&name));
 }
 
+/// The only test here that runs gc (gc is global: another one would race with this test's
+/// dead segment).
 #[test]
 fn gc_removes_what_a_killed_process_left_and_says_so() {
     let name = unique_name("cli-gc");
+    let live = unique_name("cli-gc-live");
+    let foreign = unique_name("cli-gc-foreign");
+    let here = shmq::Segment::create(&live, 4096).unwrap();
+    std::fs::write(format!("/dev/shm/shmq.{foreign}"), [b'x'; 256]).unwrap();
     let creator = shmq::Segment::create(&name, 4096).unwrap();
     let mut child = spawn_child("holder", &[&name]);
     wait_for_line(&mut child, "attached", Duration::from_secs(30));
@@ -124,14 +152,43 @@ fn gc_removes_what_a_killed_process_left_and_says_so() {
         "one dead participant: {line}"
     );
 
-    let out = shmq(&["gc", "--json"]);
-    assert!(out.status.success());
+    // Every decision is printed with its reason.
+    let out = shmq(&["gc"]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = stdout(&out);
+    let line_of = |name: &str| {
+        printed
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("{name} not in:\n{printed}"))
+            .to_owned()
+    };
+    let line = line_of(&name);
     assert!(
-        stdout(&out).contains(&format!("\"{name}\"")),
-        "{}",
-        stdout(&out)
+        line.starts_with("removed") && line.contains("every participant is dead (1 reclaimed)"),
+        "{line}"
+    );
+    let line = line_of(&live);
+    assert!(
+        line.starts_with("kept") && line.contains("1 live participant"),
+        "{line}"
+    );
+    let line = line_of(&foreign);
+    assert!(line.starts_with("kept") && line.contains("magic"), "{line}");
+    let summary = printed.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains("removed,") && summary.contains("kept"),
+        "{summary}"
     );
     assert!(!shm_exists(&name));
+
+    let json = stdout(&shmq(&["gc", "--json"]));
+    let _ = std::fs::remove_file(format!("/dev/shm/shmq.{foreign}"));
+    assert!(json.starts_with("{\"removed\":["), "{json}");
+    let entry = format!("{{\"name\":\"{live}\",\"removed\":false,\"decision\":\"live\",");
+    assert!(json.contains(&entry), "{json}");
+    drop(here);
+    assert!(!shm_exists(&live));
 }
 
 // `shmq bench --payloads 18446744073709551608` (a multiple of 8 near usize::MAX) passed the

@@ -505,6 +505,16 @@ fn make_doomed(live_channel: &str, live_created_unix_ns: u64, round: u64) -> Doo
     }
 }
 
+/// Runs `gc` and returns the names it removed.
+fn removed_by_gc() -> Vec<String> {
+    shmq::gc()
+        .expect("gc")
+        .into_iter()
+        .filter(|entry| entry.removed)
+        .map(|entry| entry.name)
+        .collect()
+}
+
 #[test]
 fn gc_removes_what_only_the_dead_use_and_leaves_the_rest() {
     let live_child = unique_name("gc-live-child");
@@ -556,7 +566,7 @@ fn gc_removes_what_only_the_dead_use_and_leaves_the_rest() {
     let mut reported = false;
     for round in 0..5 {
         let doomed = make_doomed(&live_channel, created, round);
-        let removed = shmq::gc().expect("gc");
+        let removed = removed_by_gc();
         for name in kept {
             assert!(!removed.contains(name), "gc removed {name}: {removed:?}");
             assert!(shm_exists(name), "{name} is gone");
@@ -583,7 +593,7 @@ fn gc_removes_what_only_the_dead_use_and_leaves_the_rest() {
 
     // Once the holder dies, gc takes its segment too (and still not ours).
     holder.kill9();
-    let removed = shmq::gc().expect("gc");
+    let removed = removed_by_gc();
     assert!(
         !shm_exists(&live_child),
         "gc left {live_child}: {removed:?}"

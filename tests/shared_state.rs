@@ -66,6 +66,15 @@ fn child_entry() {
             let err = open_value_as(&args[0], &args[1]).expect_err("a mismatched open");
             expect_incompatible(err, "element type", &["bytes, align", "8 bytes, align 8"]);
         }
+        "die-in-thread" => {
+            // A thread that ends holding the lock is a dead owner. (Forgetting the guard leaks
+            // this process's handle on the segment: the process exits right after.)
+            let value = SharedValue::<u64>::open(&args[0]).expect("open value");
+            std::thread::scope(|s| {
+                s.spawn(|| std::mem::forget(value.lock().expect("lock in a thread")));
+            });
+            std::mem::forget(value);
+        }
         "relock" => {
             // Another process re-locks from its holding thread: an error there too.
             let value = SharedValue::<u64>::open(&args[0]).expect("open value");
@@ -905,11 +914,11 @@ fn the_error_checking_lock_still_recovers_from_a_killed_holder() {
         drop(guard);
         assert_eq!(value.load().expect("plain Ok after repair"), 20);
 
-        // A thread that ends holding the lock is a dead owner too. (Forgetting the guard also
-        // leaks its handle on the segment, so the segment is removed by name at the end.)
-        std::thread::scope(|s| {
-            s.spawn(|| std::mem::forget(value.lock().expect("lock in a thread")));
-        });
+        value
+    });
+    // A thread (of another process) that ends holding the lock is a dead owner too.
+    ChildGuard::spawn("die-in-thread", &[&name]).wait_success();
+    let value = finishes(move || {
         let mut guard = value
             .lock()
             .err()
@@ -923,6 +932,5 @@ fn the_error_checking_lock_still_recovers_from_a_killed_holder() {
     ChildGuard::spawn("relock", &[&name]).wait_success();
     assert_eq!(value.load().expect("load"), 21);
     drop(value);
-    shmq::Segment::remove(&name).expect("remove the segment the forgotten guard kept");
     assert_gone(&name);
 }

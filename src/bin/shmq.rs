@@ -3,8 +3,8 @@
 //! ```text
 //! shmq ls [--json]              # every shmq segment: kind, size, participants, messages in flight
 //! shmq info NAME [--json]       # one segment's header, queue figures and participants
-//! shmq rm NAME [--force]        # unlink a segment (refused while live participants exist)
-//! shmq gc [--json]              # remove segments whose participants are all dead
+//! shmq rm NAME [--force]        # remove a segment (refused while being created; in use: --force)
+//! shmq gc [--json]              # remove what only the dead used; print every decision and why
 //! shmq bench                    # compare shmq with a pipe and a Unix socket on this host (~15 s)
 //! ```
 
@@ -51,11 +51,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Unlink a segment. Refused while it has live participants, unless --force.
+    /// Remove a segment (a channel with its overflow payloads). Refused while it is being
+    /// created, and while it has live participants unless --force.
     Rm {
         /// The segment's name.
         name: String,
-        /// Remove it even though live processes use it (they keep their mapping).
+        /// Remove it even though live processes use it: its name goes now, they keep using it
+        /// under a tombstone name until they are done (never while it is being created).
         #[arg(long)]
         force: bool,
         /// Print JSON instead of text.
@@ -63,7 +65,7 @@ enum Command {
         json: bool,
     },
     /// Remove every segment whose participants are all dead, and overflow payloads of channels
-    /// that are gone; print what was freed.
+    /// that are gone; print every decision (removed or kept) and its reason.
     Gc {
         /// Print JSON instead of text.
         #[arg(long)]

@@ -94,7 +94,7 @@ pub use receiver::{IntoIter, Iter, Receiver, TryIter};
 pub use sender::Sender;
 pub use stats::ChannelStats;
 
-pub(crate) use overflow::OverflowName;
+pub(crate) use overflow::{ObjectName, OverflowName};
 pub(crate) use view::Chan;
 
 use endpoint::{Endpoint, Stopped};

@@ -9,7 +9,7 @@ use super::layout::{C_OVERFLOW_NEXT_ID, C_OVERFLOW_TABLE, OVERFLOW_SLOTS};
 use super::view::Chan;
 use super::wait::WaitOn;
 use crate::error::{Error, Result};
-use crate::segment::{os_name, Kind, Region};
+use crate::segment::{os_name, parse_hex, Kind, Region, TombstoneName};
 use crate::sys;
 
 /// The parts of an overflow payload's name `<channel>~<incarnation>.<id>` (both in hex): the
@@ -23,15 +23,43 @@ pub(crate) struct OverflowName<'a> {
 }
 
 impl<'a> OverflowName<'a> {
-    /// Parses a segment name; `None` if it is not an overflow payload's.
+    /// Parses a segment name; `None` if it is not an overflow payload's (a tombstone
+    /// `<segment>~<incarnation>.removed` is not one).
     pub(crate) fn parse(name: &'a str) -> Option<OverflowName<'a>> {
         let (channel, payload) = name.split_once('~')?;
         let (time, id) = payload.split_once('.')?;
-        u64::from_str_radix(id, 16).ok()?;
+        parse_hex(id)?;
+        if channel.is_empty() || TombstoneName::parse(name).is_some() {
+            return None;
+        }
         Some(OverflowName {
             channel,
-            incarnation: u64::from_str_radix(time, 16).ok()?,
+            incarnation: parse_hex(time)?,
         })
+    }
+}
+
+/// The three shapes of the names shmq gives objects in /dev/shm (after the `shmq.` prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ObjectName<'a> {
+    /// A segment's own name, as its creator gave it (or a name shmq did not make).
+    Segment(&'a str),
+    /// An overflow payload of a channel: `<channel>~<incarnation>.<id>`.
+    Payload(OverflowName<'a>),
+    /// The tombstone of a segment removed while in use: `<segment>~<incarnation>.removed`.
+    Tombstone(TombstoneName<'a>),
+}
+
+impl<'a> ObjectName<'a> {
+    /// Which shape `name` (without the prefix) has.
+    pub(crate) fn parse(name: &'a str) -> ObjectName<'a> {
+        if let Some(tombstone) = TombstoneName::parse(name) {
+            ObjectName::Tombstone(tombstone)
+        } else if let Some(payload) = OverflowName::parse(name) {
+            ObjectName::Payload(payload)
+        } else {
+            ObjectName::Segment(name)
+        }
     }
 }
 
@@ -137,4 +165,37 @@ pub(crate) fn payload_lost(e: &Error) -> bool {
             | Error::PermissionDenied { .. }
             | Error::InvalidName { .. }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_and_tombstones_are_told_apart() {
+        assert_eq!(
+            ObjectName::parse("jobs~1f.2a"),
+            ObjectName::Payload(OverflowName {
+                channel: "jobs",
+                incarnation: 0x1f
+            })
+        );
+        assert_eq!(
+            ObjectName::parse("jobs~1f.removed"),
+            ObjectName::Tombstone(TombstoneName {
+                segment: "jobs",
+                incarnation: 0x1f
+            })
+        );
+        assert_eq!(OverflowName::parse("jobs~1f.removed"), None);
+        for plain in [
+            "jobs", "jobs.v2", "jobs~1f", "jobs~1f.", "jobs~x.1", "~1f.2",
+        ] {
+            assert_eq!(
+                ObjectName::parse(plain),
+                ObjectName::Segment(plain),
+                "{plain}"
+            );
+        }
+    }
 }

@@ -22,26 +22,36 @@
 //! - `header.rs`: the header, copied out once and checked.
 //! - `region.rs`: one process's mapping of a segment: create, open, membership lock, teardown.
 //! - `participants.rs`: the participant table: attach, detach, liveness, reclaim of the dead.
-//! - `collect.rs`: removal of segments whose participants all died (the segment half of `gc`).
+//! - `object.rs`: opening the object behind a name (no symbolic link, a regular file of ours)
+//!   and the tombstone name of a segment removed while in use.
+//! - `collect.rs`: examining a segment for `gc`, `rm` and inspection without attaching, and
+//!   removing one whose participants all died (the segment half of `gc`).
+//! - `remove.rs`: removal by name (`rm`), forced or not.
 //! - `raw.rs`: [`Segment`], the public handle on a segment of raw bytes.
 
 mod collect;
 mod header;
+mod object;
 mod participants;
 mod raw;
 mod region;
+mod remove;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
-pub(crate) use collect::{collect_segment, peek_header};
+pub(crate) use collect::{
+    collect_segment, examine, peek_incarnation, Collected, Found, Incarnation,
+};
 pub(crate) use header::segment_len;
+pub(crate) use object::{open_object, parse_hex, OpenFailure, Refusal, TombstoneName};
 pub(crate) use participants::Participant;
 pub use participants::ParticipantInfo;
 pub use raw::Segment;
 pub(crate) use region::{CreateSpec, Region};
+pub(crate) use remove::{remove_segment, Removed};
 
 /// First word of every shmq segment.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
@@ -76,8 +86,9 @@ pub(crate) const OS_PREFIX: &str = "shmq.";
 /// How long `open` waits for a segment that is still being created.
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// An uninitialised segment whose creator lock is free and that is older than this is a
-/// leftover of a creator that died, and `gc` removes it.
-const ABANDONED_AGE: Duration = Duration::from_secs(2);
+/// leftover of a creator that died, and `gc` removes it. A younger one may belong to a creator
+/// that has created the file and not yet taken the lock.
+pub(crate) const ABANDONED_AGE: Duration = Duration::from_secs(2);
 
 // OFD lock bytes. They lie far beyond any file size: POSIX record locks need not cover data.
 const LOCK_BASE: u64 = 1 << 40;

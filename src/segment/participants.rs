@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::object::open_checked;
 use super::region::{MembershipGuard, Region};
 use super::{unix_now_ns, Role, FLAG_AUTO_UNLINK, HEADER_SIZE, SLOT_LOCK_BASE, SLOT_SIZE};
 use crate::error::{Error, Result};
@@ -64,6 +65,11 @@ impl Region {
         Role::from_raw(self.u32_at(base + S_ROLE).load(Ordering::Relaxed))
     }
 
+    /// How many participants are attached and alive.
+    pub(crate) fn alive_count(&self) -> usize {
+        (0..self.capacity()).filter(|&s| self.is_alive(s)).count()
+    }
+
     /// Whether any live participant has `role`.
     pub(crate) fn any_alive_with_role(&self, role: Role) -> bool {
         (0..self.capacity()).any(|s| self.slot_role(s) == Some(role) && self.is_alive(s))
@@ -110,11 +116,13 @@ impl Region {
 
     fn attach_locked(self: &Arc<Self>, role: Role) -> Result<Participant> {
         // A description of our own: its lock marks this participant alive, and closing it (or
-        // dying) releases exactly this participant. Registered, so that a forked child lets go
-        // of it.
+        // dying) releases exactly this participant. Checked like every open, and registered,
+        // so that a forked child lets go of it.
         let os = super::os_name(&self.name);
-        let fd = sys::LivenessFd::open(|| sys::shm_open_existing(&os))
-            .map_err(|e| Error::from_io(&self.name, "shm_open", e))?;
+        let fd = sys::LivenessFd::open(
+            || open_checked(&self.name, &os).map(|(fd, _)| fd),
+            |e| Error::from_io(&self.name, "register a liveness descriptor", e),
+        )?;
         // The name is opened again, so it must still be the object we mapped: if it was
         // removed and re-created meanwhile, a lock on the new object would make our slot in the
         // old one look dead (and hold a slot of the new one that no table entry accounts for).

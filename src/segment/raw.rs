@@ -2,16 +2,16 @@
 
 use super::participants::{Participant, ParticipantInfo};
 use super::region::{CreateSpec, Region};
-use super::{os_name, validate_name, Kind, Role, DEFAULT_PARTICIPANTS, FLAG_AUTO_UNLINK};
-use crate::error::{Error, Result};
-use crate::sys;
+use super::{validate_name, Kind, Role, DEFAULT_PARTICIPANTS, FLAG_AUTO_UNLINK};
+use crate::error::Result;
 
 /// A named shared-memory segment of raw bytes that several processes map.
 ///
 /// The segment `foo` is the POSIX object `shmq.foo` (`/dev/shm/shmq.foo`). It is unlinked when the
-/// last live handle on it is dropped, or by [`Segment::remove`]; one whose handles all died is
-/// removed by [`gc`](crate::gc). Each handle is a participant in the segment's table, so [`gc`](crate::gc) and the
-/// `shmq` tool can tell whether anyone still uses it.
+/// last live handle on it is dropped, or by [`Segment::remove`] (defined beside
+/// [`remove`](crate::remove), since removing a channel runs its teardown); one whose handles all
+/// died is removed by [`gc`](crate::gc). Each handle is a participant in the segment's table, so
+/// [`gc`](crate::gc) and the `shmq` tool can tell whether anyone still uses it.
 ///
 /// This is the counterpart of Python's `multiprocessing.shared_memory.SharedMemory`; channels and
 /// shared values are built on the same machinery.
@@ -48,9 +48,9 @@ impl Segment {
     /// Creates segment `name` with `len` bytes of zeroed data, failing if it exists.
     ///
     /// The storage is reserved now: a full /dev/shm (out of bytes or of inodes) is
-    /// [`Error::OutOfSpace`] here, never SIGBUS on a later write. A `len` that no segment can
-    /// have (with the header, more than `i64::MAX` bytes, the largest file) is
-    /// [`Error::InvalidArgument`].
+    /// [`Error::OutOfSpace`](crate::Error::OutOfSpace) here, never SIGBUS on a later write. A
+    /// `len` that no segment can have (with the header, more than `i64::MAX` bytes, the largest
+    /// file) is [`Error::InvalidArgument`](crate::Error::InvalidArgument).
     pub fn create(name: &str, len: usize) -> Result<Segment> {
         validate_name(name)?;
         let spec = CreateSpec {
@@ -71,22 +71,15 @@ impl Segment {
     /// Opens the existing raw segment `name`.
     ///
     /// Waits up to two seconds for a creator that is still initialising it
-    /// ([`Error::NotReady`] after that), and checks its header: a foreign file, another layout
-    /// version, another kind, a size that disagrees with the header or another owner is an
-    /// error, never a crash.
+    /// ([`Error::NotReady`](crate::Error::NotReady) after that), and checks its header: a
+    /// foreign file, a symbolic link, another layout version, another kind, a size that
+    /// disagrees with the header or another owner is an error, never a crash.
     pub fn open(name: &str) -> Result<Segment> {
         validate_name(name)?;
         let (_, mut participants) = Region::open(name, Kind::Raw, &[Role::User], false, None)?;
         Ok(Segment {
             participant: participants.remove(0),
         })
-    }
-
-    /// Unlinks segment `name` (of any kind) now. Processes that have it mapped keep using it;
-    /// no new process can open it.
-    pub fn remove(name: &str) -> Result<()> {
-        validate_name(name)?;
-        sys::shm_unlink(&os_name(name)).map_err(|e| Error::from_io(name, "shm_unlink", e))
     }
 
     /// The segment's name.

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::header::{
     data_offset_for, read_header, HeaderCopy, H_CLOSED, H_INITIALIZED, H_MEMBERSHIP_HOLDER,
 };
+use super::object::{open_checked, TombstoneName};
 use super::participants::Participant;
 use super::{
     os_name, unix_now_ns, Kind, KindHooks, Role, CREATOR_LOCK, HEADER_SIZE, LAYOUT_VERSION, MAGIC,
@@ -188,7 +189,8 @@ impl Region {
         hooks: Option<&'static KindHooks>,
     ) -> Result<(Arc<Region>, Vec<Participant>)> {
         let os = os_name(name);
-        let fd = sys::shm_open_existing(&os).map_err(|e| Error::from_io(name, "shm_open", e))?;
+        // Checked before anything is read or mapped: a regular file of ours, not a link.
+        let (fd, _) = open_checked(name, &os)?;
         let started = Instant::now();
         let header = loop {
             let copy = read_header(name, sys::borrow(&fd))?;
@@ -373,8 +375,11 @@ impl Region {
         // Locked through a description opened for this one operation: a child forked without
         // exec shares the base description, and would keep a lock taken through it held for
         // ever if the parent died holding it.
-        let holder = sys::LivenessFd::open(|| sys::reopen(sys::borrow(&self.fd)))
-            .map_err(|e| Error::from_io(&self.name, "open(/proc/self/fd)", e))?;
+        let failed = |e| Error::from_io(&self.name, "open(/proc/self/fd)", e);
+        let holder = sys::LivenessFd::open(
+            || sys::reopen(sys::borrow(&self.fd)).map_err(failed),
+            failed,
+        )?;
         // Holders keep it for microseconds; a dead holder's lock is dropped by the kernel.
         match sys::lock_byte_until(holder.as_fd(), MEMBERSHIP_LOCK, deadline) {
             Ok(true) => {
@@ -414,7 +419,8 @@ impl Region {
             .ok_or_else(|| Error::corrupted(&self.name, "participant missing after attach"))
     }
 
-    /// Marks the segment closed, releases what lies outside it and unlinks its name.
+    /// Marks the segment closed, releases what lies outside it and unlinks its name (and its
+    /// tombstone, if it was removed while in use).
     pub(super) fn destroy_locked(self: &Arc<Self>) {
         self.u32_at(H_CLOSED).store(1, Ordering::Release);
         if let Some(hooks) = self.hooks {
@@ -422,6 +428,9 @@ impl Region {
         }
         // Only if the name is still ours: after `Segment::remove` it may name a new segment.
         let _ = sys::shm_unlink_if_same(&os_name(&self.name), sys::borrow(&self.fd));
+        // A segment removed while in use lived on under its tombstone until now.
+        let tombstone = TombstoneName::format(&self.name, self.header.created_unix_ns);
+        let _ = sys::shm_unlink_if_same(&os_name(&tombstone), sys::borrow(&self.fd));
     }
 }
 

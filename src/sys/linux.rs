@@ -8,24 +8,76 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{FallocateFlags, Mode};
+use rustix::fs::{AtFlags, FallocateFlags, FileType, Mode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags};
-use rustix::shm;
 use rustix::thread::futex;
 
 /// Where the kernel exposes POSIX shared-memory objects as files.
 pub(crate) const SHM_DIR: &str = "/dev/shm";
 
+/// The path of the shared-memory object `os_name` in [`SHM_DIR`]. `os_name` must be one entry
+/// of that directory: not empty, not `.` or `..`, without a `/`.
+fn shm_path(os_name: &str) -> io::Result<String> {
+    if os_name.is_empty() || os_name == "." || os_name == ".." || os_name.contains(['/', '\0']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a shared-memory object name",
+        ));
+    }
+    Ok(format!("{SHM_DIR}/{os_name}"))
+}
+
+/// Flags of every open of a shared-memory object: glibc's `shm_open` adds `O_NOFOLLOW` and
+/// `O_CLOEXEC`, rustix's adds only `O_CLOEXEC`, so shmq opens the path itself. A symbolic link
+/// planted in /dev/shm is refused (`ELOOP`, see [`is_symlink_refusal`]) instead of followed to
+/// another object, and a child that `exec`s inherits no descriptor.
+fn shm_flags() -> OFlags {
+    OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
 /// Creates the shared-memory object `os_name` (e.g. `shmq.frames`), failing if it exists.
 /// Mode 0600: only the creating user may open it.
 pub(crate) fn shm_create_exclusive(os_name: &str) -> io::Result<OwnedFd> {
-    let flags = shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR;
-    Ok(shm::open(os_name, flags, Mode::RUSR | Mode::WUSR)?)
+    let flags = shm_flags() | OFlags::CREATE | OFlags::EXCL;
+    Ok(rustix::fs::open(
+        shm_path(os_name)?.as_str(),
+        flags,
+        Mode::RUSR | Mode::WUSR,
+    )?)
 }
 
-/// Opens the existing shared-memory object `os_name` for reading and writing.
+/// Opens the existing shared-memory object `os_name` for reading and writing, never through a
+/// symbolic link.
 pub(crate) fn shm_open_existing(os_name: &str) -> io::Result<OwnedFd> {
-    Ok(shm::open(os_name, shm::OFlags::RDWR, Mode::empty())?)
+    Ok(rustix::fs::open(
+        shm_path(os_name)?.as_str(),
+        shm_flags(),
+        Mode::empty(),
+    )?)
+}
+
+/// Whether `error`, from [`shm_open_existing`], says the name is a symbolic link (which it does
+/// not follow).
+pub(crate) fn is_symlink_refusal(error: &io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// Gives the object open as `fd` the further name `new_os_name` in [`SHM_DIR`] (a hard link),
+/// failing with `AlreadyExists` if that name exists. It links the object behind the
+/// descriptor, not whatever an old name refers to by now: through `/proc/self/fd` with
+/// `AT_SYMLINK_FOLLOW`, which needs no privilege (linking a descriptor itself, `AT_EMPTY_PATH`,
+/// needs `CAP_DAC_READ_SEARCH`). An object whose every name was removed cannot be linked
+/// again (`NotFound`).
+pub(crate) fn shm_link(fd: BorrowedFd<'_>, new_os_name: &str) -> io::Result<()> {
+    let new_path = shm_path(new_os_name)?;
+    let old_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::linkat(
+        rustix::fs::CWD,
+        old_path.as_str(),
+        rustix::fs::CWD,
+        new_path.as_str(),
+        AtFlags::SYMLINK_FOLLOW,
+    )?)
 }
 
 /// Opens a new description of the file behind `fd` (through /proc/self/fd), read-write and
@@ -41,7 +93,7 @@ pub(crate) fn reopen(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 
 /// Removes the name `os_name`; mappings that exist stay valid until they are unmapped.
 pub(crate) fn shm_unlink(os_name: &str) -> io::Result<()> {
-    Ok(shm::unlink(os_name)?)
+    Ok(rustix::fs::unlink(shm_path(os_name)?.as_str())?)
 }
 
 /// Sizes the object to `len` bytes and makes tmpfs allocate every page now, so that a full
@@ -54,9 +106,55 @@ pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// What kind of file an open object is, as `fstat` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FileKind {
+    /// A regular file: the only kind a shared-memory segment is.
+    Regular,
+    /// A directory.
+    Directory,
+    /// A symbolic link.
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+    /// Anything else.
+    Unknown,
+}
+
+impl FileInfo {
+    /// Whether the object is a regular file.
+    pub(crate) fn is_regular(&self) -> bool {
+        self.kind == FileKind::Regular
+    }
+}
+
+impl FileKind {
+    /// The kind with its article, for messages: "a regular file", "a FIFO"...
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            FileKind::Regular => "a regular file",
+            FileKind::Directory => "a directory",
+            FileKind::Symlink => "a symbolic link",
+            FileKind::Fifo => "a FIFO",
+            FileKind::Socket => "a socket",
+            FileKind::CharDevice => "a character device",
+            FileKind::BlockDevice => "a block device",
+            FileKind::Unknown => "a file of unknown type",
+        }
+    }
+}
+
 /// What `fstat` says about an open object.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct FileInfo {
+    /// What kind of file it is.
+    pub(crate) kind: FileKind,
     /// Size in bytes.
     pub(crate) size: u64,
     /// Owning user id.
@@ -70,7 +168,18 @@ pub(crate) struct FileInfo {
 #[allow(clippy::useless_conversion)]
 pub(crate) fn file_info(fd: BorrowedFd<'_>) -> io::Result<FileInfo> {
     let st = rustix::fs::fstat(fd)?;
+    let kind = match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => FileKind::Regular,
+        FileType::Directory => FileKind::Directory,
+        FileType::Symlink => FileKind::Symlink,
+        FileType::Fifo => FileKind::Fifo,
+        FileType::Socket => FileKind::Socket,
+        FileType::CharacterDevice => FileKind::CharDevice,
+        FileType::BlockDevice => FileKind::BlockDevice,
+        _ => FileKind::Unknown,
+    };
     Ok(FileInfo {
+        kind,
         size: u64::try_from(st.st_size).unwrap_or(0),
         uid: st.st_uid,
         modified: std::time::UNIX_EPOCH
@@ -578,11 +687,14 @@ pub(crate) struct LivenessFd {
 }
 
 impl LivenessFd {
-    /// Opens a description with `open` and registers it, with no fork in between. Fails if
-    /// `open` fails, if the fork handlers cannot be installed, or if 65,536 descriptors are
-    /// registered already.
-    pub(crate) fn open(open: impl FnOnce() -> io::Result<OwnedFd>) -> io::Result<LivenessFd> {
-        install_fork_handlers()?;
+    /// Opens a description with `open` and registers it, with no fork in between. Fails with
+    /// `open`'s error, or with `failed` of why registering failed (the fork handlers cannot be
+    /// installed, or 65,536 descriptors are registered already).
+    pub(crate) fn open<E>(
+        open: impl FnOnce() -> Result<OwnedFd, E>,
+        failed: impl Fn(io::Error) -> E,
+    ) -> Result<LivenessFd, E> {
+        install_fork_handlers().map_err(&failed)?;
         loop {
             while FORKING.load(Ordering::SeqCst) != 0 {
                 std::thread::yield_now();
@@ -604,9 +716,9 @@ impl LivenessFd {
                     return Ok(LivenessFd { fd });
                 }
             }
-            Err(io::Error::other(
+            Err(failed(io::Error::other(
                 "65,536 liveness descriptors are registered already",
-            ))
+            )))
         });
         REGISTERING.fetch_sub(1, Ordering::SeqCst);
         registered

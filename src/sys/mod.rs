@@ -3,8 +3,8 @@
 //!
 //! The rest of the crate sees a small vocabulary and never calls `rustix` or `libc` itself:
 //!
-//! - [`linux`]: open, size, stat, read and unlink a named shared-memory object; lock a byte of
-//!   it (liveness); sleep and wake on a futex word; lock a robust process-shared mutex; map an
+//! - [`linux`]: open (never through a symbolic link), size, stat, read, link and unlink a named
+//!   shared-memory object; lock a byte of it (liveness); sleep and wake on a futex word; lock a robust process-shared mutex; map an
 //!   object. OS errors come back as [`std::io::Error`]s whose [`kind`](std::io::Error::kind)
 //!   callers match on (errno values stay in here).
 //! - [`mapping`]: [`Mapping`], a mapped object, and its checked atomic views

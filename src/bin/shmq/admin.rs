@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shmq::{ParticipantInfo, SegmentInfo};
+use shmq::{GcEntry, ParticipantInfo, SegmentInfo, SegmentState};
 
 use crate::error::BoxResult;
 
@@ -41,11 +41,52 @@ fn participant_json(p: &ParticipantInfo) -> String {
     )
 }
 
+/// The state as `--json` gives it: one word, and the name a removed segment had.
+fn state_json(state: &SegmentState) -> String {
+    let word = match state {
+        SegmentState::Ready => "ready",
+        SegmentState::Removed { .. } => "removed",
+        SegmentState::BeingCreated => "being-created",
+        SegmentState::Unfinished => "unfinished",
+        SegmentState::Refused => "refused",
+        SegmentState::Unreadable => "unreadable",
+        _ => "other",
+    };
+    let removed_name = match state {
+        SegmentState::Removed { segment } => Some(segment.as_str()),
+        _ => None,
+    };
+    format!(
+        "\"state\":{},\"removed_name\":{}",
+        json_str(word),
+        json_opt_str(removed_name)
+    )
+}
+
+/// What `shmq ls` and `shmq info` say about a segment that is not simply ready, if anything.
+fn state_note(info: &SegmentInfo) -> Option<String> {
+    match &info.state {
+        // The problem line says why a refused or unreadable one could not be read.
+        SegmentState::Ready | SegmentState::Refused | SegmentState::Unreadable => None,
+        SegmentState::Removed { segment } if info.alive() > 0 => Some(format!(
+            "removed, still in use: {segment} was removed while in use and {} live \
+             participant(s) still use it",
+            info.alive()
+        )),
+        SegmentState::Removed { segment } => Some(format!(
+            "removed: {segment} was removed while in use; its participants are all dead \
+             (shmq gc removes it)"
+        )),
+        other => Some(other.to_string()),
+    }
+}
+
 fn segment_json(info: &SegmentInfo, with_participants: bool) -> String {
     let mut out = format!(
-        "{{\"name\":{},\"kind\":{},\"file_bytes\":{},\"creator_pid\":{},\"created_unix_ns\":{},\
+        "{{\"name\":{},{},\"kind\":{},\"file_bytes\":{},\"creator_pid\":{},\"created_unix_ns\":{},\
          \"participant_capacity\":{},\"alive\":{},\"dead\":{}",
         json_str(&info.name),
+        state_json(&info.state),
         json_opt_str(info.kind.map(|k| k.as_str())),
         info.file_bytes,
         info.creator_pid,
@@ -152,8 +193,15 @@ pub fn ls(json: bool) -> BoxResult<()> {
                 age(s.created_unix_ns)
             }
         );
+        let note = state_note(s);
+        if let Some(note) = &note {
+            println!("    {note}");
+        }
         if let Some(problem) = &s.problem {
-            println!("    ! {problem}");
+            // An unfinished segment's problem is its state, already said.
+            if !note.as_ref().is_some_and(|n| problem.ends_with(n.as_str())) {
+                println!("    ! {problem}");
+            }
         }
     }
     Ok(())
@@ -168,6 +216,9 @@ pub fn info(name: &str, json: bool) -> BoxResult<()> {
     }
     println!("segment       {}  (/dev/shm/shmq.{})", s.name, s.name);
     println!("kind          {}", s.kind.map_or("unknown", |k| k.as_str()));
+    if let Some(note) = state_note(&s) {
+        println!("state         {note}");
+    }
     println!(
         "size          {} ({} bytes)",
         human_bytes(s.file_bytes),
@@ -235,43 +286,74 @@ pub fn info(name: &str, json: bool) -> BoxResult<()> {
     Ok(())
 }
 
-/// `shmq rm NAME`: refuses while a live participant exists, unless `force`.
+/// `shmq rm NAME`: refuses while the segment is being created, and while a live participant
+/// exists unless `force` (it then lives on under a tombstone for them).
 pub fn rm(name: &str, force: bool, json: bool) -> BoxResult<()> {
-    let s = shmq::inspect(name)?;
-    let alive = s.alive();
-    if alive > 0 && !force {
-        return Err(format!(
-            "{name} has {alive} live participant(s); they would keep using an unlinked segment. \
-             Use --force to remove it anyway."
-        )
-        .into());
-    }
-    shmq::Segment::remove(name)?;
+    // A refusal says why (being created; live participants, and what --force would do).
+    let removal = shmq::remove(name, force)?;
+    let alive = removal.live_participants;
     if json {
         println!(
-            "{{\"removed\":{},\"live_participants\":{alive}}}",
-            json_str(name)
+            "{{\"removed\":{},\"live_participants\":{alive},\"reclaimed\":{},\
+             \"tombstone\":{},\"problem\":{}}}",
+            json_str(name),
+            removal.reclaimed,
+            json_opt_str(removal.tombstone.as_deref()),
+            json_opt_str(removal.problem.as_deref())
         );
-    } else {
-        println!("removed {name} ({alive} live participant(s))");
+        return Ok(());
+    }
+    match (&removal.tombstone, &removal.problem) {
+        (Some(tombstone), _) => println!(
+            "removed {name}; its {alive} live participant(s) keep using it as shmq.{tombstone} \
+             until they are gone"
+        ),
+        (None, Some(problem)) => println!("removed {name} (not a shmq segment: {problem})"),
+        (None, None) => println!(
+            "removed {name} (0 live participants, {} dead reclaimed)",
+            removal.reclaimed
+        ),
     }
     Ok(())
 }
 
-/// `shmq gc`: removes segments whose participants are all dead.
+fn gc_entry_json(entry: &GcEntry) -> String {
+    format!(
+        "{{\"name\":{},\"removed\":{},\"decision\":{},\"reason\":{}}}",
+        json_str(&entry.name),
+        entry.removed,
+        json_str(entry.reason.code()),
+        json_str(&entry.reason.to_string())
+    )
+}
+
+/// `shmq gc`: removes what only dead processes used, and prints every decision with its reason.
 pub fn gc(json: bool) -> BoxResult<()> {
-    let removed = shmq::gc()?;
+    let entries = shmq::gc()?;
+    let removed: Vec<&GcEntry> = entries.iter().filter(|e| e.removed).collect();
     if json {
-        let names: Vec<String> = removed.iter().map(|n| json_str(n)).collect();
-        println!("{{\"removed\":[{}]}}", names.join(","));
-    } else if removed.is_empty() {
-        println!("nothing to remove: every shmq segment has a live participant");
-    } else {
-        for name in &removed {
-            println!("removed {name}");
-        }
-        println!("{} segment(s) removed", removed.len());
+        let names: Vec<String> = removed.iter().map(|e| json_str(&e.name)).collect();
+        let all: Vec<String> = entries.iter().map(gc_entry_json).collect();
+        println!(
+            "{{\"removed\":[{}],\"entries\":[{}]}}",
+            names.join(","),
+            all.join(",")
+        );
+        return Ok(());
     }
+    if entries.is_empty() {
+        println!("no shmq objects in /dev/shm");
+        return Ok(());
+    }
+    for entry in &entries {
+        let verdict = if entry.removed { "removed" } else { "kept" };
+        println!("{verdict:<8} {}: {}", entry.name, entry.reason);
+    }
+    println!(
+        "{} removed, {} kept",
+        removed.len(),
+        entries.len() - removed.len()
+    );
     Ok(())
 }
 
