@@ -197,6 +197,16 @@ fn a_stopped_producer_lock_holder_does_not_freeze_senders() {
                 other => panic!("send_timeout: {other:?}"),
             }
             assert!(took < Duration::from_millis(100) + SLACK, "took {took:?}");
+            // `shmq info` says who holds it.
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_shmq"))
+                .args(["info", name])
+                .output()
+                .expect("run shmq info");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains(&format!("producer by pid {pid}")),
+                "shmq info does not name the holder:\n{text}"
+            );
             // Dropping a sender runs a reclaim that takes every lock.
             let other = Sender::open(name).expect("open another sender");
             let ((), took) = timed("drop(Sender)", move || drop(other));

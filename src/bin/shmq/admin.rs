@@ -81,6 +81,26 @@ fn state_note(info: &SegmentInfo) -> Option<String> {
     }
 }
 
+/// The locks of a segment held right now, with their holders' pids.
+fn lock_holders(info: &SegmentInfo) -> Vec<(&'static str, u32)> {
+    let mut held = Vec::new();
+    if let Some(pid) = info.membership_holder {
+        held.push(("membership", pid));
+    }
+    if let Some(c) = &info.channel {
+        for (lock, holder) in [
+            ("producer", c.producer_lock_holder),
+            ("consumer", c.consumer_lock_holder),
+            ("allocator", c.allocator_lock_holder),
+        ] {
+            if let Some(pid) = holder {
+                held.push((lock, pid));
+            }
+        }
+    }
+    held
+}
+
 fn segment_json(info: &SegmentInfo, with_participants: bool) -> String {
     let mut out = format!(
         "{{\"name\":{},{},\"kind\":{},\"file_bytes\":{},\"creator_pid\":{},\"created_unix_ns\":{},\
@@ -113,6 +133,11 @@ fn segment_json(info: &SegmentInfo, with_participants: bool) -> String {
             c.corrupt_skipped
         );
     }
+    let held: Vec<String> = lock_holders(info)
+        .iter()
+        .map(|(lock, pid)| format!("{{\"lock\":{},\"pid\":{pid}}}", json_str(lock)))
+        .collect();
+    let _ = write!(out, ",\"locks_held\":[{}]", held.join(","));
     if with_participants {
         let list: Vec<String> = info.participants.iter().map(participant_json).collect();
         let _ = write!(out, ",\"participants\":[{}]", list.join(","));
@@ -265,6 +290,18 @@ pub fn info(name: &str, json: bool) -> BoxResult<()> {
         if c.corrupt_skipped > 0 {
             println!("corrupt       {} descriptors skipped", c.corrupt_skipped);
         }
+    }
+    // Locks are held for microseconds: a holder seen here at all may be stopped (run again).
+    let holders = lock_holders(&s);
+    if !holders.is_empty() {
+        let list: Vec<String> = holders
+            .iter()
+            .map(|(lock, pid)| format!("{lock} by pid {pid}"))
+            .collect();
+        println!(
+            "locks held    {} (a holder that shows again and again is probably stopped)",
+            list.join(", ")
+        );
     }
     if !s.participants.is_empty() {
         println!();
