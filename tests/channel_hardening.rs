@@ -47,6 +47,7 @@ fn child_entry() {
         "fork-use" => fork_child_uses_inherited(&args[0]),
         "fork-parent" => fork_parent_then_sleep(&args[0]),
         "fork-shared" => fork_shared_value(&args[0]),
+        "fork-while-detaching" => fork_while_a_thread_detaches(&args[0]),
         "receiver-sleep" => {
             let _rx = Receiver::open(&args[0]).expect("open receiver");
             common::signal_parent("ready");
@@ -628,6 +629,52 @@ fn a_forked_child_drops_or_uses_an_inherited_shared_value() {
     let lines = Kid::spawn("fork-shared", &[&name]).finish();
     assert!(lines.iter().any(|l| l == "ok"), "{lines:?}");
     assert!(!common::shm_exists(&name));
+}
+
+/// Forks while another thread of the process holds the region's membership lock (a detach that
+/// waits for a stopped holder of the OFD lock): the child's first use of an inherited handle
+/// must not find that lock held for ever by a thread that does not exist in the child.
+fn fork_while_a_thread_detaches(name: &str) {
+    let (tx, rx) = channel(name, config(16, MIB)).expect("create channel");
+    let mut churner = Kid::spawn("churn-membership", &[name]);
+    churner.expect("ready");
+    let pid = churner.pid();
+    stop_while(pid, "membership", || {
+        shmq::inspect(name).expect("inspect").membership_holder == Some(pid)
+    });
+    // The detach waits up to 100 ms for the membership lock, holding this process's own.
+    let detaching = thread::spawn(move || drop(tx));
+    thread::sleep(Duration::from_millis(30));
+    let child = fork();
+    if child == 0 {
+        thread::sleep(Duration::from_millis(300)); // the parent resumes the churner meanwhile
+        match rx.try_recv() {
+            Err(TryRecvError::Failed(e)) => {
+                eprintln!("the forked child's first receive failed: {e}");
+                exit_now(2)
+            }
+            _ => exit_now(0),
+        }
+    }
+    signal(pid, libc::SIGCONT);
+    churner.kill();
+    detaching.join().expect("detach");
+    assert_eq!(
+        wait_pid(child),
+        0,
+        "the child found the membership lock held for ever"
+    );
+    drop(rx);
+    assert_gone(name);
+    common::signal_parent("ok");
+}
+
+#[test]
+fn a_fork_while_a_thread_holds_the_membership_lock_leaves_the_child_usable() {
+    let name = unique_name("fork-detaching");
+    let lines = Kid::spawn("fork-while-detaching", &[&name]).finish();
+    assert!(lines.iter().any(|l| l == "ok"), "{lines:?}");
+    assert_gone(&name);
 }
 
 // ----- a killed last receiver -----------------------------------------------------------------

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use super::errors::Exhausted;
 use super::layout::{InlineBuf, Place, INLINE_MAX};
+use super::lock::lock_deadline;
 use super::message::{Body, Message};
 use super::ring::Taken;
 use super::view::Chan;
 use super::wait::{Step, WaitError, WaitOn};
 use super::{DEFAULT_SPIN, HOOKS};
 use crate::error::{Error, Result};
-use crate::segment::{validate_name, CreateSpec, Kind, Participant, Region, Role};
+use crate::segment::{lock_until, validate_name, CreateSpec, Kind, Participant, Region, Role};
 use crate::sys;
 
 /// How often a blocked call looks for dead peers.
@@ -186,7 +187,7 @@ impl Endpoint {
     /// the parent keeps using): the child then counts as a sender or receiver in its own
     /// right, and its death is seen apart from the parent's.
     #[inline]
-    pub(super) fn owner(&self) -> Result<Owner> {
+    pub(super) fn owner(&self, deadline: Option<Instant>) -> Result<Owner> {
         let generation = sys::fork_generation();
         if self.fork_generation.load(Ordering::Acquire) == generation {
             return Ok(Owner {
@@ -194,33 +195,27 @@ impl Endpoint {
                 fork_generation: generation,
             });
         }
-        self.register_in_child(generation)
+        self.register_in_child(generation, deadline)
     }
 
     #[cold]
-    fn register_in_child(&self, generation: u64) -> Result<Owner> {
-        let deadline = Instant::now() + REGISTER_TIMEOUT;
-        let mut participant = loop {
-            match self.participant.try_lock() {
-                Ok(guard) => break guard,
-                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_micros(100))
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    return Err(Error::LockTimeout {
-                        name: self.chan.name().to_owned(),
-                        lock: "registration",
-                        holder_pid: None,
-                        waited: REGISTER_TIMEOUT,
-                    })
-                }
-            }
+    fn register_in_child(&self, generation: u64, deadline: Option<Instant>) -> Result<Owner> {
+        // A call with a deadline keeps it (plus the lock grace); a blocking one waits up to
+        // REGISTER_TIMEOUT for what a fork may have left locked for ever.
+        let until = lock_deadline(deadline).unwrap_or_else(|| Instant::now() + REGISTER_TIMEOUT);
+        let started = Instant::now();
+        let Some(mut participant) = lock_until(&self.participant, until) else {
+            return Err(Error::LockTimeout {
+                name: self.chan.name().to_owned(),
+                lock: "registration",
+                holder_pid: None,
+                waited: started.elapsed(),
+            });
         };
         if self.fork_generation.load(Ordering::Acquire) != generation {
             // The inherited participant is the parent's: dropping it here leaves its slot alone.
             drop(participant.take());
-            let fresh = self.chan.region().attach(self.role)?;
+            let fresh = self.chan.region().attach(self.role, until)?;
             self.slot.store(fresh.slot(), Ordering::Relaxed);
             self.fork_generation.store(generation, Ordering::Release);
             *participant = Some(fresh);
@@ -302,7 +297,7 @@ impl Endpoint {
     /// Reserves room for `len` payload bytes: an arena chunk, or an overflow segment for a
     /// payload larger than the arena.
     pub(super) fn reserve(&self, len: u64, deadline: Option<Instant>) -> Result<Reserved, Stopped> {
-        let owner = self.owner()?;
+        let owner = self.owner(deadline)?;
         // Rechecked when older than PEER_RECHECK: a receiver killed a moment ago is noticed
         // even while the ring has room (nobody bumps the epoch for a death).
         if !self.peers_alive(PEER_RECHECK) {
@@ -373,7 +368,10 @@ impl Endpoint {
         }
         match self.free(reserved) {
             Err(Error::LockTimeout { .. }) => {
-                if let Ok(mut deferred) = self.deferred.lock() {
+                // try_lock: held only for a push or a take, but a fork can leave it locked for
+                // ever in the child. Not deferred here, the room stays owned by this slot, and
+                // the sweep when the family goes frees it.
+                if let Ok(mut deferred) = self.deferred.try_lock() {
                     deferred.push(reserved.clone());
                 }
             }
@@ -435,7 +433,7 @@ impl Endpoint {
         deadline: Option<Instant>,
     ) -> Result<(), Stopped> {
         if bytes.len() <= INLINE_MAX {
-            self.owner()?;
+            self.owner(deadline)?;
             if !self.peers_alive(PEER_RECHECK) {
                 return Err(Stopped::Disconnected);
             }
@@ -455,13 +453,18 @@ impl Endpoint {
 
     /// Waits until every message sent before the call has been received and dropped.
     pub(super) fn join(&self, deadline: Option<Instant>) -> Result<(), Stopped> {
-        self.owner()?;
+        self.owner(deadline)?;
         let chan = &self.chan;
         let target = chan.sent_total();
         self.wait_for(WaitOn::Done, deadline, None, || {
-            if chan.done_total() >= target {
+            // Only a consistent count may say done (a stopped retirer leaves none to be had).
+            let done = || {
+                chan.done_total_consistent()
+                    .is_ok_and(|done| done >= target)
+            };
+            if done() {
                 Ok(Step::Ready(()))
-            } else if !self.peers_alive(PEER_RECHECK) && chan.done_total() < target {
+            } else if !self.peers_alive(PEER_RECHECK) && !done() {
                 // Re-read after the liveness scan: a receiver may have finished meanwhile.
                 Ok(Step::Disconnected)
             } else {
@@ -474,7 +477,7 @@ impl Endpoint {
 
     /// Receives the oldest message.
     pub(super) fn receive(self: &Arc<Self>, deadline: Option<Instant>) -> Result<Message, Stopped> {
-        let owner = self.owner()?;
+        let owner = self.owner(deadline)?;
         let mut inline = InlineBuf([0; INLINE_MAX]);
         let taken = self.wait_for(WaitOn::NotEmpty, deadline, None, || {
             if let Some(taken) = self.chan.try_take(owner.slot, &mut inline, deadline)? {

@@ -38,6 +38,12 @@ pub(super) enum Body {
 /// bytes under the reference; the values read are then garbage, but every access stays inside
 /// the mapping, which the descriptor's checks guarantee. The same holds for [`Loan`] and
 /// [`SliceLoan`], whose bytes belong to the sender until sent.
+///
+/// After `fork`, a `Message` or `Loan` the child inherited still refers to room that the
+/// *parent* owns: the parent may free it and the memory be reused while the child reads (or,
+/// for a loan, writes) through its copy. Dropping it in the child frees nothing. A child should
+/// drop what it inherited, or read an inherited message only while it knows the parent still
+/// holds it.
 pub struct Message {
     ep: Arc<Endpoint>,
     body: Body,

@@ -129,10 +129,12 @@ impl Chan {
     }
 
     /// Opens overflow payload `id` of a `len`-byte message. The mapping is not prefaulted: this
-    /// runs under the consumer lock, and the receiver prefaults it after letting go.
+    /// runs under the consumer lock, and the receiver prefaults it after letting go. Nor does
+    /// it wait for an unfinished payload (a published one is finished; one that is not was
+    /// replaced by garbage), which would hold the consumer lock for seconds.
     pub(crate) fn open_overflow(&self, id: u64, len: u64) -> Result<Arc<Region>> {
         let name = self.overflow_name(id);
-        let (region, _) = Region::open(&name, Kind::Overflow, &[], false, None)?;
+        let region = Region::open_finished(&name, Kind::Overflow, false)?;
         if (region.data_len() as u64) < len {
             return Err(Error::corrupted(
                 &name,
@@ -154,12 +156,13 @@ impl Chan {
 }
 
 /// Whether a failure to open an overflow payload is for good (the payload was removed, or is
-/// not a valid payload): then no receiver can ever have the message. Anything else (out of
+/// not a valid, finished payload): then no receiver can ever have the message. Anything else (out of
 /// descriptors or memory, a lock not free) may pass, and the message stays queued.
 pub(crate) fn payload_lost(e: &Error) -> bool {
     matches!(
         e,
         Error::NotFound { .. }
+            | Error::NotReady { .. }
             | Error::Corrupted { .. }
             | Error::Incompatible { .. }
             | Error::PermissionDenied { .. }

@@ -205,7 +205,13 @@ impl Chan {
                     Place::Overflow { id, .. } => match self.open_overflow(id, desc.len) {
                         Ok(region) => Some(Ok(region)),
                         Err(e) if payload_lost(&e) => Some(Err(e)),
-                        Err(e) => return Err(e),
+                        Err(e) => {
+                            // Left queued; slots skipped before it still freed room.
+                            if skipped {
+                                self.notify(WaitOn::NotFull);
+                            }
+                            return Err(e);
+                        }
                     },
                     _ => None,
                 };

@@ -43,8 +43,17 @@ pub struct ChannelStats {
 }
 
 impl Chan {
-    /// Messages received and dropped (or reclaimed from dead receivers).
+    /// Messages received and dropped (or reclaimed from dead receivers), best effort: see
+    /// [`Chan::done_total_consistent`].
     pub(crate) fn done_total(&self) -> u64 {
+        self.done_total_consistent().unwrap_or_else(|best| best)
+    }
+
+    /// Messages received and dropped (or reclaimed from dead receivers), read while no count
+    /// moves. `Err` holds a best-effort figure, possibly counting a retiring participant's
+    /// messages twice, when that could not be had: a retirer stopped in the middle holds the
+    /// allocator lock. `join` must not take such a figure for done.
+    pub(crate) fn done_total_consistent(&self) -> Result<u64, u64> {
         // A reclaim in progress makes the epoch odd; retry until it is even and unchanged.
         let mut done = 0;
         for _ in 0..10_000 {
@@ -56,20 +65,20 @@ impl Chan {
             if epoch.is_multiple_of(2)
                 && self.word(C_RECLAIM_EPOCH / 8).load(Ordering::Acquire) == epoch
             {
-                return done;
+                return Ok(done);
             }
             std::hint::spin_loop();
         }
         // Still odd: the retirer died half-way. Taking its lock replays its journal and makes
         // the epoch even again; under the lock the counts cannot move.
         let Ok(_held) = self.lock_alloc(Some(std::time::Instant::now())) else {
-            return done;
+            return Err(done);
         };
         let mut done = self.word(C_RETIRED / 8).load(Ordering::Acquire);
         for slot in 0..self.geo.participants as u32 {
             done = done.wrapping_add(self.dropped(slot).load(Ordering::Acquire));
         }
-        done
+        Ok(done)
     }
 
     /// Pages of the arena free right now.

@@ -5,11 +5,11 @@
 //! segment.
 
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::header::read_header;
 use super::object::{open_checked, TombstoneName};
-use super::region::Region;
+use super::region::{LocalLock, Region};
 use super::{
     os_name, Kind, KindHooks, ABANDONED_AGE, CREATOR_LOCK, FLAG_AUTO_UNLINK, LAYOUT_VERSION, MAGIC,
 };
@@ -152,7 +152,7 @@ pub(crate) fn examine(
         kind,
         header,
         hooks: hooks_for(kind),
-        membership: Mutex::new(()),
+        membership: LocalLock::default(),
     })))
 }
 

@@ -240,3 +240,24 @@ pub(crate) struct KindHooks {
     /// Releases resources outside the segment (overflow segments) just before it is unlinked.
     pub(crate) teardown: fn(&Arc<Region>),
 }
+
+/// Locks `mutex`, polling until `deadline`. For the per-process mutexes of handles that a fork
+/// may have left locked for ever in a child (a parent's thread held it at the fork): a wait
+/// that cannot end becomes an error instead of a hang. A poisoned mutex is taken as it is.
+pub(crate) fn lock_until<T>(
+    mutex: &std::sync::Mutex<T>,
+    deadline: std::time::Instant,
+) -> Option<std::sync::MutexGuard<'_, T>> {
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() >= deadline => {
+                return None
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(Duration::from_micros(100))
+            }
+        }
+    }
+}

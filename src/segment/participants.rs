@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::object::open_checked;
 use super::region::{MembershipGuard, Region};
 use super::{unix_now_ns, Role, FLAG_AUTO_UNLINK, HEADER_SIZE, SLOT_LOCK_BASE, SLOT_SIZE};
 use crate::error::{Error, Result};
@@ -116,23 +115,13 @@ impl Region {
 
     fn attach_locked(self: &Arc<Self>, role: Role) -> Result<Participant> {
         // A description of our own: its lock marks this participant alive, and closing it (or
-        // dying) releases exactly this participant. Checked like every open, and registered,
-        // so that a forked child lets go of it.
-        let os = super::os_name(&self.name);
+        // dying) releases exactly this participant. Of the object this region maps (not of
+        // whatever the name refers to now, which may be a new segment), and registered, so that
+        // a forked child lets go of it.
         let fd = sys::LivenessFd::open(
-            || open_checked(&self.name, &os).map(|(fd, _)| fd),
+            || self.own_description(),
             |e| Error::from_io(&self.name, "register a liveness descriptor", e),
         )?;
-        // The name is opened again, so it must still be the object we mapped: if it was
-        // removed and re-created meanwhile, a lock on the new object would make our slot in the
-        // old one look dead (and hold a slot of the new one that no table entry accounts for).
-        let same = sys::same_object(fd.as_fd(), sys::borrow(&self.fd))
-            .map_err(|e| Error::from_io(&self.name, "fstat", e))?;
-        if !same {
-            return Err(Error::NotFound {
-                name: self.name.clone(),
-            });
-        }
         for slot in 0..self.capacity() {
             let base = self.slot_offset(slot);
             let state = self.u32_at(base + S_STATE).load(Ordering::Acquire);

@@ -3,7 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::header::{
@@ -29,7 +29,7 @@ pub(crate) struct Region {
     /// What the kind frees when a participant dies or the segment goes; handed in by the kind.
     pub(super) hooks: Option<&'static KindHooks>,
     /// OFD locks do not exclude threads that share a description; this does.
-    pub(super) membership: Mutex<()>,
+    pub(super) membership: LocalLock,
 }
 
 /// Parameters of a new segment.
@@ -44,6 +44,37 @@ pub(crate) struct CreateSpec<'a> {
     pub(crate) hooks: Option<&'static KindHooks>,
 }
 
+/// Excludes this process's threads from one region's membership operations (OFD locks do not
+/// exclude threads that share a description). Not a `std::sync::Mutex`: a fork while one of
+/// the parent's threads holds it would leave the child's copy locked for ever. The word holds
+/// the fork generation of its holder plus one; in a child, a hold from an earlier generation
+/// belongs to a thread that does not exist there, and is taken over.
+#[derive(Debug, Default)]
+pub(crate) struct LocalLock(AtomicU64);
+
+/// A hold of a [`LocalLock`]; released on drop.
+pub(super) struct LocalHold<'a>(&'a LocalLock);
+
+impl LocalLock {
+    fn try_hold(&self) -> Option<LocalHold<'_>> {
+        let mine = sys::fork_generation().wrapping_add(1);
+        let current = self.0.load(Ordering::Acquire);
+        if current == mine {
+            return None; // another thread of this process holds it
+        }
+        self.0
+            .compare_exchange(current, mine, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()
+            .map(|_| LocalHold(self))
+    }
+}
+
+impl Drop for LocalHold<'_> {
+    fn drop(&mut self) {
+        self.0 .0.store(0, Ordering::Release);
+    }
+}
+
 /// How long `open` and `create` wait for the membership lock. Holders keep it for
 /// microseconds (plus bounded reclaims); only a stopped holder keeps it longer.
 pub(crate) const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -55,7 +86,7 @@ pub(super) struct MembershipGuard<'a> {
     /// lock, and a child forked meanwhile lets go of it).
     holder: sys::LivenessFd,
     region: &'a Region,
-    _local: MutexGuard<'a, ()>,
+    _local: LocalHold<'a>,
 }
 
 impl MembershipGuard<'_> {
@@ -108,9 +139,14 @@ impl Region {
         };
         // Held until initialised: gc() takes a segment whose creator lock is free and that never
         // got initialised for a leftover of a dead creator.
-        // gc() may hold it for a moment while it looks at the new name.
+        // gc() may hold it for a moment while it looks at the new name. Taken through a
+        // registered description of its own where /proc allows, so that a child forked during
+        // the creation does not keep it held after a dying parent (which would make the
+        // leftover look as if it were still being created).
+        let creator = sys::LivenessFd::open(|| sys::reopen(sys::borrow(&fd)), |e| e).ok();
+        let creator_fd = creator.as_ref().map_or(sys::borrow(&fd), |c| c.as_fd());
         let deadline = Instant::now() + Duration::from_millis(500);
-        let locked = sys::lock_byte_until(sys::borrow(&fd), CREATOR_LOCK, deadline)
+        let locked = sys::lock_byte_until(creator_fd, CREATOR_LOCK, deadline)
             .map_err(|e| unlink_on_error(Error::from_io(name, "fcntl(F_OFD_SETLK)", e)))?;
         if !locked {
             return Err(unlink_on_error(Error::AlreadyExists {
@@ -145,7 +181,7 @@ impl Region {
             header,
             kind: spec.kind,
             hooks: spec.hooks,
-            membership: Mutex::new(()),
+            membership: LocalLock::default(),
         });
         region.header.write(&region.map);
         // Declared before the membership guard is taken: if attaching a later role fails, the
@@ -164,7 +200,10 @@ impl Region {
             drop(participants);
             return Err(unlink_on_error(e));
         }
-        let _ = sys::unlock_byte(sys::borrow(&region.fd), CREATOR_LOCK);
+        let creator_fd = creator
+            .as_ref()
+            .map_or(sys::borrow(&region.fd), |c| c.as_fd());
+        let _ = sys::unlock_byte(creator_fd, CREATOR_LOCK);
         Ok((region, participants))
     }
 
@@ -177,16 +216,25 @@ impl Region {
         populate: bool,
         hooks: Option<&'static KindHooks>,
     ) -> Result<(Arc<Region>, Vec<Participant>)> {
-        Region::open_as(name, Some(kind), roles, populate, hooks)
+        Region::open_as(name, Some(kind), roles, populate, hooks, READY_TIMEOUT)
     }
 
-    /// Like [`Region::open`]; `kind` of `None` accepts any kind (for inspection tools).
-    pub(crate) fn open_as(
+    /// Opens a segment of `kind` that is complete before anyone is told of it (an overflow
+    /// payload, published only once written), attaching nothing: an unfinished one is
+    /// [`Error::NotReady`] at once, without the wait for a creator that [`Region::open`] allows.
+    pub(crate) fn open_finished(name: &str, kind: Kind, populate: bool) -> Result<Arc<Region>> {
+        Region::open_as(name, Some(kind), &[], populate, None, Duration::ZERO).map(|(r, _)| r)
+    }
+
+    /// Like [`Region::open`]; `kind` of `None` accepts any kind, and an unfinished segment is
+    /// waited for up to `ready_timeout`.
+    fn open_as(
         name: &str,
         kind: Option<Kind>,
         roles: &[Role],
         populate: bool,
         hooks: Option<&'static KindHooks>,
+        ready_timeout: Duration,
     ) -> Result<(Arc<Region>, Vec<Participant>)> {
         let os = os_name(name);
         // Checked before anything is read or mapped: a regular file of ours, not a link.
@@ -200,7 +248,7 @@ impl Region {
             if foreign || copy.initialized == 1 {
                 break copy;
             }
-            if started.elapsed() >= READY_TIMEOUT {
+            if started.elapsed() >= ready_timeout {
                 let file = sys::file_info(sys::borrow(&fd))
                     .map_err(|e| Error::from_io(name, "fstat", e))?;
                 if file.size > 0 && file.size < HEADER_SIZE as u64 {
@@ -237,7 +285,7 @@ impl Region {
             header,
             kind: found_kind,
             hooks,
-            membership: Mutex::new(()),
+            membership: LocalLock::default(),
         });
         if roles.is_empty() {
             // Nothing to attach (an overflow payload, an inspection): no membership lock, which
@@ -361,24 +409,20 @@ impl Region {
         // Threads of this process first (OFD locks do not exclude threads that share a
         // description). Polled rather than blocked on, so that the deadline holds here too.
         let local = loop {
-            match self.membership.try_lock() {
-                Ok(guard) => break guard,
-                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) if Instant::now() >= deadline => {
-                    return Err(timed_out())
-                }
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    std::thread::sleep(Duration::from_micros(50))
-                }
+            if let Some(hold) = self.membership.try_hold() {
+                break hold;
             }
+            if Instant::now() >= deadline {
+                return Err(timed_out());
+            }
+            std::thread::sleep(Duration::from_micros(50));
         };
         // Locked through a description opened for this one operation: a child forked without
         // exec shares the base description, and would keep a lock taken through it held for
         // ever if the parent died holding it.
-        let failed = |e| Error::from_io(&self.name, "open(/proc/self/fd)", e);
         let holder = sys::LivenessFd::open(
-            || sys::reopen(sys::borrow(&self.fd)).map_err(failed),
-            failed,
+            || self.own_description(),
+            |e| Error::from_io(&self.name, "register a liveness descriptor", e),
         )?;
         // Holders keep it for microseconds; a dead holder's lock is dropped by the kernel.
         match sys::lock_byte_until(holder.as_fd(), MEMBERSHIP_LOCK, deadline) {
@@ -396,6 +440,24 @@ impl Region {
         }
     }
 
+    /// A new open file description of this region's object, whose locks are its own:
+    /// through /proc/self/fd (always the same object), or, where /proc is not mounted, by name,
+    /// checked to be the object this region maps (the name may have been removed and reused).
+    pub(super) fn own_description(&self) -> Result<OwnedFd> {
+        if let Ok(fd) = sys::reopen(sys::borrow(&self.fd)) {
+            return Ok(fd);
+        }
+        let (fd, _) = open_checked(&self.name, &os_name(&self.name))?;
+        let same = sys::same_object(sys::borrow(&fd), sys::borrow(&self.fd))
+            .map_err(|e| Error::from_io(&self.name, "fstat", e))?;
+        if !same {
+            return Err(Error::NotFound {
+                name: self.name.clone(),
+            });
+        }
+        Ok(fd)
+    }
+
     /// The pid recorded by the holder of the membership lock, if it is held (informative).
     pub(crate) fn membership_holder(&self) -> Option<u32> {
         Some(self.u32_at(H_MEMBERSHIP_HOLDER).load(Ordering::Acquire)).filter(|&pid| pid != 0)
@@ -403,10 +465,10 @@ impl Region {
 
     /// Attaches one more participant with `role` to this open region (a handle inherited
     /// through `fork` registering as the child's own).
-    pub(crate) fn attach(self: &Arc<Self>, role: Role) -> Result<Participant> {
+    pub(crate) fn attach(self: &Arc<Self>, role: Role, deadline: Instant) -> Result<Participant> {
         let mut participants = Vec::with_capacity(1);
         {
-            let membership = self.lock_membership()?;
+            let membership = self.lock_membership_until(deadline)?;
             if self.is_closed() {
                 return Err(Error::NotFound {
                     name: self.name.clone(),

@@ -28,6 +28,10 @@ pub(super) struct State {
     len: usize,
 }
 
+/// How long a handle inherited through `fork` waits for its registration mutex, which a thread
+/// of the parent may have held at the fork.
+const REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl State {
     /// Checks the layout words of a freshly created or opened segment against `T`, `tag` and
     /// `kind`, copying them out once.
@@ -94,14 +98,22 @@ impl State {
         if !self.participant.is_inherited() {
             return Ok(());
         }
-        let mut in_child = self.in_child.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + REGISTER_TIMEOUT;
+        let Some(mut in_child) = crate::segment::lock_until(&self.in_child, deadline) else {
+            return Err(Error::LockTimeout {
+                name: self.name().to_owned(),
+                lock: "registration",
+                holder_pid: None,
+                waited: REGISTER_TIMEOUT,
+            });
+        };
         if in_child.as_ref().is_some_and(|p| !p.is_inherited()) {
             return Ok(());
         }
         // One inherited from a grandparent's fork is dropped inertly here.
         *in_child = None;
         let region = self.participant.region();
-        *in_child = Some(region.attach(self.participant.role())?);
+        *in_child = Some(region.attach(self.participant.role(), deadline)?);
         Ok(())
     }
 

@@ -5,7 +5,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FallocateFlags, FileType, Mode, OFlags};
@@ -609,7 +608,8 @@ static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 /// A descriptor of /dev/null opened before any fork, for the child's handler to duplicate
 /// (opening a file there could fail for want of descriptors).
 static DEV_NULL: AtomicI32 = AtomicI32::new(-1);
-static AT_FORK: Once = Once::new();
+/// Installation of the handlers: 0 not yet (or failed: retried), 1 under way, 2 done.
+static INSTALL: AtomicU32 = AtomicU32::new(0);
 
 /// Runs in the forking thread before `fork`: waits for registrations under way to finish and
 /// holds new ones back until the fork is done.
@@ -629,6 +629,10 @@ extern "C" fn after_fork_in_parent() {
 /// async-signal-safe functions (atomics, dup3).
 extern "C" fn after_fork_in_child() {
     FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+    // Only the forking thread lives on: a registration or installation another thread had
+    // under way at the fork will never finish here.
+    REGISTERING.store(0, Ordering::SeqCst);
+    let _ = INSTALL.compare_exchange(1, 0, Ordering::SeqCst, Ordering::SeqCst);
     let dev_null = DEV_NULL.load(Ordering::SeqCst);
     let high = LIVENESS_HIGH.load(Ordering::SeqCst);
     for entry in &LIVENESS_FDS[..high.min(LIVENESS_FD_SLOTS)] {
@@ -650,15 +654,23 @@ pub(crate) fn fork_generation() -> u64 {
     FORK_GENERATION.load(Ordering::Acquire)
 }
 
+/// Installs the fork handlers once. A failure (no descriptor left for /dev/null, no memory for
+/// the handler) is reported and retried by the next call: a transient shortage must not disable
+/// shmq for the rest of the process.
 fn install_fork_handlers() -> io::Result<()> {
-    AT_FORK.call_once(|| {
-        let Ok(fd) = rustix::fs::open(
+    loop {
+        match INSTALL.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => break,
+            Err(2) => return Ok(()),
+            Err(_) => std::thread::yield_now(), // another thread installs them right now
+        }
+    }
+    let installed = (|| {
+        let fd = rustix::fs::open(
             "/dev/null",
             rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
             Mode::empty(),
-        ) else {
-            return;
-        };
+        )?;
         // SAFETY: the three handlers touch only atomics and call only dup3, as pthread_atfork
         // handlers of a multi-threaded program must.
         let rc = unsafe {
@@ -668,15 +680,15 @@ fn install_fork_handlers() -> io::Result<()> {
                 Some(after_fork_in_child),
             )
         };
-        if rc == 0 {
-            use std::os::fd::IntoRawFd;
-            DEV_NULL.store(fd.into_raw_fd(), Ordering::SeqCst);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
         }
-    });
-    if DEV_NULL.load(Ordering::SeqCst) < 0 {
-        return Err(io::Error::other("the fork handlers could not be installed"));
-    }
-    Ok(())
+        use std::os::fd::IntoRawFd;
+        DEV_NULL.store(fd.into_raw_fd(), Ordering::SeqCst);
+        Ok(())
+    })();
+    INSTALL.store(if installed.is_ok() { 2 } else { 0 }, Ordering::SeqCst);
+    installed
 }
 
 /// A descriptor whose open file description holds liveness locks (a participant's, or one
