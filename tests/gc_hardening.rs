@@ -20,7 +20,7 @@ use common::channel::{
     assert_gone, check_pattern, config, fill_pattern, overflow_files, pattern, sleep_until_killed,
     Kid, KIB, MIB,
 };
-use common::{shm_exists, unique_name};
+use common::{shm_exists, unique_name, Cleanup};
 use shmq::{Error, GcEntry, GcReason, Receiver, Segment, SegmentState, Sender};
 
 /// The uid and gid of `nobody`, whom the foreign-file test becomes.
@@ -152,25 +152,6 @@ fn ofd_lock(file: &File, byte: i64) {
     assert_eq!(rc, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
 }
 
-/// Removes, when dropped, `/dev/shm/shmq.<name>` and every `shmq.<name>~...` of each name.
-struct Cleanup(Vec<String>);
-
-impl Cleanup {
-    fn new(names: &[&str]) -> Cleanup {
-        Cleanup(names.iter().map(|n| n.to_string()).collect())
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::fs::remove_file(shm_path(name));
-            for derived in overflow_files(name) {
-                let _ = std::fs::remove_file(format!("/dev/shm/{derived}"));
-            }
-        }
-    }
-}
 
 fn shmq_cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shmq"))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 use shmq::{Error, Segment};
 
-use common::{shm_exists, unique_name};
+use common::{shm_exists, unique_name, Cleanup};
 
 /// Generous bound for anything a child does; only there so a bug fails instead of hanging.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -157,24 +157,6 @@ fn pattern_b(i: usize) -> u8 {
 
 fn shm_path(name: &str) -> PathBuf {
     PathBuf::from(format!("/dev/shm/shmq.{name}"))
-}
-
-/// Removes `/dev/shm/shmq.<name>` for each name when dropped, so a failed assertion leaves
-/// nothing behind. Removing a name that is already gone is fine.
-struct Cleanup(Vec<String>);
-
-impl Cleanup {
-    fn new(names: &[&str]) -> Cleanup {
-        Cleanup(names.iter().map(|n| n.to_string()).collect())
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in &self.0 {
-            let _ = std::fs::remove_file(shm_path(name));
-        }
-    }
 }
 
 /// The effective uid, as the header records it.

@@ -156,3 +156,25 @@ impl Rng {
         self.next() % n.max(1)
     }
 }
+
+/// Removes, when dropped, `/dev/shm/shmq.<name>` and every `shmq.<name>~...` (overflow
+/// payloads, tombstones) of each name, so a failed assertion leaves nothing behind. Removing a
+/// name that is already gone is fine.
+pub struct Cleanup(Vec<String>);
+
+impl Cleanup {
+    pub fn new(names: &[&str]) -> Cleanup {
+        Cleanup(names.iter().map(|n| n.to_string()).collect())
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = std::fs::remove_file(format!("/dev/shm/shmq.{name}"));
+            for derived in channel::overflow_files(name) {
+                let _ = std::fs::remove_file(format!("/dev/shm/{derived}"));
+            }
+        }
+    }
+}
