@@ -152,7 +152,6 @@ fn ofd_lock(file: &File, byte: i64) {
     assert_eq!(rc, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
 }
 
-
 fn shmq_cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shmq"))
         .args(args)

@@ -3,7 +3,7 @@
 //! receiving, and noticing that the other side is gone.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::errors::Exhausted;
@@ -139,11 +139,6 @@ pub(super) struct Endpoint {
     deferred: Mutex<Vec<Reserved>>,
 }
 
-fn clock_ns() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
 /// How long a handle inherited through `fork` waits for its family's registration mutex, which
 /// a thread of the parent may have held at the fork (it would then never be released here).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -237,7 +232,10 @@ impl Endpoint {
     /// rescans the table, which is how deaths that nobody has reclaimed yet are noticed.
     pub(super) fn peers_alive(&self, max_age: Duration) -> bool {
         let epoch = self.chan.membership_epoch();
-        let fresh_enough = clock_ns().saturating_sub(self.peer_checked_ns.load(Ordering::Relaxed))
+        // The coarse clock (a few ms of resolution, no more than a memory read) is precise
+        // enough for a 25 ms age, and every send asks.
+        let fresh_enough = sys::coarse_clock_ns()
+            .saturating_sub(self.peer_checked_ns.load(Ordering::Relaxed))
             < max_age.as_nanos() as u64;
         let cached = self.peer_cache.load(Ordering::Acquire);
         if cached != u64::MAX && cached >> 1 == epoch & (u64::MAX >> 1) && fresh_enough {
@@ -250,7 +248,8 @@ impl Endpoint {
         let _ = self.chan.region().try_reclaim_dead();
         let epoch = self.chan.membership_epoch() & (u64::MAX >> 1);
         let alive = self.chan.any_alive(self.peer_role);
-        self.peer_checked_ns.store(clock_ns(), Ordering::Relaxed);
+        self.peer_checked_ns
+            .store(sys::coarse_clock_ns(), Ordering::Relaxed);
         // Never replace an answer for a newer epoch with one for an older epoch.
         let fresh = epoch << 1 | u64::from(alive);
         let _ = self

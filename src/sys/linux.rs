@@ -567,6 +567,17 @@ pub(crate) fn process_of_thread(tid: u32) -> Option<u32> {
         .and_then(|pid| pid.trim().parse().ok())
 }
 
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the time of the last timer tick (a few
+/// milliseconds of resolution), read from the vDSO without a system call and cheaper than the
+/// precise clock. For ages measured in tens of milliseconds.
+#[inline]
+pub(crate) fn coarse_clock_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
 /// Asks the kernel to fill the page tables of `len` bytes at `ptr` for reading now, so that the
 /// first reads take no page faults (MADV_POPULATE_READ, Linux 5.14). Best effort: an older
 /// kernel's EINVAL only means the faults come later.
