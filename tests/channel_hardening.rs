@@ -315,6 +315,46 @@ fn a_stopped_allocator_lock_holder_does_not_freeze_senders_or_message_drops() {
 }
 
 #[test]
+fn pages_a_drop_deferred_are_given_back_while_their_receiver_waits() {
+    // The receiver's drop finds the allocator lock held by a stopped process and defers its
+    // pages; once the lock is free, the receiver waits for a message that its sender cannot
+    // send until those very pages are back: the receiver's wait must give them back.
+    let name = unique_name("deferred-wait");
+    let arena = 64 * KIB;
+    let (tx, rx) = channel(&name, config(16, arena)).expect("create channel");
+    let big = 40 * KIB;
+    tx.send(&vec![3u8; big]).expect("send");
+    let held = rx.recv().expect("recv");
+    let mut kid = Kid::spawn("churn", &[&name]);
+    kid.expect("ready");
+    let pid = kid.pid();
+    stop_while(pid, "allocator", || {
+        channel_stats(&name).allocator_lock_holder == Some(pid)
+    });
+    let ((), took) = timed("drop(Message)", move || drop(held));
+    assert!(took < DROP_BOUND, "drop took {took:?}");
+    signal(pid, libc::SIGCONT);
+    kid.kill();
+    // Only the deferred pages make room for this one.
+    let sender = tx.clone();
+    let sent = thread::spawn(move || sender.send_timeout(&vec![4u8; big], Duration::from_secs(10)));
+    let got = rx.recv_timeout(Duration::from_secs(10));
+    let sent = sent.join().expect("sender thread");
+    assert!(
+        sent.is_ok(),
+        "the send never found the deferred pages: {sent:?}"
+    );
+    let message = got.expect("the receiver got the message");
+    assert_eq!(message.len(), big);
+    drop(message);
+    while let Ok(m) = rx.try_recv() {
+        drop(m);
+    }
+    drop((tx, rx));
+    assert_gone(&name);
+}
+
+#[test]
 fn a_stopped_membership_lock_holder_does_not_freeze_timeouts_opens_or_drops() {
     let name = unique_name("stop-membership");
     let (tx, rx) = channel(&name, config(16, MIB)).expect("create channel");

@@ -2,7 +2,7 @@
 //! process, and the operations the public handles are made of: reserving room, publishing,
 //! receiving, and noticing that the other side is gone.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -137,6 +137,8 @@ pub(super) struct Endpoint {
     /// Room whose release found the allocator lock held (by a stopped process): given back by
     /// the next release that gets the lock, or with the slot when the family goes.
     deferred: Mutex<Vec<Reserved>>,
+    /// Whether `deferred` may hold something: what every wait loop checks, with one load.
+    has_deferred: AtomicBool,
 }
 
 /// How long a handle inherited through `fork` waits for its family's registration mutex, which
@@ -162,6 +164,7 @@ impl Endpoint {
             peer_cache: AtomicU64::new(u64::MAX),
             peer_checked_ns: AtomicU64::new(0),
             deferred: Mutex::new(Vec::new()),
+            has_deferred: AtomicBool::new(false),
         };
         ep.chan.bump_membership();
         Ok(Arc::new(ep))
@@ -304,17 +307,14 @@ impl Endpoint {
         }
         let arena = self.chan.geometry().arena_bytes;
         if len <= arena && arena > 0 {
-            let chunk =
-                self.wait_for(
-                    WaitOn::Space,
-                    deadline,
-                    Some(Exhausted::Arena),
-                    || match self.chan.try_alloc(len, owner.slot, deadline)? {
-                        Some(chunk) => Ok(Step::Ready(chunk)),
-                        None if !self.peers_alive(PEER_RECHECK) => Ok(Step::Disconnected),
-                        None => Ok(Step::Retry),
-                    },
-                )?;
+            let chunk = self.wait_for(WaitOn::Space, deadline, Some(Exhausted::Arena), || {
+                self.release_deferred();
+                match self.chan.try_alloc(len, owner.slot, deadline)? {
+                    Some(chunk) => Ok(Step::Ready(chunk)),
+                    None if !self.peers_alive(PEER_RECHECK) => Ok(Step::Disconnected),
+                    None => Ok(Step::Retry),
+                }
+            })?;
             let Some(ptr) = self.chan.chunk_ptr(chunk, len) else {
                 let _ = self.chan.free_chunk(chunk, owner.slot, deadline);
                 return Err(Error::corrupted(self.chan.name(), "chunk outside arena").into());
@@ -328,6 +328,7 @@ impl Endpoint {
         crate::segment::segment_len(self.chan.name(), 0, len)?;
         let waiting_for = Some(Exhausted::OverflowTable);
         let (entry, id) = self.wait_for(WaitOn::Space, deadline, waiting_for, || {
+            self.release_deferred();
             match self.chan.try_reserve_overflow(len, owner.slot, deadline)? {
                 Some(found) => Ok(Step::Ready(found)),
                 None if !self.peers_alive(PEER_RECHECK) => Ok(Step::Disconnected),
@@ -372,6 +373,7 @@ impl Endpoint {
                 // the sweep when the family goes frees it.
                 if let Ok(mut deferred) = self.deferred.try_lock() {
                     deferred.push(reserved.clone());
+                    self.has_deferred.store(true, Ordering::Release);
                 }
             }
             // The lock was free: give back what earlier releases could not.
@@ -390,14 +392,27 @@ impl Endpoint {
         }
     }
 
+    /// Gives back what earlier releases deferred, until the allocator lock is found held
+    /// again. Called after every release that got the lock, and by every wait loop of this
+    /// family (a receiver waiting for messages may hold the very pages its senders wait for).
     fn release_deferred(&self) {
-        let pending = match self.deferred.try_lock() {
-            Ok(mut deferred) if !deferred.is_empty() => std::mem::take(&mut *deferred),
-            _ => return,
-        };
-        for reserved in pending {
-            self.release(&reserved);
+        if !self.has_deferred.load(Ordering::Acquire) {
+            return;
         }
+        let Ok(mut deferred) = self.deferred.try_lock() else {
+            return;
+        };
+        while let Some(reserved) = deferred.last() {
+            if reserved.owner.is_ours() {
+                if let Err(Error::LockTimeout { .. }) = self.free(reserved) {
+                    break; // still held: the next call tries again
+                }
+            }
+            // Freed, or not ours to free (inherited through fork), or gone for good.
+            deferred.pop();
+        }
+        self.has_deferred
+            .store(!deferred.is_empty(), Ordering::Release);
     }
 
     /// Publishes `len` bytes of reserved room as a message. On failure the room stays reserved.
@@ -479,6 +494,7 @@ impl Endpoint {
         let owner = self.owner(deadline)?;
         let mut inline = InlineBuf([0; INLINE_MAX]);
         let taken = self.wait_for(WaitOn::NotEmpty, deadline, None, || {
+            self.release_deferred();
             if let Some(taken) = self.chan.try_take(owner.slot, &mut inline, deadline)? {
                 return Ok(Step::Ready(taken));
             }
