@@ -769,6 +769,31 @@ fn crash_trials_ci() {
     assert_clean(&totals);
 }
 
+/// Replays one channel trial of a failing run: `SHMQ_REPLAY=<seed>,<producer|consumer|reclaimer>`
+/// runs that trial `SHMQ_TRIALS` times (default 20). Kill timing is the machine's, so a replay
+/// makes a rare failure likelier rather than certain.
+#[test]
+#[ignore = "replay: SHMQ_REPLAY=<seed>,<scenario> cargo test --release --test crash_trials -- --ignored crash_trial_replay --nocapture"]
+fn crash_trial_replay() {
+    let spec = std::env::var("SHMQ_REPLAY").expect("SHMQ_REPLAY=<seed>,<scenario>");
+    let (seed, scenario) = spec.split_once(',').expect("SHMQ_REPLAY=<seed>,<scenario>");
+    let seed: u64 = seed.parse().expect("seed");
+    let scenario = match scenario {
+        "producer" => Scenario::Producer,
+        "consumer" => Scenario::Consumer,
+        "reclaimer" => Scenario::Reclaimer,
+        other => panic!("unknown scenario {other}"),
+    };
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    for _ in 0..trials_from_env(20) {
+        channel_trial(scenario, seed, &mut totals);
+        totals.trials += 1;
+    }
+    report(&totals, started.elapsed());
+    assert_clean(&totals);
+}
+
 #[test]
 #[ignore = "long run: SHMQ_TRIALS=10000 cargo test --release --test crash_trials -- --ignored crash_trials_long --nocapture"]
 fn crash_trials_long() {
