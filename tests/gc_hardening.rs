@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +19,7 @@ use common::channel::{
     assert_gone, check_pattern, config, fill_pattern, overflow_files, pattern, sleep_until_killed,
     Kid, KIB, MIB,
 };
-use common::{shm_exists, unique_name, Cleanup};
+use common::{ofd_lock, shm_exists, unique_name, Cleanup};
 use shmq::{Error, GcEntry, GcReason, Receiver, Segment, SegmentState, Sender};
 
 /// The uid and gid of `nobody`, whom the foreign-file test becomes.
@@ -137,19 +136,6 @@ fn create_file(name: &str, len: u64) -> File {
         .expect("create file");
     file.set_len(len).expect("size file");
     file
-}
-
-/// Takes the OFD write lock on one byte of `file` (shmq's creator lock lives at 2^40).
-fn ofd_lock(file: &File, byte: i64) {
-    // SAFETY: all-zero is a valid flock.
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = libc::F_WRLCK as libc::c_short;
-    request.l_whence = libc::SEEK_SET as libc::c_short;
-    request.l_start = byte;
-    request.l_len = 1;
-    // SAFETY: the descriptor is open for the whole call and `request` is a valid flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut request) };
-    assert_eq!(rc, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
 }
 
 fn shmq_cli(args: &[&str]) -> Output {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use proptest::prelude::*;
 use shmq::{Error, Segment};
 
-use common::{shm_exists, unique_name, Cleanup};
+use common::{ofd_lock, shm_exists, unique_name, Cleanup};
 
 /// Generous bound for anything a child does; only there so a bug fails instead of hanging.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
@@ -427,19 +427,6 @@ fn attaching_past_capacity_is_too_many_participants() {
     assert!(shm_exists(&name));
     drop(seg);
     assert!(!shm_exists(&name));
-}
-
-/// Takes the OFD write lock on one byte of `file` (shmq's creator lock lives at 2^40).
-fn ofd_lock(file: &File, byte: i64) {
-    // SAFETY: all-zero is a valid flock.
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = libc::F_WRLCK as libc::c_short;
-    request.l_whence = libc::SEEK_SET as libc::c_short;
-    request.l_start = byte;
-    request.l_len = 1;
-    // SAFETY: the descriptor is open for the whole call and `request` is a valid flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &mut request) };
-    assert_eq!(rc, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
 }
 
 /// The name of overflow payload `id` of the channel `channel` created at `created_unix_ns`, as

@@ -178,3 +178,22 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// Takes the OFD write lock on one byte of `file` (shmq's creator lock lives at 2^40).
+pub fn ofd_lock(file: &std::fs::File, byte: i64) {
+    // SAFETY: all-zero is a valid flock.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    request.l_start = byte;
+    request.l_len = 1;
+    // SAFETY: the descriptor is open for the whole call and `request` is a valid flock.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::F_OFD_SETLK,
+            &mut request,
+        )
+    };
+    assert_eq!(rc, 0, "F_OFD_SETLK: {}", std::io::Error::last_os_error());
+}
