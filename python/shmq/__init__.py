@@ -1,0 +1,66 @@
+"""shmq: multiprocessing's Queue, Pipe, SharedMemory, Value and Array through shared memory.
+
+Change one import, and large objects (numpy arrays above all) stop being pickled through a
+pipe: they are written once into shared memory and received in place, with no copy. A process
+killed at any moment never wedges the others, and nothing is left in ``/dev/shm`` once every
+user is gone.
+
+>>> import shmq, numpy as np
+>>> q = shmq.Queue()
+>>> q.put(np.arange(10))
+>>> q.get().sum()
+45
+
+The names and signatures are those of :mod:`multiprocessing`; docs/guide.md in the repository
+maps each of them, and says where shmq differs.
+"""
+
+from __future__ import annotations
+
+from . import _shmq
+from ._admin import GcEntry, ParticipantInfo, SegmentInfo, gc, list_segments
+from ._errors import (
+    AlreadyExistsError,
+    CorruptedError,
+    IncompatibleError,
+    InUseError,
+    InvalidArgumentError,
+    InvalidNameError,
+    LockTimeoutError,
+    NotFoundError,
+    NotReadyError,
+    OutOfSpaceError,
+    OwnerDiedError,
+    PermissionDeniedError,
+    ShmqError,
+    ShmqOSError,
+    TooManyParticipantsError,
+)
+
+__version__ = "0.1.0"
+"""The package's version (the Rust library's is ``shmq._shmq.LIBRARY_VERSION``)."""
+
+__all__ = [
+    "AlreadyExistsError",
+    "CorruptedError",
+    "GcEntry",
+    "IncompatibleError",
+    "InUseError",
+    "InvalidArgumentError",
+    "InvalidNameError",
+    "LockTimeoutError",
+    "NotFoundError",
+    "NotReadyError",
+    "OutOfSpaceError",
+    "OwnerDiedError",
+    "ParticipantInfo",
+    "PermissionDeniedError",
+    "SegmentInfo",
+    "ShmqError",
+    "ShmqOSError",
+    "TooManyParticipantsError",
+    "gc",
+    "list_segments",
+]
+
+del _shmq

@@ -1,0 +1,31 @@
+//! `shmq._shmq`: the compiled half of the `shmq` Python package.
+//!
+//! The Python modules in `python/shmq/` give multiprocessing's names and semantics; this crate
+//! gives them shmq's channels, segments and shared state, with the GIL released wherever a call
+//! may wait or copy much. One concern per file, as in the library:
+//!
+//! - `errors.rs`: shmq's errors as the Python exceptions of `shmq._errors`;
+//! - `wait.rs`: blocking in 100 ms slices, with the GIL released, so that signals are seen;
+//! - `buffers.rs`: exporting shared memory through the buffer protocol, and reading Python
+//!   buffers;
+//! - `admin.rs`: `gc()` and `list_segments()`.
+//!
+//! Everything here is private to the package: the public, documented names are the Python ones.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use pyo3::prelude::*;
+
+mod admin;
+mod buffers;
+mod errors;
+mod wait;
+
+/// The extension module, imported by `shmq/__init__.py` as `shmq._shmq`.
+#[pymodule]
+fn _shmq(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("LIBRARY_VERSION", env!("CARGO_PKG_VERSION"))?;
+    admin::register(m)?;
+    Ok(())
+}
