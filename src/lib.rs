@@ -8,9 +8,11 @@
 //! - [`channel`] creates a bounded multi-producer, multi-consumer queue of byte messages
 //!   ([`Sender`], [`Receiver`]). Payloads live in a shared arena: the sender copies them in once
 //!   ([`Sender::send`], [`Sender::send_slice`]) or builds them there ([`Sender::loan`],
-//!   [`Sender::loan_slice`]); the receiver reads them in place through a [`Message`], whose drop
-//!   frees the memory. Every blocking call has `try_`, `_timeout` and `_deadline` forms, and
-//!   [`Sender::join`] waits like `JoinableQueue.join()`.
+//!   [`Sender::loan_slice`]); the receiver reads (or writes) them in place through a
+//!   [`Message`], whose drop frees the memory. Every blocking call has `try_`, `_timeout` and
+//!   `_deadline` forms, and [`Sender::join`] waits like `JoinableQueue.join()`. A channel made
+//!   with [`ChannelConfig::with_disconnect`]`(false)` never reports `Disconnected`, like a
+//!   `multiprocessing.Queue` that buffers with nobody reading.
 //! - [`SharedValue`] and [`SharedArray`] hold `Pod` data behind a cross-process lock, like
 //!   `multiprocessing.Value` and `Array`. When a holder dies, the next locker gets
 //!   [`LockError::OwnerDied`] with the guard, instead of a deadlock.

@@ -314,3 +314,56 @@ fn handles_are_clone_send_sync_and_work_from_threads() {
     drop(rx);
     assert_gone(&name);
 }
+
+// ----- figures from the handles ---------------------------------------------------------------
+
+#[test]
+fn stats_from_either_handle_follow_sends_and_receives() {
+    let name = common::unique_name("ch-stats");
+    let (tx, rx) = shmq::channel(&name, config(8, MIB)).expect("create");
+    assert!(tx.disconnects() && rx.disconnects());
+    let fresh = tx.stats();
+    assert_eq!(fresh.capacity, 8);
+    assert_eq!(fresh.arena_bytes, MIB as u64);
+    assert_eq!(fresh.arena_free_bytes, MIB as u64);
+    assert_eq!(
+        (fresh.queued, fresh.sent_total, fresh.done_total),
+        (0, 0, 0)
+    );
+
+    tx.send(&[1; 10]).expect("inline");
+    tx.send(&[2; 5000]).expect("two pages");
+    tx.send(&[3; 5000]).expect("two pages");
+    tx.send(&pattern(4, 3 * MIB)).expect("an overflow payload");
+    let s = rx.stats();
+    assert_eq!(s, tx.stats(), "both handles see the same channel");
+    assert_eq!((s.queued, s.sent_total, s.done_total), (4, 4, 0));
+    assert_eq!(s.messages_in_flight, 4);
+    assert_eq!(s.overflow_payloads, 1);
+    assert_eq!(s.arena_free_bytes, MIB as u64 - 4 * PAGE);
+    assert_eq!(s.bytes_in_flight, 4 * PAGE + 3 * MIB as u64);
+
+    let inline = rx.recv().expect("recv");
+    let arena = rx.recv().expect("recv");
+    let s = tx.stats();
+    // Received and held: no longer queued, still in flight.
+    assert_eq!((s.queued, s.sent_total, s.done_total), (2, 4, 0));
+    assert_eq!(s.messages_in_flight, 4);
+    assert_eq!(s.arena_free_bytes, MIB as u64 - 4 * PAGE);
+    drop(inline);
+    drop(arena);
+    let s = tx.stats();
+    assert_eq!((s.queued, s.done_total, s.messages_in_flight), (2, 2, 2));
+    assert_eq!(s.arena_free_bytes, MIB as u64 - 2 * PAGE);
+    drop(rx.recv().expect("recv"));
+    drop(rx.recv().expect("recv"));
+    let s = rx.stats();
+    assert_eq!((s.queued, s.sent_total, s.done_total), (0, 4, 4));
+    assert_eq!((s.messages_in_flight, s.bytes_in_flight), (0, 0));
+    assert_eq!(s.overflow_payloads, 0);
+    assert_eq!(s.arena_free_bytes, MIB as u64);
+    assert_eq!(s.corrupt_skipped, 0);
+    assert_eq!(s.producer_lock_holder, None);
+    drop((tx, rx));
+    assert_gone(&name);
+}

@@ -20,15 +20,17 @@ pub struct ChannelConfig {
     capacity: usize,
     arena_bytes: usize,
     max_participants: u32,
+    disconnect: bool,
 }
 
 impl Default for ChannelConfig {
-    /// 64 messages, a 64 MiB arena, 64 participants.
+    /// 64 messages, a 64 MiB arena, 64 participants, reporting `Disconnected`.
     fn default() -> Self {
         ChannelConfig {
             capacity: 64,
             arena_bytes: 64 << 20,
             max_participants: DEFAULT_PARTICIPANTS,
+            disconnect: true,
         }
     }
 }
@@ -59,6 +61,39 @@ impl ChannelConfig {
         self
     }
 
+    /// Whether the channel reports `Disconnected` when one side has no live participant
+    /// (default `true`).
+    ///
+    /// With `false`, a *persistent* channel, like a `multiprocessing.Queue`: a send with no
+    /// receiver anywhere queues the message (blocking, timing out or failing with `Full` only
+    /// when the ring or arena is full); a receive with no sender waits for one (blocking, or
+    /// `Timeout`/`Empty`); `join` waits for receivers to come. No call ever fails with
+    /// `Disconnected`, and [`Receiver::iter`](crate::Receiver::iter) ends only at an error.
+    /// Everything else is unchanged: what dead participants held is reclaimed, and the segment
+    /// is unlinked when its last participant detaches (messages still queued then are lost with
+    /// it).
+    ///
+    /// The choice is recorded in the channel, and every handle opened on it follows it (see
+    /// [`Sender::disconnects`](crate::Sender::disconnects)).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let name = format!("doc-persistent-{}", std::process::id());
+    /// let config = shmq::ChannelConfig::default()
+    ///     .with_arena_bytes(1 << 20)
+    ///     .with_disconnect(false);
+    /// let (tx, rx) = shmq::channel(&name, config)?;
+    /// drop(rx); // no receiver anywhere now
+    /// tx.send(b"kept for a receiver that opens later")?;
+    /// let rx = tx.open_receiver()?;
+    /// assert_eq!(&rx.recv()?[..], b"kept for a receiver that opens later");
+    /// # Ok(()) }
+    /// ```
+    pub fn with_disconnect(mut self, disconnect: bool) -> Self {
+        self.disconnect = disconnect;
+        self
+    }
+
     /// The configured capacity in messages.
     pub fn capacity(&self) -> usize {
         self.capacity
@@ -72,5 +107,10 @@ impl ChannelConfig {
     /// The configured number of participant slots.
     pub fn max_participants(&self) -> u32 {
         self.max_participants
+    }
+
+    /// Whether the channel reports `Disconnected` (see [`with_disconnect`](Self::with_disconnect)).
+    pub fn disconnect(&self) -> bool {
+        self.disconnect
     }
 }

@@ -15,7 +15,9 @@ use super::view::Chan;
 use super::wait::{Step, WaitError, WaitOn};
 use super::{DEFAULT_SPIN, HOOKS};
 use crate::error::{Error, Result};
-use crate::segment::{lock_until, validate_name, CreateSpec, Kind, Participant, Region, Role};
+use crate::segment::{
+    lock_until, validate_name, CreateSpec, Kind, Participant, Region, Role, MEMBERSHIP_TIMEOUT,
+};
 use crate::sys;
 
 /// How often a blocked call looks for dead peers.
@@ -27,7 +29,8 @@ pub(super) enum Stopped {
     /// The deadline passed while waiting for room (`Some`: which limit) or for a message or
     /// for `join` (`None`).
     Deadline(Option<Exhausted>),
-    /// No peer is left: every receiver (for senders) or every sender (for receivers) is gone.
+    /// No peer is left: every receiver (for senders) or every sender (for receivers) is gone
+    /// (never on a persistent channel).
     Disconnected,
     /// The operation failed.
     Failed(Error),
@@ -180,6 +183,15 @@ impl Endpoint {
         Endpoint::new(region, participant)
     }
 
+    /// A new family of `role` on this family's mapping: one more participant of the same
+    /// region, so that a process that both sends and receives maps (and prefaults) the channel
+    /// once. Waits for the membership lock as `open` does.
+    pub(super) fn attach_role(&self, role: Role) -> Result<Arc<Endpoint>> {
+        let region = Arc::clone(self.chan.region());
+        let participant = region.attach(role, Instant::now() + MEMBERSHIP_TIMEOUT)?;
+        Endpoint::new(region, participant)
+    }
+
     /// The participant this process acts as. In a child forked without exec, the first call
     /// attaches a participant of the child's own (the inherited one stays the parent's, which
     /// the parent keeps using): the child then counts as a sender or receiver in its own
@@ -263,6 +275,15 @@ impl Endpoint {
         alive
     }
 
+    /// Whether the other side counts as gone, which is what makes a call stop with
+    /// `Disconnected`: no live peer (see [`Endpoint::peers_alive`]), on a channel that
+    /// disconnects. A persistent channel (`with_disconnect(false)`) never does, but its peers
+    /// are scanned all the same, since the scan is also what reclaims the dead.
+    fn peer_gone(&self) -> bool {
+        let alive = self.peers_alive(PEER_RECHECK);
+        !alive && self.chan.disconnects()
+    }
+
     /// Waits for `on` with `attempt`; a deadline that passes is a stop for `waiting_for`.
     fn wait_for<T>(
         &self,
@@ -288,7 +309,7 @@ impl Endpoint {
         self.wait_for(WaitOn::NotFull, deadline, Some(Exhausted::Ring), || {
             if self.chan.try_publish(place, len, inline, deadline)? {
                 Ok(Step::Ready(()))
-            } else if !self.peers_alive(PEER_RECHECK) {
+            } else if self.peer_gone() {
                 Ok(Step::Disconnected)
             } else {
                 Ok(Step::Retry)
@@ -302,7 +323,7 @@ impl Endpoint {
         let owner = self.owner(deadline)?;
         // Rechecked when older than PEER_RECHECK: a receiver killed a moment ago is noticed
         // even while the ring has room (nobody bumps the epoch for a death).
-        if !self.peers_alive(PEER_RECHECK) {
+        if self.peer_gone() {
             return Err(Stopped::Disconnected);
         }
         let arena = self.chan.geometry().arena_bytes;
@@ -311,7 +332,7 @@ impl Endpoint {
                 self.release_deferred();
                 match self.chan.try_alloc(len, owner.slot, deadline)? {
                     Some(chunk) => Ok(Step::Ready(chunk)),
-                    None if !self.peers_alive(PEER_RECHECK) => Ok(Step::Disconnected),
+                    None if self.peer_gone() => Ok(Step::Disconnected),
                     None => Ok(Step::Retry),
                 }
             })?;
@@ -331,7 +352,7 @@ impl Endpoint {
             self.release_deferred();
             match self.chan.try_reserve_overflow(len, owner.slot, deadline)? {
                 Some(found) => Ok(Step::Ready(found)),
-                None if !self.peers_alive(PEER_RECHECK) => Ok(Step::Disconnected),
+                None if self.peer_gone() => Ok(Step::Disconnected),
                 None => Ok(Step::Retry),
             }
         })?;
@@ -448,7 +469,7 @@ impl Endpoint {
     ) -> Result<(), Stopped> {
         if bytes.len() <= INLINE_MAX {
             self.owner(deadline)?;
-            if !self.peers_alive(PEER_RECHECK) {
+            if self.peer_gone() {
                 return Err(Stopped::Disconnected);
             }
             return self.publish(Place::Inline, bytes.len() as u64, bytes, deadline);
@@ -478,7 +499,7 @@ impl Endpoint {
             };
             if done() {
                 Ok(Step::Ready(()))
-            } else if !self.peers_alive(PEER_RECHECK) && !done() {
+            } else if self.peer_gone() && !done() {
                 // Re-read after the liveness scan: a receiver may have finished meanwhile.
                 Ok(Step::Disconnected)
             } else {
@@ -498,7 +519,7 @@ impl Endpoint {
             if let Some(taken) = self.chan.try_take(owner.slot, &mut inline, deadline)? {
                 return Ok(Step::Ready(taken));
             }
-            if self.peers_alive(PEER_RECHECK) {
+            if !self.peer_gone() {
                 return Ok(Step::Retry);
             }
             // Every sender is gone; anything they published before dying is still delivered.

@@ -4,7 +4,7 @@
 //! Data area of a channel segment (byte offsets; see docs/design.md):
 //!
 //! ```text
-//! 0      config: magic, capacity, arena bytes, next overflow id
+//! 0      config: magic, capacity, arena bytes, next overflow id, flags
 //! 128    producer lock (robust mutex) and its journal;   768 tail (own cache lines)
 //! 896    consumer lock and its journal;                  1536 head (own cache lines)
 //! 1664   allocator lock; 1728 counters; 1792 futex words and their armed flags
@@ -43,6 +43,8 @@ pub(super) const C_MAGIC: u64 = 0;
 pub(super) const C_CAPACITY: u64 = 8;
 pub(super) const C_ARENA_BYTES: u64 = 16;
 pub(super) const C_OVERFLOW_NEXT_ID: u64 = 24;
+/// The channel's flags word ([`FLAG_PERSISTENT`]); written once by the creator.
+pub(super) const C_FLAGS: u64 = 32;
 pub(super) const C_PRODUCER_LOCK: u64 = 128;
 pub(super) const C_PRODUCER_JOURNAL: u64 = 192;
 pub(super) const C_TAIL: u64 = 768;
@@ -64,6 +66,15 @@ pub(super) const PARTICIPANT_STRIDE: u64 = 64;
 const _: () = assert!(C_PRODUCER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_TAIL);
 const _: () = assert!(C_CONSUMER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_HEAD);
 const _: () = assert!(sys::ROBUST_MUTEX_SIZE <= 64);
+
+/// Flag: the channel never reports `Disconnected` (made with
+/// `ChannelConfig::with_disconnect(false)`). Zero, the channel of earlier versions, disconnects.
+pub(super) const FLAG_PERSISTENT: u64 = 1;
+/// Every flag this version knows; an opener refuses a channel with any other bit set, since it
+/// cannot know what that bit asks of it.
+pub(super) const KNOWN_FLAGS: u64 = FLAG_PERSISTENT;
+
+const _: () = assert!(C_FLAGS + 8 <= C_PRODUCER_LOCK);
 
 // Descriptor kinds in a ring slot.
 pub(super) const DESC_INLINE: u64 = 1;

@@ -22,28 +22,40 @@ pub(super) enum Body {
     Owned(Reserved),
 }
 
-/// A received payload, read in place in shared memory. Dropping it frees its memory and counts
-/// the message done (for [`Sender::join`](crate::Sender::join)).
+/// A received payload, read (and written) in place in shared memory. Dropping it frees its
+/// memory and counts the message done (for [`Sender::join`](crate::Sender::join)).
 ///
 /// Payloads start at a 64-byte aligned address (4096 for payloads above 96 bytes), so
-/// [`as_slice`](Message::as_slice) can view them as any `Pod` type.
+/// [`as_slice`](Message::as_slice) and [`as_mut_slice`](Message::as_mut_slice) can view them as
+/// any `Pod` type.
+///
+/// A message is writable: it dereferences mutably to its bytes ([`DerefMut`]), so a receiver
+/// can work on a payload where it lies (scale an array, decode into it) without a copy. The
+/// writes change this message only: no other message, queued or held, shares its bytes, and no
+/// sender sees them. A payload of up to 96 bytes was copied into the `Message` on receipt, and
+/// is written there.
 ///
 /// # Soundness
 ///
-/// A `Message` dereferences to `&[u8]` in memory that other processes have mapped too. shmq's
-/// trust model is that peers may crash at any instant and leave garbage, but are not
-/// malicious: once a message is taken, the protocol gives its bytes to this message alone until
-/// it is dropped, so no peer that follows the protocol writes them meanwhile. A process that
-/// ignores the protocol (writes through a raw mapping, or corrupts the allocator) can change the
-/// bytes under the reference; the values read are then garbage, but every access stays inside
-/// the mapping, which the descriptor's checks guarantee. The same holds for [`Loan`] and
-/// [`SliceLoan`], whose bytes belong to the sender until sent.
+/// A `Message` dereferences to `&[u8]` and `&mut [u8]` in memory that other processes have
+/// mapped too. shmq's trust model is that peers may crash at any instant and leave garbage, but
+/// are not malicious: once a message is taken, the protocol gives its bytes to this message
+/// alone until it is dropped, so no peer that follows the protocol reads or writes them
+/// meanwhile, and `&mut self` makes a mutable borrow the only one in this process. A process
+/// that ignores the protocol (writes through a raw mapping, or corrupts the allocator) can
+/// change the bytes under the reference; the values read are then garbage, but every access
+/// stays inside the mapping, which the descriptor's checks guarantee. The same holds for
+/// [`Loan`] and [`SliceLoan`], whose bytes belong to the sender until sent.
 ///
 /// After `fork`, a `Message` or `Loan` the child inherited still refers to room that the
 /// *parent* owns: the parent may free it and the memory be reused while the child reads (or,
 /// for a loan, writes) through its copy. Dropping it in the child frees nothing. A child should
 /// drop what it inherited, or read an inherited message only while it knows the parent still
-/// holds it.
+/// holds it. A child must not write a message it inherited: the bytes are the parent's, which
+/// may be reading them. So writing one that lies in shared memory (more than 96 bytes) is
+/// refused: [`as_mut_slice`](Message::as_mut_slice) fails with [`Error::InvalidArgument`] and
+/// `deref_mut` panics. An inherited message of up to 96 bytes is the child's own copy (the
+/// bytes live in the `Message`, which `fork` copied), and may be written.
 pub struct Message {
     ep: Arc<Endpoint>,
     body: Body,
@@ -55,7 +67,7 @@ pub struct Message {
 // SAFETY: the payload bytes belong to this message alone until it is dropped; the Endpoint it
 // holds is Send + Sync and keeps the mapping alive.
 unsafe impl Send for Message {}
-// SAFETY: &Message only reads the payload.
+// SAFETY: &Message only reads the payload (writing needs &mut Message).
 unsafe impl Sync for Message {}
 
 impl Message {
@@ -81,9 +93,48 @@ impl Message {
         })
     }
 
+    /// The payload as `&mut [T]`, written in place. Fails with [`Error::InvalidArgument`] as
+    /// [`as_slice`](Self::as_slice) does, and for a message in shared memory that this process
+    /// inherited through `fork` (its bytes are the parent's; see the Soundness section).
+    pub fn as_mut_slice<T: Pod>(&mut self) -> Result<&mut [T], Error> {
+        let len = self.len;
+        let name = self.ep.chan.name().to_owned();
+        let bytes = self.bytes_mut()?;
+        bytemuck::try_cast_slice_mut(bytes).map_err(|e| Error::InvalidArgument {
+            name,
+            what: format!(
+                "a {len}-byte message cannot be written as [{}]: {e:?}",
+                std::any::type_name::<T>()
+            ),
+        })
+    }
+
     /// A copy of the payload in fresh heap memory.
     pub fn to_vec(&self) -> Vec<u8> {
         self[..].to_vec()
+    }
+
+    /// The payload, writable; refused for room in shared memory that a parent process owns.
+    fn bytes_mut(&mut self) -> Result<&mut [u8], Error> {
+        let ptr = match &mut self.body {
+            Body::Inline(buf) => return Ok(&mut buf.0[..self.len.min(INLINE_MAX)]),
+            Body::Owned(room) => room.ptr(),
+        };
+        if !self.owner.is_ours() {
+            return Err(Error::InvalidArgument {
+                name: self.ep.chan.name().to_owned(),
+                what: "this message was inherited through fork: its bytes belong to the parent \
+                       process, which alone may write them"
+                    .to_owned(),
+            });
+        }
+        if ptr.is_null() {
+            return Ok(&mut []);
+        }
+        // SAFETY: as in `deref`: the chunk (or overflow data area) holds `len` bytes, checked on
+        // receipt, owned by this message (of this process: checked above) until it drops, and
+        // the mapping lives as long as self; `&mut self` makes this the only borrow of them.
+        Ok(unsafe { std::slice::from_raw_parts_mut(ptr, self.len) })
     }
 }
 
@@ -101,6 +152,22 @@ impl Deref for Message {
         // by this message until it drops, and the mapping lives as long as self (see the
         // Soundness section above for writes by peers that break the protocol).
         unsafe { std::slice::from_raw_parts(ptr, self.len) }
+    }
+}
+
+impl DerefMut for Message {
+    /// The payload, writable in place.
+    ///
+    /// # Panics
+    ///
+    /// If the message lies in shared memory (more than 96 bytes) and this process inherited it
+    /// through `fork`: its bytes are the parent's (see the Soundness section of [`Message`]).
+    /// [`as_mut_slice`](Message::as_mut_slice) reports that as an error instead.
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self.bytes_mut() {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 

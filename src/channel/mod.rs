@@ -54,6 +54,31 @@ macro_rules! handle_methods {
             self.ep.chan.free_arena_bytes()
         }
 
+        /// Whether the channel reports `Disconnected` when the other side has no live
+        /// participant: `false` for a channel made with
+        /// [`ChannelConfig::with_disconnect`](crate::ChannelConfig::with_disconnect)`(false)`,
+        /// whose sends queue with no receiver and whose receives wait with no sender. Read from
+        /// the channel when this handle was opened.
+        pub fn disconnects(&self) -> bool {
+            self.ep.chan.disconnects()
+        }
+
+        /// Which creation of the segment named [`name`](Self::name) this handle is on: the
+        /// segment's creation time in nanoseconds since the Unix epoch, recorded by its creator
+        /// (what `gc` and overflow payload names call its incarnation). Every handle on one
+        /// segment reports the same value; a segment created later under the same name (after
+        /// this one was removed) reports another. A process that re-opens a channel by name
+        /// compares it to the value it was given to know that it got the same channel.
+        pub fn incarnation(&self) -> u64 {
+            self.ep.chan.region().incarnation()
+        }
+
+        /// The channel's figures now, as [`inspect`](crate::inspect) reports them: messages
+        /// queued, in flight and done, bytes in use, the holders of its locks.
+        pub fn stats(&self) -> crate::ChannelStats {
+            self.ep.chan.stats()
+        }
+
         /// How long blocking calls of this handle family spin before sleeping on a futex
         /// (default [`DEFAULT_SPIN`](crate::DEFAULT_SPIN)). `Duration::MAX` never sleeps:
         /// lowest latency, one busy core per waiting thread.
@@ -141,7 +166,8 @@ pub(crate) static HOOKS: KindHooks = KindHooks {
 /// unlinked when its last handle anywhere is dropped.
 ///
 /// A channel counts as disconnected while it has no receiver (or no sender): keep the returned
-/// `Receiver` until the processes that will receive have opened theirs.
+/// `Receiver` until the processes that will receive have opened theirs, or make the channel
+/// persistent with [`ChannelConfig::with_disconnect`]`(false)`, which never disconnects.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -202,7 +228,7 @@ pub fn channel(name: &str, config: ChannelConfig) -> Result<(Sender, Receiver)> 
         hooks: Some(&HOOKS),
     };
     let (region, participants) = Region::create(spec, &[Role::Sender, Role::Receiver], |r| {
-        Chan::init(r, &geo)
+        Chan::init(r, &geo, !config.disconnect())
     })?;
     let mut participants = participants.into_iter();
     let (Some(tx), Some(rx)) = (participants.next(), participants.next()) else {

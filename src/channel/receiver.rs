@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::endpoint::{blocking, Endpoint};
 use super::errors::{RecvError, RecvTimeoutError, TryRecvError};
 use super::message::Message;
+use super::sender::Sender;
 use super::{deadline_after, to_recv, to_recv_timeout, to_try_recv};
 use crate::error::Result;
 use crate::segment::Role;
@@ -37,10 +38,25 @@ impl Receiver {
         })
     }
 
+    /// A new [`Sender`] of this channel, attached on this receiver's mapping of it: a process
+    /// that both sends and receives maps (and prefaults) the arena once, where
+    /// [`Sender::open`] would map it again. The sender is a participant of its own, as if
+    /// opened by name, and lives on after this receiver is dropped.
+    ///
+    /// Fails as [`Sender::open`] does when the channel has no free participant slot
+    /// ([`Error::TooManyParticipants`](crate::Error::TooManyParticipants)) or its membership
+    /// lock cannot be had.
+    pub fn open_sender(&self) -> Result<Sender> {
+        Ok(Sender {
+            ep: self.ep.attach_role(Role::Sender)?,
+        })
+    }
+
     super::handle_methods!();
 
     /// Receives the oldest message, blocking while the channel is empty.
-    /// Fails with `Disconnected` once every sender is gone and the ring is drained.
+    /// Fails with `Disconnected` once every sender is gone and the ring is drained (never on a
+    /// persistent channel, where it waits for a sender to come).
     pub fn recv(&self) -> Result<Message, RecvError> {
         blocking(|| self.ep.receive(None)).map_err(to_recv)
     }
@@ -65,7 +81,8 @@ impl Receiver {
 
     /// Blocking iterator over messages. Ends when every sender is gone and the channel is
     /// drained, or at the first error (`RecvError::Failed`); loop on [`recv`](Self::recv) to
-    /// tell the two apart. Once it has ended it stays ended, even if a new sender attaches
+    /// tell the two apart. On a persistent channel (`with_disconnect(false)`) it ends only at
+    /// an error. Once it has ended it stays ended, even if a new sender attaches
     /// later.
     pub fn iter(&self) -> Iter<'_> {
         Iter {

@@ -9,6 +9,7 @@ use bytemuck::Pod;
 use super::endpoint::{blocking, Endpoint, Stopped};
 use super::errors::{SendError, SendTimeoutError, TrySendError};
 use super::message::{Loan, SliceLoan};
+use super::receiver::Receiver;
 use super::{deadline_after, to_send, to_send_timeout, to_try_send};
 use crate::error::{Error, Result};
 use crate::segment::Role;
@@ -16,7 +17,8 @@ use crate::segment::Role;
 /// The sending side of a channel. Clone it freely; share it across threads.
 ///
 /// All clones form one participant: the channel counts as disconnected for receivers once every
-/// sender family everywhere is dropped or dead.
+/// sender family everywhere is dropped or dead (unless it was made with
+/// [`ChannelConfig::with_disconnect`](crate::ChannelConfig::with_disconnect)`(false)`).
 ///
 /// Every blocking call has a `try_` form (no waiting), a `_timeout` form and a `_deadline` form.
 #[derive(Clone)]
@@ -37,6 +39,19 @@ impl Sender {
     pub fn open(name: &str) -> Result<Sender> {
         Ok(Sender {
             ep: Endpoint::open(name, Role::Sender)?,
+        })
+    }
+
+    /// A new [`Receiver`] of this channel, attached on this sender's mapping of it: a process
+    /// that both sends and receives maps (and prefaults) the arena once, where
+    /// [`Receiver::open`] would map it again. The receiver is a participant of its own, as if
+    /// opened by name, and lives on after this sender is dropped.
+    ///
+    /// Fails as [`Receiver::open`] does when the channel has no free participant slot
+    /// ([`Error::TooManyParticipants`]) or its membership lock cannot be had.
+    pub fn open_receiver(&self) -> Result<Receiver> {
+        Ok(Receiver {
+            ep: self.ep.attach_role(Role::Receiver)?,
         })
     }
 
@@ -193,6 +208,8 @@ impl Sender {
     /// earlier one still held. Messages taken by a receiver that died count as done.
     /// A `Receiver` held by this process keeps the channel connected: if it never receives,
     /// `join` waits for workers that may be gone (use [`join_timeout`](Self::join_timeout)).
+    /// On a persistent channel (`with_disconnect(false)`) `join` waits while no receiver
+    /// exists, for one to come.
     pub fn join(&self) -> Result<(), SendError> {
         blocking(|| self.ep.join(None)).map_err(|e| to_send(e, ()))
     }

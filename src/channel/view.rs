@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use super::journal::Words;
 use super::layout::{
-    Geometry, CHANNEL_MAGIC, C_ALLOC_LOCK, C_ARENA_BYTES, C_CAPACITY, C_CONSUMER_LOCK, C_HEAD,
-    C_MAGIC, C_MEMBERSHIP_EPOCH, C_OVERFLOW_NEXT_ID, C_PARTICIPANTS, C_PRODUCER_LOCK, C_TAIL,
-    PARTICIPANT_STRIDE,
+    Geometry, CHANNEL_MAGIC, C_ALLOC_LOCK, C_ARENA_BYTES, C_CAPACITY, C_CONSUMER_LOCK, C_FLAGS,
+    C_HEAD, C_MAGIC, C_MEMBERSHIP_EPOCH, C_OVERFLOW_NEXT_ID, C_PARTICIPANTS, C_PRODUCER_LOCK,
+    C_TAIL, FLAG_PERSISTENT, KNOWN_FLAGS, PARTICIPANT_STRIDE,
 };
 use crate::error::{Error, Result};
 use crate::segment::{Region, Role};
@@ -31,6 +31,8 @@ pub(crate) struct Chan {
     /// The mapping, kept alive for `data`.
     pub(super) region: Arc<Region>,
     pub(super) geo: Geometry,
+    /// The channel's flags word, copied out once when attaching and checked.
+    flags: u64,
     /// The data area: every shared word is reached through its checked atomic views
     /// ([`sys::Window::atomic_in`]), and the byte ranges that are not words (inline payloads,
     /// arena chunks, mutexes) from its start, by offsets the geometry keeps in bounds.
@@ -61,11 +63,14 @@ impl Words for Chan {
 }
 
 impl Chan {
-    /// Lays out and initialises a fresh channel in `region`'s data area.
-    pub(crate) fn init(region: &Arc<Region>, geo: &Geometry) -> Result<()> {
-        let chan = Chan::new(Arc::clone(region), *geo);
+    /// Lays out and initialises a fresh channel in `region`'s data area; `persistent`: it never
+    /// reports `Disconnected`.
+    pub(crate) fn init(region: &Arc<Region>, geo: &Geometry, persistent: bool) -> Result<()> {
+        let flags = if persistent { FLAG_PERSISTENT } else { 0 };
+        let chan = Chan::new(Arc::clone(region), *geo, flags);
         chan.word(C_CAPACITY / 8)
             .store(geo.capacity, Ordering::Relaxed);
+        chan.word(C_FLAGS / 8).store(flags, Ordering::Relaxed);
         chan.word(C_ARENA_BYTES / 8)
             .store(geo.arena_bytes, Ordering::Relaxed);
         chan.word(C_OVERFLOW_NEXT_ID / 8)
@@ -82,13 +87,14 @@ impl Chan {
         Ok(())
     }
 
-    fn new(region: Arc<Region>, geo: Geometry) -> Chan {
+    fn new(region: Arc<Region>, geo: Geometry, flags: u64) -> Chan {
         // SAFETY: the Chan holds the Arc of the region for as long as it holds the window.
         let data = unsafe { region.data_window() };
         Chan {
             data,
             region,
             geo,
+            flags,
             head_seen: AtomicU64::new(0),
             tail_seen: AtomicU64::new(0),
         }
@@ -117,7 +123,24 @@ impl Chan {
                     format!("capacity {capacity} and arena {arena_bytes} do not match a {data_len}-byte data area"),
                 )
             })?;
-        Ok(Chan::new(region, geo))
+        // A bit this version does not know asks for a behaviour it cannot give (a newer
+        // writer's): refused, rather than taken for a channel of the known kind.
+        let flags = read(C_FLAGS);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(Error::incompatible(
+                name,
+                "channel flags",
+                format!("no bits outside {KNOWN_FLAGS:#x}"),
+                format!("{flags:#x}"),
+            ));
+        }
+        Ok(Chan::new(region, geo, flags))
+    }
+
+    /// Whether the channel reports `Disconnected` when one side has no live participant (it
+    /// was not made with `with_disconnect(false)`).
+    pub(crate) fn disconnects(&self) -> bool {
+        self.flags & FLAG_PERSISTENT == 0
     }
 
     pub(crate) fn region(&self) -> &Arc<Region> {

@@ -50,7 +50,7 @@ pub(crate) use object::{open_object, parse_hex, OpenFailure, Refusal, TombstoneN
 pub(crate) use participants::Participant;
 pub use participants::ParticipantInfo;
 pub use raw::Segment;
-pub(crate) use region::{CreateSpec, Region};
+pub(crate) use region::{CreateSpec, Region, MEMBERSHIP_TIMEOUT};
 pub(crate) use remove::{remove_segment, Removed};
 
 /// First word of every shmq segment.
@@ -60,7 +60,11 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// 3 since every robust mutex in a segment is error-checking: an opener cannot check a
 /// mutex's type, and shared values promise that re-locking by the holder is reported, which a
 /// mutex made by an older version (2) would not do.
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+///
+/// 4 since a channel's config area holds a flags word (persistent channels, which never report
+/// `Disconnected`): a version-3 program would ignore it and report `Disconnected` on a channel
+/// whose other users count on it never doing so.
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;
 /// Bytes of the header at offset 0.

@@ -87,6 +87,15 @@ impl Segment {
         self.participant.region().name()
     }
 
+    /// Which creation of the segment named [`name`](Self::name) this handle is on: the
+    /// segment's creation time in nanoseconds since the Unix epoch, recorded by its creator
+    /// (what `gc` calls its incarnation). Every handle on one segment reports the same value;
+    /// a segment created later under the same name reports another. A process that re-opens a
+    /// segment by name compares it to the value it was given to know that it got the same one.
+    pub fn incarnation(&self) -> u64 {
+        self.participant.region().incarnation()
+    }
+
     /// Length of the data in bytes.
     pub fn len(&self) -> usize {
         self.participant.region().data_len()

@@ -324,6 +324,12 @@ impl Region {
         self.kind
     }
 
+    /// Which creation of the segment under this name this is: its creator's `created_unix_ns`,
+    /// from the checked copy of the header.
+    pub(crate) fn incarnation(&self) -> u64 {
+        self.header.created_unix_ns
+    }
+
     /// Start of the data area.
     pub(crate) fn data_ptr(&self) -> *mut u8 {
         // The header check guarantees data_offset <= total_len == mapping length.

@@ -64,6 +64,11 @@ impl<T: Pod> Shared<T> {
         self.state.name()
     }
 
+    /// The segment's incarnation; see the public handles' `incarnation`.
+    pub(super) fn incarnation(&self) -> u64 {
+        self.state.incarnation()
+    }
+
     /// Number of elements (1 for a value).
     pub(super) fn len(&self) -> usize {
         self.state.len()

@@ -122,6 +122,11 @@ impl State {
         self.region().name()
     }
 
+    /// The segment's incarnation (its creation time, from the checked header).
+    pub(super) fn incarnation(&self) -> u64 {
+        self.region().incarnation()
+    }
+
     /// Number of elements (1 for a value).
     pub(super) fn len(&self) -> usize {
         self.len

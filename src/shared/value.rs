@@ -154,6 +154,15 @@ impl<T: Pod> SharedValue<T> {
         self.shared.name()
     }
 
+    /// Which creation of the segment named [`name`](Self::name) this handle is on: the
+    /// segment's creation time in nanoseconds since the Unix epoch, recorded by its creator
+    /// (what `gc` calls its incarnation). Every handle on one segment reports the same value;
+    /// a segment created later under the same name reports another. A process that re-opens a
+    /// segment by name compares it to the value it was given to know that it got the same one.
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation()
+    }
+
     /// Raw pointer to the value, valid (and aligned) as long as this handle lives.
     ///
     /// For experts: other processes may access the value at any time, so reading or writing
