@@ -10,6 +10,7 @@ use crate::errors::IntoPy;
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(gc, m)?)?;
     m.add_function(wrap_pyfunction!(list_segments, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_unused, m)?)?;
     Ok(())
 }
 
@@ -92,4 +93,17 @@ fn segment_dict<'py>(py: Python<'py>, info: &shmq::SegmentInfo) -> PyResult<Boun
     dict.set_item("channel", channel)?;
     dict.set_item("problem", &info.problem)?;
     Ok(dict)
+}
+
+/// `shmq::remove(name, false)` for the cleanup process (`shmq/_tracker.py`): removes segment
+/// `name` if no live process uses it. Returns `"removed"`, `"in-use"` (live participants, or
+/// being created) or `"gone"` (no such segment); other errors raise.
+#[pyfunction]
+fn remove_unused(py: Python<'_>, name: &str) -> PyResult<&'static str> {
+    match py.detach(|| shmq::remove(name, false)) {
+        Ok(_) => Ok("removed"),
+        Err(shmq::Error::NotFound { .. }) => Ok("gone"),
+        Err(shmq::Error::InUse { .. }) => Ok("in-use"),
+        Err(other) => Err(crate::errors::to_py(other)),
+    }
 }
