@@ -32,6 +32,7 @@ Where shmq differs from multiprocessing (pthread mutexes have owners, semaphores
 
 from __future__ import annotations
 
+import functools
 import threading
 from multiprocessing import current_process
 from typing import Any, ClassVar
@@ -63,14 +64,25 @@ class _SegmentLock:
     _core: SharedBuf
 
     def __init__(self) -> None:
-        self._core = _handles.create_shared(self._prefix, 0, self._tag)
+        self._bind(_handles.create_shared(self._prefix, 0, self._tag))
 
     @classmethod
     def _over(cls, core: SharedBuf) -> Any:
         """A lock object on the mutex of ``core`` (a ``Value``'s own storage, say)."""
         lock = cls.__new__(cls)
-        lock._core = core
+        lock._bind(core)
         return lock
+
+    def _bind(self, core: SharedBuf) -> None:
+        self._core = core
+        # The hot path goes straight into Rust (a Python method in between would double the
+        # cost of an uncontended acquire); the methods below are what it does.
+        if self._reentrant:
+            self.__dict__["acquire"] = core.acquire
+            self.__dict__["release"] = core.release
+        else:
+            self.__dict__["acquire"] = functools.partial(core.acquire, reentrant=False)
+            self.__dict__["release"] = functools.partial(core.release, False)
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> bool:
         """Acquires the lock, as multiprocessing's ``acquire(block=True, timeout=None)``.

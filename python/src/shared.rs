@@ -19,12 +19,11 @@
 //! `shmq.OwnerDiedError` in that one locker; the next acquire, in any process, succeeds.
 //!
 //! Fork: the child's table is a copy of the forking thread's, whose guards belong to the
-//! parent's thread. `forget_held_locks` (run by `os.register_at_fork` in the child, and on any
-//! access from a process whose id changed) forgets them without unlocking: the lock stays the
-//! parent's.
+//! parent's thread. `forget_held_locks` (run by `os.register_at_fork` in the child; CPython runs
+//! those hooks after every fork that goes on running Python) forgets them without unlocking: the
+//! lock stays the parent's.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ffi::c_int;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -63,46 +62,58 @@ struct Held {
     guard: SharedArrayGuard<u8>,
 }
 
-/// The locks one thread holds, by [`SharedBuf::id`].
+/// The locks one thread holds, by [`SharedBuf::id`]: a few at a time, so a list beats a map.
+#[derive(Default)]
 struct HeldLocks {
-    /// The process the guards belong to: after a fork, the child's copy is stale.
-    pid: u32,
-    by_handle: HashMap<u64, Held>,
+    locks: Vec<(u64, Held)>,
 }
 
 impl HeldLocks {
+    fn get_mut(&mut self, id: u64) -> Option<&mut Held> {
+        self.locks
+            .iter_mut()
+            .find(|(held, _)| *held == id)
+            .map(|(_, entry)| entry)
+    }
+
+    fn count(&self, id: u64) -> Option<usize> {
+        self.locks
+            .iter()
+            .find(|(held, _)| *held == id)
+            .map(|(_, entry)| entry.count)
+    }
+
+    fn insert(&mut self, id: u64, entry: Held) {
+        self.locks.push((id, entry));
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Held> {
+        let at = self.locks.iter().position(|(held, _)| *held == id)?;
+        Some(self.locks.swap_remove(at).1)
+    }
+
     /// Forgets every guard without unlocking: after a fork, they are the parent's.
     fn forget_all(&mut self) {
-        for (_, held) in self.by_handle.drain() {
+        for (_, held) in self.locks.drain(..) {
             std::mem::forget(held.guard);
         }
-        self.pid = std::process::id();
     }
 }
 
 thread_local! {
-    static HELD: RefCell<HeldLocks> = RefCell::new(HeldLocks {
-        pid: std::process::id(),
-        by_handle: HashMap::new(),
-    });
+    static HELD: RefCell<HeldLocks> = RefCell::new(HeldLocks::default());
 }
 
-/// Runs `f` on this thread's table of held locks (forgetting a forked parent's first).
-fn with_held<R>(f: impl FnOnce(&mut HashMap<u64, Held>) -> R) -> R {
-    HELD.with(|cell| {
-        let mut held = cell.borrow_mut();
-        if held.pid != std::process::id() {
-            held.forget_all();
-        }
-        f(&mut held.by_handle)
-    })
+/// Runs `f` on this thread's table of held locks.
+fn with_held<R>(f: impl FnOnce(&mut HeldLocks) -> R) -> R {
+    HELD.with(|cell| f(&mut cell.borrow_mut()))
 }
 
 /// Forgets the locks this thread's table says it holds, without unlocking them: for the child
 /// of a fork, where they are the parent's (registered with `os.register_at_fork`).
 #[pyfunction]
 fn forget_held_locks() {
-    HELD.with(|cell| cell.borrow_mut().forget_all());
+    with_held(HeldLocks::forget_all);
 }
 
 /// Source of [`SharedBuf::id`]: never reused, so a stale table entry can never match.
@@ -257,7 +268,7 @@ impl SharedBuf {
     ) -> PyResult<bool> {
         // multiprocessing clamps a negative timeout to 0 (and so does this, NaN included).
         let timeout = timeout.map(|t| if t > 0.0 { t } else { 0.0 });
-        let mine = with_held(|held| match held.get_mut(&self.id) {
+        let mine = with_held(|held| match held.get_mut(self.id) {
             None => Mine::No,
             Some(entry) if reentrant => {
                 entry.count += 1;
@@ -290,9 +301,10 @@ impl SharedBuf {
             }
             Mine::No => {}
         }
-        if !block {
-            let result = self.array.try_lock();
-            return self.took(py, result);
+        // The uncontended case, without releasing the GIL (which costs more than the lock).
+        let first = self.array.try_lock();
+        if !block || !matches!(first, Err(LockError::WouldBlock { .. })) {
+            return self.took(py, first);
         }
         let deadline = deadline_after(timeout)?;
         let array = &self.array;
@@ -317,12 +329,12 @@ impl SharedBuf {
     /// holder died is released (the next acquire reports the death).
     #[pyo3(signature = (reentrant = true))]
     fn release(&self, reentrant: bool) -> PyResult<()> {
-        let released = with_held(|held| match held.get_mut(&self.id) {
+        let released = with_held(|held| match held.get_mut(self.id) {
             Some(entry) if entry.count > 1 => {
                 entry.count -= 1;
                 Some(None)
             }
-            Some(_) => Some(held.remove(&self.id).map(|entry| entry.guard)),
+            Some(_) => Some(held.remove(self.id).map(|entry| entry.guard)),
             None => None,
         });
         if let Some(guard) = released {
@@ -361,11 +373,11 @@ impl SharedBuf {
 
     /// Whether this thread holds the lock.
     fn is_mine(&self) -> bool {
-        with_held(|held| held.contains_key(&self.id))
+        with_held(|held| held.count(self.id).is_some())
     }
 
     /// How many times this thread holds the lock (0 if it does not).
     fn count(&self) -> usize {
-        with_held(|held| held.get(&self.id).map_or(0, |entry| entry.count))
+        with_held(|held| held.count(self.id).unwrap_or(0))
     }
 }
