@@ -32,6 +32,7 @@ import secrets
 import sys
 import weakref
 from multiprocessing import util
+from multiprocessing.context import get_spawning_popen
 from typing import Any
 
 from . import _errors
@@ -88,8 +89,6 @@ def track_segment(core: SegmentBuf) -> None:
 def keep_for_child(handle: Any) -> None:
     """Keeps ``handle`` alive as long as the child process being started, if this is called
     while pickling for a spawn or forkserver start (from a ``__reduce__``)."""
-    from multiprocessing.context import get_spawning_popen
-
     popen = get_spawning_popen()
     if popen is not None:
         _keep_with_popen(popen, [handle])
@@ -105,7 +104,10 @@ def _keep_with_popen(popen: Any, handles: list[Any]) -> None:
     kept = state.get("_shmq_kept")
     if kept is None:
         kept = state["_shmq_kept"] = []
-        original_poll = popen.poll
+        original_poll = getattr(popen, "poll", None)
+        if original_poll is None:  # kept as long as the Popen, then
+            kept.extend(handles)
+            return
 
         # Process.join(), .exitcode and .is_alive() all ask the Popen's poll(): once it reports
         # an exit code, the child needs nothing any more.

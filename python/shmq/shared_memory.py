@@ -20,7 +20,14 @@ exits (``atexit``, or multiprocessing's exit handlers in a child process). Other
 the block while they have it open (or a view of it). ``unlink()`` removes the name at once:
 ``SharedMemory(name)`` then raises ``FileNotFoundError`` and the name can be created anew, while
 the processes that have it open keep using it until they let go. A second ``unlink()`` raises
-``FileNotFoundError``, as multiprocessing's does.
+``FileNotFoundError``, as multiprocessing's does (and an object whose block was unlinked never
+removes a new block that took its name meanwhile). One difference follows: a block that its
+creator never unlinked is gone once the creator has exited and no other process has it open,
+where multiprocessing's stays until the resource tracker's program ends.
+
+A ``SharedMemory`` inherited through fork works in the child; the child registers as a user of
+its own when it first reads :attr:`~SharedMemory.buf` (or pickles the object), so that the block
+stays while the child uses it, and lets go when it exits.
 
 Names: ``SharedMemory("foo")`` is ``/dev/shm/shmq.foo``, where multiprocessing's is
 ``/dev/shm/foo``, so a shmq block and a multiprocessing block never open each other by name
