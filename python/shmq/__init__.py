@@ -36,18 +36,23 @@ from ._errors import (
     ShmqOSError,
     TooManyParticipantsError,
 )
+from .shared_memory import SharedMemory
+from .sharedctypes import Array, RawArray, RawValue, Value
+from .synchronize import Lock, RLock
 
 __version__ = "0.1.0"
 """The package's version (the Rust library's is ``shmq._shmq.LIBRARY_VERSION``)."""
 
 __all__ = [
     "AlreadyExistsError",
+    "Array",
     "CorruptedError",
     "GcEntry",
     "IncompatibleError",
     "InUseError",
     "InvalidArgumentError",
     "InvalidNameError",
+    "Lock",
     "LockTimeoutError",
     "NotFoundError",
     "NotReadyError",
@@ -55,10 +60,15 @@ __all__ = [
     "OwnerDiedError",
     "ParticipantInfo",
     "PermissionDeniedError",
+    "RLock",
+    "RawArray",
+    "RawValue",
     "SegmentInfo",
+    "SharedMemory",
     "ShmqError",
     "ShmqOSError",
     "TooManyParticipantsError",
+    "Value",
     "gc",
     "list_segments",
 ]

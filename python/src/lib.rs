@@ -8,7 +8,10 @@
 //! - `wait.rs`: blocking in 100 ms slices, with the GIL released, so that signals are seen;
 //! - `buffers.rs`: exporting shared memory through the buffer protocol, and reading Python
 //!   buffers;
-//! - `admin.rs`: `gc()` and `list_segments()`.
+//! - `admin.rs`: `gc()` and `list_segments()`;
+//! - `segment.rs`: `SegmentBuf`, the memory of `SharedMemory`;
+//! - `shared.rs`: `SharedBuf`, the storage of `Value`/`Array` and the robust lock of
+//!   `Lock`/`RLock`, re-entrant through a thread-local table.
 //!
 //! Everything here is private to the package: the public, documented names are the Python ones.
 
@@ -20,6 +23,8 @@ use pyo3::prelude::*;
 mod admin;
 mod buffers;
 mod errors;
+mod segment;
+mod shared;
 mod wait;
 
 /// The extension module, imported by `shmq/__init__.py` as `shmq._shmq`.
@@ -27,5 +32,7 @@ mod wait;
 fn _shmq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LIBRARY_VERSION", env!("CARGO_PKG_VERSION"))?;
     admin::register(m)?;
+    segment::register(m)?;
+    shared::register(m)?;
     Ok(())
 }

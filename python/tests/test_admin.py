@@ -50,3 +50,23 @@ def test_errors_derive_from_builtins() -> None:
     assert issubclass(shmq.AlreadyExistsError, FileExistsError)
     assert issubclass(shmq.LockTimeoutError, TimeoutError)
     assert issubclass(shmq.OwnerDiedError, shmq.ShmqError)
+
+
+def test_list_segments_shows_shared_objects(unique_name: str) -> None:
+    block = shmq.SharedMemory(unique_name, create=True, size=10000)
+    value = shmq.Value("d", 1.0)
+    lock = shmq.Lock()
+    try:
+        infos = {info.name: info for info in shmq.list_segments()}
+        raw = infos[unique_name]
+        assert raw.kind == "raw" and raw.state == "ready"
+        assert raw.file_bytes >= 10000
+        assert [p.pid for p in raw.participants] == [os.getpid()]
+        storage = infos[value.get_lock().name]
+        assert storage.kind == "array"
+        assert storage.creator_pid == os.getpid()
+        assert infos[lock.name].kind == "array"
+    finally:
+        block.close()
+        block.unlink()
+    assert f"shmq.{unique_name}" not in shm_entries()
