@@ -60,7 +60,12 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// 3 since every robust mutex in a segment is error-checking: an opener cannot check a
 /// mutex's type, and shared values promise that re-locking by the holder is reported, which a
 /// mutex made by an older version (2) would not do.
-pub(crate) const LAYOUT_VERSION: u32 = 3;
+///
+/// 4 since channels count tasks (`task_done`): each participant record holds its tasks done
+/// and a leaving flag, the counters a retired-tasks word, and the futex words a fifth kind
+/// (which moved the armed flags). A version-3 process would neither move nor reclaim the task
+/// counts, and would look for the armed flags where they no longer are.
+pub(crate) const LAYOUT_VERSION: u32 = 4;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;
 /// Bytes of the header at offset 0.
