@@ -2,9 +2,10 @@
 //! random moment, and the survivors must finish with every acknowledged message delivered
 //! exactly once and intact, no hang, an arena that returns to empty, and a clean /dev/shm.
 //!
-//! Consumers call `task_done` for every message they receive, so the task counts must balance
-//! at the end: every task sent done, none counted twice, a killed consumer's unfinished tasks
-//! credited by its reclaim (and no survivor's `task_done` refused as one too many).
+//! Consumers call `task_done` for every message they receive, when they stop holding it, so the
+//! task counts must balance at the end: every task sent done, none counted twice, a killed
+//! consumer's unfinished tasks (those it held, and one it may have taken unlogged) credited by
+//! its reclaim, and no survivor's `task_done` refused as one too many.
 //!
 //! `crash_trials_ci` runs 200 trials (a minute or two). The long run is opt-in:
 //!
@@ -269,7 +270,9 @@ fn consumer_child(args: &[String]) {
                 }
                 // Held messages count against the arena: a consumer that kept them while it
                 // waits for more could starve the producers it waits for.
-                held.clear();
+                while let Some(msg) = held.pop_front() {
+                    finish_task(&rx, &book, phase, msg);
+                }
                 phase.store(BLOCKED_RECV, Ordering::Relaxed);
                 match rx.recv() {
                     Ok(msg) => msg,
@@ -284,27 +287,37 @@ fn consumer_child(args: &[String]) {
                 book.corrupted(consumer).fetch_add(1, Ordering::Relaxed);
             }
         }
-        // The task is finished once the message is checked (it stays held a while after).
-        phase.store(TASK_DONE, Ordering::Relaxed);
-        match rx.try_task_done() {
-            Ok(()) => {}
-            Err(TaskDoneError::Failed(Error::LockTimeout { .. })) => {
-                book.lock_timeouts().fetch_add(1, Ordering::Relaxed);
-                rx.task_done().expect("task_done");
-            }
-            Err(e) => panic!("task_done: {e}"),
-        }
         held.push_back(msg);
         if held.len() > rng.below(6) as usize {
-            held.pop_front();
+            if let Some(msg) = held.pop_front() {
+                finish_task(&rx, &book, phase, msg);
+            }
         }
         if rng.below(10) == 0 {
             phase.store(HOLDING, Ordering::Relaxed);
             std::thread::sleep(Duration::from_micros(rng.below(2000)));
         }
     }
-    drop(held);
+    while let Some(msg) = held.pop_front() {
+        finish_task(&rx, &book, phase, msg);
+    }
     phase.store(FINISHED, Ordering::Relaxed);
+}
+
+/// Ends the processing of a held message: drops it, then calls `task_done` for it. So a killed
+/// consumer usually leaves unfinished tasks (those it held), which its reclaim must credit.
+fn finish_task(rx: &Receiver, book: &Book, phase: &AtomicU64, msg: shmq::Message) {
+    drop(msg);
+    phase.store(TASK_DONE, Ordering::Relaxed);
+    match rx.try_task_done() {
+        Ok(()) => {}
+        // A stopped victim holds the allocator lock: wait for it, as a blocking call does.
+        Err(TaskDoneError::Failed(Error::LockTimeout { .. })) => {
+            book.lock_timeouts().fetch_add(1, Ordering::Relaxed);
+            rx.task_done().expect("task_done");
+        }
+        Err(e) => panic!("task_done: {e}"),
+    }
 }
 
 fn reopener_child(args: &[String]) {
