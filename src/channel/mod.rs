@@ -14,7 +14,8 @@
 //! - `endpoint.rs`: one family of handles in this process (reserving, publishing, receiving,
 //!   peer liveness);
 //! - `view.rs`: [`Chan`], this process's view of the shared state, with the operations on it in
-//!   `ring.rs`, `arena.rs`, `overflow.rs`, `lock.rs`, `wait.rs`, `reclaim.rs` and `stats.rs`;
+//!   `ring.rs`, `arena.rs`, `overflow.rs`, `lock.rs`, `wait.rs`, `reclaim.rs`, `stats.rs` and
+//!   `tasks.rs` (the `JoinableQueue` task count);
 //! - `layout.rs`: where everything lives; `alloc.rs` and `journal.rs`: the allocator and the
 //!   redo journal that make multi-word updates crash-atomic.
 

@@ -3,8 +3,8 @@
 //! The operations on the channel live beside this file, one concern each: `ring.rs` (publish
 //! and take descriptors), `arena.rs` (payload chunks), `overflow.rs` (payloads larger than the
 //! arena), `lock.rs` (the three robust mutexes and journal replay), `wait.rs` (spinning, futex
-//! sleeps and wake-ups), `reclaim.rs` (what a detaching or dead participant leaves) and
-//! `stats.rs` (figures for inspection).
+//! sleeps and wake-ups), `reclaim.rs` (what a detaching or dead participant leaves), `stats.rs`
+//! (figures for inspection) and `tasks.rs` (the task count of `task_done` and `join_tasks`).
 //!
 //! Three robust mutexes split the work so a producer and a consumer never contend on one lock:
 //! producers serialise on the producer lock to write a slot and advance `tail`; consumers on the
