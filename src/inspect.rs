@@ -4,9 +4,10 @@
 //! nothing alive and never waits for a segment being created (it says so instead: it asks whether
 //! a creator holds the creator lock, without taking it), and opens nothing that is a symbolic
 //! link or another user's file. It is read-only with one exception: a channel's
-//! [`done_total`](ChannelStats::done_total) is read under the channel's allocator lock when a
-//! participant died while moving its counts, and taking that lock replays the dead holder's
-//! journal (finishing its update, as the next sender or receiver would).
+//! [`done_total`](ChannelStats::done_total) and
+//! [`tasks_done_total`](ChannelStats::tasks_done_total) are read under the channel's allocator
+//! lock when a participant died while moving its counts, and taking that lock replays the dead
+//! holder's journal (finishing its update, as the next sender or receiver would).
 //!
 //! This sits at the top of the library, beside `gc`: it knows every kind.
 

@@ -10,8 +10,10 @@
 //!   ([`Sender::send`], [`Sender::send_slice`]) or builds them there ([`Sender::loan`],
 //!   [`Sender::loan_slice`]); the receiver reads (or writes) them in place through a
 //!   [`Message`], whose drop frees the memory. Every blocking call has `try_`, `_timeout` and
-//!   `_deadline` forms, and [`Sender::join`] waits like `JoinableQueue.join()`. A channel made
-//!   with [`ChannelConfig::with_disconnect`]`(false)` never reports `Disconnected`, like a
+//!   `_deadline` forms, and [`Sender::join`] waits until every message was received and
+//!   dropped. `JoinableQueue`'s explicit task count is there too: [`Sender::task_done`] and
+//!   [`Sender::join_tasks`] (on receivers as well). A channel made with
+//!   [`ChannelConfig::with_disconnect`]`(false)` never reports `Disconnected`, like a
 //!   `multiprocessing.Queue` that buffers with nobody reading.
 //! - [`SharedValue`] and [`SharedArray`] hold `Pod` data behind a cross-process lock, like
 //!   `multiprocessing.Value` and `Array`. When a holder dies, the next locker gets
@@ -122,9 +124,9 @@ mod inspect;
 mod remove;
 
 pub use channel::{
-    channel, ChannelConfig, ChannelStats, Exhausted, IntoIter, Iter, Loan, Message, Receiver,
-    RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, SliceLoan, TryIter,
-    TryRecvError, TrySendError, DEFAULT_SPIN,
+    channel, ChannelConfig, ChannelStats, Exhausted, IntoIter, Iter, JoinTasksTimeoutError, Loan,
+    Message, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, SliceLoan,
+    TaskDoneError, TryIter, TryRecvError, TrySendError, DEFAULT_SPIN,
 };
 pub use error::{Error, Result};
 pub use gc::{gc, GcEntry, GcReason};

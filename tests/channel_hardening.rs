@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use common::channel::{assert_gone, check_pattern, config, fill_pattern, Kid, KIB, MIB};
 use common::{child_dispatch, unique_name};
 use shmq::{
-    channel, Error, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TryRecvError,
-    TrySendError,
+    channel, Error, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TaskDoneError,
+    TryRecvError, TrySendError,
 };
 
 /// What a call with a deadline may take beyond it: the lock grace (20 ms) and a generous margin
@@ -288,6 +288,21 @@ fn a_stopped_allocator_lock_holder_does_not_freeze_senders_or_message_drops() {
     assert!(check_pattern(&first, 0));
     let ((), took) = timed("drop(Message)", move || drop(first));
     assert!(took < DROP_BOUND, "drop(Message) took {took:?}");
+    // Task counts move only under the allocator lock: try_task_done waits the grace at most,
+    // counting nothing, and try_join_tasks reads without the lock.
+    let unfinished = tx.unfinished_tasks();
+    let t = tx.clone();
+    let (r, took) = timed("try_task_done", move || t.try_task_done());
+    match r {
+        Err(TaskDoneError::Failed(e)) => assert_lock_timeout(&e, "allocator", pid),
+        other => panic!("try_task_done: {other:?}"),
+    }
+    assert!(took < SLACK, "try_task_done took {took:?}");
+    assert_eq!(tx.unfinished_tasks(), unfinished, "nothing counted");
+    let t = tx.clone();
+    let (r, took) = timed("try_join_tasks", move || t.try_join_tasks());
+    assert!(r.unwrap_err().is_timeout());
+    assert!(took < SLACK, "try_join_tasks took {took:?}");
 
     signal(pid, libc::SIGCONT);
     kid.kill();

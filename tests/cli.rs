@@ -67,10 +67,13 @@ fn ls_and_info_show_a_channel_with_its_figures() {
     );
     assert!(json.contains(&format!("\"name\":\"{name}\"")), "{json}");
     assert!(json.contains("\"messages_in_flight\":2"), "{json}");
+    assert!(json.contains("\"unfinished_tasks\":2"), "{json}");
+    assert!(json.contains("\"tasks_done_total\":0"), "{json}");
 
     let info = stdout(&shmq(&["info", &name]));
     assert!(info.contains("kind          channel"), "{info}");
     assert!(info.contains("2 of 8 messages queued"), "{info}");
+    assert!(info.contains("2 unfinished, 0 done"), "{info}");
     assert!(
         info.contains("sender") && info.contains("receiver"),
         "{info}"

@@ -2,6 +2,11 @@
 //! random moment, and the survivors must finish with every acknowledged message delivered
 //! exactly once and intact, no hang, an arena that returns to empty, and a clean /dev/shm.
 //!
+//! Consumers call `task_done` for every message they receive, when they stop holding it, so the
+//! task counts must balance at the end: every task sent done, none counted twice, a killed
+//! consumer's unfinished tasks (those it held, and one it may have taken unlogged) credited by
+//! its reclaim, and no survivor's `task_done` refused as one too many.
+//!
 //! `crash_trials_ci` runs 200 trials (a minute or two). The long run is opt-in:
 //!
 //! ```text
@@ -25,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use common::{kill9, spawn_child, unique_name, wait_exit, wait_for_line, Rng};
 use shmq::{
-    ChannelConfig, Error, LockError, Receiver, Segment, Sender, SharedValue, TryRecvError,
-    TrySendError,
+    ChannelConfig, Error, LockError, Receiver, Segment, Sender, SharedValue, TaskDoneError,
+    TryRecvError, TrySendError,
 };
 
 const ARENA: usize = 1 << 20;
@@ -40,7 +45,7 @@ const LOG_ENTRIES: usize = 2 * PER_PRODUCER as usize + 8;
 const WATCHDOG: Duration = Duration::from_secs(60);
 
 // What a child is doing, written to its phase word before it does it.
-const PHASE_NAMES: [&str; 10] = [
+const PHASE_NAMES: [&str; 11] = [
     "starting",
     "sending",
     "blocked in send (ring or arena full)",
@@ -51,6 +56,7 @@ const PHASE_NAMES: [&str; 10] = [
     "holding a SharedValue lock",
     "reclaiming dead participants (open)",
     "finished",
+    "finishing a task (task_done)",
 ];
 const STARTING: u64 = 0;
 const SENDING: u64 = 1;
@@ -62,6 +68,12 @@ const HOLDING: u64 = 6;
 const LOCK_HELD: u64 = 7;
 const RECLAIMING: u64 = 8;
 const FINISHED: u64 = 9;
+const TASK_DONE: u64 = 10;
+
+/// The name of a phase word's value (garbage shows as the last name).
+fn phase_name(phase: usize) -> &'static str {
+    PHASE_NAMES[phase.min(PHASE_NAMES.len() - 1)]
+}
 
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
@@ -258,7 +270,9 @@ fn consumer_child(args: &[String]) {
                 }
                 // Held messages count against the arena: a consumer that kept them while it
                 // waits for more could starve the producers it waits for.
-                held.clear();
+                while let Some(msg) = held.pop_front() {
+                    finish_task(&rx, &book, phase, msg);
+                }
                 phase.store(BLOCKED_RECV, Ordering::Relaxed);
                 match rx.recv() {
                     Ok(msg) => msg,
@@ -275,15 +289,35 @@ fn consumer_child(args: &[String]) {
         }
         held.push_back(msg);
         if held.len() > rng.below(6) as usize {
-            held.pop_front();
+            if let Some(msg) = held.pop_front() {
+                finish_task(&rx, &book, phase, msg);
+            }
         }
         if rng.below(10) == 0 {
             phase.store(HOLDING, Ordering::Relaxed);
             std::thread::sleep(Duration::from_micros(rng.below(2000)));
         }
     }
-    drop(held);
+    while let Some(msg) = held.pop_front() {
+        finish_task(&rx, &book, phase, msg);
+    }
     phase.store(FINISHED, Ordering::Relaxed);
+}
+
+/// Ends the processing of a held message: drops it, then calls `task_done` for it. So a killed
+/// consumer usually leaves unfinished tasks (those it held), which its reclaim must credit.
+fn finish_task(rx: &Receiver, book: &Book, phase: &AtomicU64, msg: shmq::Message) {
+    drop(msg);
+    phase.store(TASK_DONE, Ordering::Relaxed);
+    match rx.try_task_done() {
+        Ok(()) => {}
+        // A stopped victim holds the allocator lock: wait for it, as a blocking call does.
+        Err(TaskDoneError::Failed(Error::LockTimeout { .. })) => {
+            book.lock_timeouts().fetch_add(1, Ordering::Relaxed);
+            rx.task_done().expect("task_done");
+        }
+        Err(e) => panic!("task_done: {e}"),
+    }
 }
 
 fn reopener_child(args: &[String]) {
@@ -383,6 +417,8 @@ struct Totals {
     lock_repairs_ok: u64,
     /// Lock trials whose victim died holding the lock (a survivor saw `OwnerDied`).
     lock_holder_killed: u64,
+    /// Channel trials whose task counts balanced at the end (every task sent done, once).
+    tasks_balanced: u64,
     failures: Vec<String>,
 }
 
@@ -465,10 +501,7 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
     let phase = book.phase(victim).load(Ordering::Relaxed) as usize;
     kill9(&mut victim_child);
     totals.kills += 1;
-    *totals
-        .kill_phases
-        .entry(PHASE_NAMES[phase.min(9)])
-        .or_default() += 1;
+    *totals.kill_phases.entry(phase_name(phase)).or_default() += 1;
 
     let started = Instant::now();
     for (index, mut child) in children {
@@ -488,12 +521,18 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
         }
     }
 
-    // Drain what nobody took (a killed consumer's survivors may have stopped early).
+    // Drain what nobody took (a killed consumer's survivors may have stopped early), finishing
+    // each task as a consumer would.
     let mut drained = Vec::new();
     while let Ok(msg) = rx.try_recv() {
         match check_message(&msg) {
             Some(entry) => drained.push(entry),
             None => totals.corrupted += 1,
+        }
+        if let Err(e) = rx.task_done() {
+            totals
+                .failures
+                .push(format!("seed {seed}: task_done of a drained message: {e}"));
         }
     }
     // Audit: each acknowledged message exactly once, intact.
@@ -540,6 +579,21 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
     }
     // Every participant but us is gone: opening reclaims the dead, then the arena must be empty.
     drop(Receiver::open(&chan).expect("reopen"));
+    // Every task sent is done, none twice: the survivors' and ours by task_done, the killed
+    // consumer's unfinished ones by its reclaim.
+    let stats = shmq::inspect(&chan).ok().and_then(|info| info.channel);
+    match stats {
+        Some(s) if s.tasks_done_total == s.sent_total && rx.try_join_tasks().is_ok() => {
+            totals.tasks_balanced += 1;
+        }
+        Some(s) => totals.failures.push(format!(
+            "seed {seed}: {} tasks done of {} sent after the trial ({scenario:?})",
+            s.tasks_done_total, s.sent_total
+        )),
+        None => totals
+            .failures
+            .push(format!("seed {seed}: no channel figures after the trial")),
+    }
     let free = rx.free_arena_bytes();
     if free != ARENA as u64 {
         totals.leaked_arena_bytes += ARENA as u64 - free;
@@ -580,10 +634,7 @@ fn lock_trial(seed: u64, totals: &mut Totals) {
     kill9(&mut children[victim]);
     totals.kills += 1;
     totals.lock_trials += 1;
-    *totals
-        .kill_phases
-        .entry(PHASE_NAMES[phase.min(9)])
-        .or_default() += 1;
+    *totals.kill_phases.entry(phase_name(phase)).or_default() += 1;
     for (i, child) in children.iter_mut().enumerate() {
         if i == victim {
             continue;
@@ -731,6 +782,10 @@ fn report(totals: &Totals, elapsed: Duration) {
     println!("  hangs: {}", totals.hangs);
     println!("  leaked arena bytes: {}", totals.leaked_arena_bytes);
     println!("  leaked segments: {}", totals.leaked_segments);
+    println!(
+        "  channel trials whose task counts balanced (every task sent done, once): {}",
+        totals.tasks_balanced
+    );
     println!(
         "  lock trials: {} (victim died holding the lock: {}; pair consistent afterwards: {})",
         totals.lock_trials, totals.lock_holder_killed, totals.lock_repairs_ok

@@ -101,9 +101,15 @@ fn user_child(args: &[String]) {
                 if let Some(tx) = &tx {
                     std::hint::black_box((tx.len(), tx.is_full(), tx.free_arena_bytes()));
                 }
-                match &tx {
-                    Some(tx) => tx.join_timeout(t).map_err(|e| e.to_string()),
-                    None => Ok(()),
+                match (&tx, &rx, rng.below(3)) {
+                    (Some(tx), _, 0) => tx.join_timeout(t).map_err(|e| e.to_string()),
+                    // Task counts read from garbage: refusals and timeouts, never a panic.
+                    (_, Some(rx), 1) => {
+                        std::hint::black_box(rx.unfinished_tasks());
+                        rx.try_task_done().map_err(|e| e.to_string())
+                    }
+                    (Some(tx), _, _) => tx.join_tasks_timeout(t).map_err(|e| e.to_string()),
+                    _ => Ok(()),
                 }
             }
         };

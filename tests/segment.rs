@@ -170,6 +170,9 @@ const CAPACITY: u32 = 64;
 /// round_up(128 + 64 * 64, 4096).
 const DATA_OFFSET: u64 = 8192;
 
+/// The layout version this build writes and accepts (docs/design.md, header).
+const LAYOUT_VERSION: u32 = 4;
+
 /// A segment header as docs/design.md lays it out, for crafting files by hand.
 #[derive(Clone, Copy, Debug)]
 struct Header {
@@ -194,7 +197,7 @@ impl Header {
     fn valid(data_len: u64) -> Header {
         Header {
             magic: MAGIC,
-            version: 4,
+            version: LAYOUT_VERSION,
             kind: 1,
             total_len: DATA_OFFSET + data_len,
             creator_uid: euid(),
@@ -752,10 +755,13 @@ fn open_refuses_another_layout_version() {
     let name = unique_name("version");
     let _cleanup = Cleanup::new(&[&name]);
     let mut header = Header::valid(4096);
-    header.version = 3; // the previous layout (channels without a flags word)
+    header.version = LAYOUT_VERSION - 1; // the previous layout
     craft(&name, &header.bytes(), header.total_len);
     let (expected, found) = expect_incompatible(Segment::open(&name), "layout version");
-    assert_eq!((expected.as_str(), found.as_str()), ("4", "3"));
+    assert_eq!(
+        (expected, found),
+        (LAYOUT_VERSION.to_string(), (LAYOUT_VERSION - 1).to_string())
+    );
 }
 
 #[test]
@@ -983,7 +989,7 @@ fn arb_header() -> impl Strategy<Value = (Header, u64)> {
     let small = || prop_oneof![Just(0u64), 1u64..=3 * 4096, any::<u64>()];
     (
         magic,
-        prop_oneof![4 => Just(4u32), 1 => any::<u32>()], // the layout version
+        prop_oneof![4 => Just(LAYOUT_VERSION), 1 => any::<u32>()], // the layout version
         prop_oneof![4 => Just(1u32), 1 => 0u32..8, 1 => any::<u32>()],
         prop_oneof![4 => Just(CAPACITY), 1 => 0u32..2048, 1 => any::<u32>()],
         prop_oneof![4 => Just(None), 1 => small().prop_map(Some)],

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::errors::Exhausted;
+use super::errors::{Exhausted, TaskDoneError};
 use super::layout::{InlineBuf, Place, INLINE_MAX};
 use super::lock::lock_deadline;
 use super::message::{Body, Message};
@@ -156,6 +156,7 @@ impl Endpoint {
             Role::Sender => Role::Receiver,
             _ => Role::Sender,
         };
+        chan.set_leaving(participant.slot(), false);
         let ep = Endpoint {
             slot: AtomicU32::new(participant.slot()),
             fork_generation: AtomicU64::new(sys::fork_generation()),
@@ -226,6 +227,7 @@ impl Endpoint {
             // The inherited participant is the parent's: dropping it here leaves its slot alone.
             drop(participant.take());
             let fresh = self.chan.region().attach(self.role, until)?;
+            self.chan.set_leaving(fresh.slot(), false);
             self.slot.store(fresh.slot(), Ordering::Relaxed);
             self.fork_generation.store(generation, Ordering::Release);
             *participant = Some(fresh);
@@ -508,6 +510,43 @@ impl Endpoint {
         })
     }
 
+    // ----- tasks -----------------------------------------------------------------------------
+
+    /// Counts one task done by this participant (see `tasks.rs`).
+    pub(super) fn task_done(&self, deadline: Option<Instant>) -> Result<(), TaskDoneError> {
+        let owner = self.owner(deadline)?;
+        match self.chan.task_done(owner.slot, deadline) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TaskDoneError::TooMany),
+            Err(e) => Err(TaskDoneError::Failed(e)),
+        }
+    }
+
+    /// Waits until every task sent is done, re-evaluating both counts on every attempt.
+    /// `Ok(false)`: the deadline passed first.
+    pub(super) fn join_tasks(&self, deadline: Option<Instant>) -> Result<bool> {
+        self.owner(deadline)?;
+        let chan = &self.chan;
+        let waited = chan.wait_for(WaitOn::Tasks, deadline, self.spin(), || {
+            self.release_deferred();
+            if chan.tasks_all_done() {
+                return Ok(Step::Ready(()));
+            }
+            // Reclaiming the dead is what counts their unfinished tasks done: rescan (and
+            // reclaim) whenever the last scan is PEER_RECHECK old. The answer itself is not
+            // wanted: no peer's absence means the count cannot move (any handle may finish a
+            // task), and a reclaim wakes this wait.
+            let _ = self.peers_alive(PEER_RECHECK);
+            Ok(Step::Retry)
+        });
+        match waited {
+            Ok(()) => Ok(true),
+            // The attempt never reports Disconnected.
+            Err(WaitError::Timeout | WaitError::Disconnected) => Ok(false),
+            Err(WaitError::Failed(e)) => Err(e),
+        }
+    }
+
     // ----- receiving -------------------------------------------------------------------------
 
     /// Receives the oldest message.
@@ -528,11 +567,17 @@ impl Endpoint {
                 None => Ok(Step::Disconnected),
             }
         })?;
-        Ok(self.message(taken, inline, owner)?)
+        Ok(self.message(taken, inline, owner, deadline)?)
     }
 
     /// Turns a taken message into a [`Message`] that reads the payload in place.
-    fn message(self: &Arc<Self>, taken: Taken, inline: InlineBuf, owner: Owner) -> Result<Message> {
+    fn message(
+        self: &Arc<Self>,
+        taken: Taken,
+        inline: InlineBuf,
+        owner: Owner,
+        deadline: Option<Instant>,
+    ) -> Result<Message> {
         let Taken { desc, payload } = taken;
         let room = match desc.place {
             Place::Inline => {
@@ -558,12 +603,16 @@ impl Endpoint {
                     Room::Overflow { entry, id, region }
                 }
                 // The payload is gone for good (try_take leaves it queued otherwise): report
-                // it, and count the message done, since no receiver can ever have it.
+                // it, and count the message done, and its task, since no receiver can ever
+                // have it. (A task count that cannot get the allocator lock by the deadline is
+                // lost: one task left unfinished, for the rare payload lost while a stopped
+                // process holds that lock.)
                 lost => {
                     let _ = self
                         .chan
                         .release_overflow(entry, id, owner.slot, Some(Instant::now()));
                     self.chan.mark_done(owner.slot);
+                    let _ = self.chan.task_done(owner.slot, deadline);
                     return Err(match lost {
                         Some(Err(e)) => e,
                         _ => Error::corrupted(self.chan.name(), "overflow payload not opened"),
@@ -599,6 +648,9 @@ impl Drop for Endpoint {
         // this slot is freed now, not blamed on the slot's next occupant), move the counts to
         // the retired total, then detach. Bounded: if a lock is held by a stopped process, let
         // go without detaching, and the next attach or gc reclaims the slot as a dead one's.
+        // Marked as leaving first, so that either way its unfinished tasks stay unfinished: a
+        // process that lets go of a handle is alive, and may finish them through another.
+        self.chan.set_leaving(participant.slot(), true);
         self.deferred
             .get_mut()
             .map(|d| d.clear())

@@ -108,6 +108,49 @@ pub enum RecvTimeoutError {
     Failed(Error),
 }
 
+/// Why [`Sender::task_done`](crate::Sender::task_done) (or `try_task_done`, on either handle)
+/// failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskDoneError {
+    /// Every task sent is done already: more `task_done` calls than messages ever sent, which
+    /// Python's `JoinableQueue.task_done()` reports with `ValueError`. Nothing was counted.
+    TooMany,
+    /// The operation could not be carried out (see the error): for `try_task_done`,
+    /// [`Error::LockTimeout`] when the allocator lock is held by a stopped process. Nothing
+    /// was counted.
+    Failed(Error),
+}
+
+/// Why [`Sender::try_join_tasks`](crate::Sender::try_join_tasks),
+/// [`join_tasks_timeout`](crate::Sender::join_tasks_timeout) or
+/// [`join_tasks_deadline`](crate::Sender::join_tasks_deadline) (on either handle) failed.
+///
+/// There is no `Disconnected`: any handle may call `task_done`, so no set of peers being gone
+/// proves that the count can no longer reach zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JoinTasksTimeoutError {
+    /// The deadline passed with tasks still unfinished.
+    Timeout,
+    /// The operation could not be carried out (see the error).
+    Failed(Error),
+}
+
+impl TaskDoneError {
+    /// Whether every task sent was done already.
+    pub fn is_too_many(&self) -> bool {
+        matches!(self, TaskDoneError::TooMany)
+    }
+}
+
+impl JoinTasksTimeoutError {
+    /// Whether the deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, JoinTasksTimeoutError::Timeout)
+    }
+}
+
 impl<T> SendError<T> {
     /// What the caller handed in (the unsent loan, for [`Loan::send`](crate::Loan::send)).
     pub fn into_inner(self) -> T {
@@ -263,6 +306,18 @@ impl From<Error> for TryRecvError {
     }
 }
 
+impl From<Error> for TaskDoneError {
+    fn from(e: Error) -> Self {
+        TaskDoneError::Failed(e)
+    }
+}
+
+impl From<Error> for JoinTasksTimeoutError {
+    fn from(e: Error) -> Self {
+        JoinTasksTimeoutError::Failed(e)
+    }
+}
+
 impl From<Error> for RecvTimeoutError {
     fn from(e: Error) -> Self {
         RecvTimeoutError::Failed(e)
@@ -400,6 +455,15 @@ recv_error_traits!(RecvTimeoutError {
     Disconnected => "receiving on an empty and disconnected channel",
 });
 
+// Python's words, so that bindings can pass the message on as `ValueError`'s.
+recv_error_traits!(TaskDoneError {
+    TooMany => "task_done() called too many times",
+});
+
+recv_error_traits!(JoinTasksTimeoutError {
+    Timeout => "timed out waiting for unfinished tasks",
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,5 +490,25 @@ mod tests {
         assert!(e.is_disconnected());
         let e: TryRecvError = RecvError::Disconnected.into();
         assert_eq!(e.clone(), TryRecvError::Disconnected);
+    }
+
+    #[test]
+    fn task_errors_say_what_python_says_and_keep_the_cause() {
+        assert_eq!(
+            TaskDoneError::TooMany.to_string(),
+            "task_done() called too many times"
+        );
+        assert!(TaskDoneError::TooMany.is_too_many());
+        let cause = Error::NotFound { name: "x".into() };
+        let failed: TaskDoneError = cause.clone().into();
+        assert!(!failed.is_too_many());
+        assert_eq!(
+            std::error::Error::source(&failed).map(|e| e.to_string()),
+            Some(cause.to_string())
+        );
+        assert!(JoinTasksTimeoutError::Timeout.is_timeout());
+        let failed: JoinTasksTimeoutError = cause.into();
+        assert!(!failed.is_timeout());
+        assert!(failed.to_string().starts_with("channel operation failed: "));
     }
 }

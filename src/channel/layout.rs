@@ -9,7 +9,7 @@
 //! 896    consumer lock and its journal;                  1536 head (own cache lines)
 //! 1664   allocator lock; 1728 counters; 1792 futex words and their armed flags
 //! 1920   overflow table: 64 x (id, owner, length)
-//! 3456   per participant, one cache line each: taken, dropped
+//! 3456   per participant, one cache line each: taken, dropped, tasks done, leaving
 //! ...    allocator words (tags, links, owners, journal), ring slots, arena (page aligned)
 //! ```
 
@@ -56,16 +56,35 @@ pub(super) const C_RETIRED: u64 = 1728;
 pub(super) const C_RECLAIM_EPOCH: u64 = 1736;
 pub(super) const C_MEMBERSHIP_EPOCH: u64 = 1744;
 pub(super) const C_CORRUPT_SKIPPED: u64 = 1752;
-pub(super) const C_WAIT_WORDS: u64 = 1792; // 4 x u32 sequence words, then 4 x u32 armed flags
+/// Tasks (`task_done` calls, and what reclaims credit the dead) of participants that have gone.
+pub(super) const C_RETIRED_TASKS: u64 = 1760;
+/// `WAIT_KINDS` u32 sequence words, then `WAIT_KINDS` u32 armed flags.
+pub(super) const C_WAIT_WORDS: u64 = 1792;
+/// Things a blocked call may wait for, each with a futex sequence word and an armed flag.
+pub(super) const WAIT_KINDS: u64 = 5;
 pub(super) const C_OVERFLOW_TABLE: u64 = 1920;
 pub(super) const C_PARTICIPANTS: u64 = C_OVERFLOW_TABLE + OVERFLOW_SLOTS * 24;
 /// Bytes per participant record: a cache line, so receivers bumping their `dropped` counts in
 /// different processes do not share one.
 pub(super) const PARTICIPANT_STRIDE: u64 = 64;
 
+// Words of a participant record (see `Chan::participant_index`).
+/// Messages taken off the ring by the participant.
+pub(super) const P_TAKEN: u64 = 0;
+/// Messages it received and dropped.
+pub(super) const P_DROPPED: u64 = 1;
+/// Its successful `task_done` calls (and payloads lost on receipt, which count as tasks done).
+pub(super) const P_TASKS_DONE: u64 = 2;
+/// Non-zero once its family began a normal detach: its reclaim then credits no task it took
+/// and left unfinished (see `Chan::retire_participant`).
+pub(super) const P_LEAVING: u64 = 3;
+
 const _: () = assert!(C_PRODUCER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_TAIL);
 const _: () = assert!(C_CONSUMER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_HEAD);
 const _: () = assert!(sys::ROBUST_MUTEX_SIZE <= 64);
+const _: () = assert!(C_RETIRED_TASKS + 8 <= C_WAIT_WORDS);
+const _: () = assert!(C_WAIT_WORDS + 8 * WAIT_KINDS <= C_OVERFLOW_TABLE);
+const _: () = assert!(8 * (P_LEAVING + 1) <= PARTICIPANT_STRIDE);
 
 /// Flag: the channel never reports `Disconnected` (made with
 /// `ChannelConfig::with_disconnect(false)`). Zero, the channel of earlier versions, disconnects.

@@ -14,7 +14,8 @@
 //! - `endpoint.rs`: one family of handles in this process (reserving, publishing, receiving,
 //!   peer liveness);
 //! - `view.rs`: [`Chan`], this process's view of the shared state, with the operations on it in
-//!   `ring.rs`, `arena.rs`, `overflow.rs`, `lock.rs`, `wait.rs`, `reclaim.rs` and `stats.rs`;
+//!   `ring.rs`, `arena.rs`, `overflow.rs`, `lock.rs`, `wait.rs`, `reclaim.rs`, `stats.rs` and
+//!   `tasks.rs` (the `JoinableQueue` task count);
 //! - `layout.rs`: where everything lives; `alloc.rs` and `journal.rs`: the allocator and the
 //!   redo journal that make multi-word updates crash-atomic.
 
@@ -92,6 +93,98 @@ macro_rules! handle_methods {
 }
 use handle_methods;
 
+/// Task counting (Python's `JoinableQueue.task_done` and `join`), the same on [`Sender`] and
+/// [`Receiver`]: any handle may finish a task or wait for all of them.
+macro_rules! task_methods {
+    () => {
+        /// Counts one task done, like `JoinableQueue.task_done()`: every message ever sent
+        /// through the channel (by any sender) is one task, unfinished until some handle
+        /// (any, of either side, in any process) calls `task_done` for it.
+        ///
+        /// Fails with [`TaskDoneError::TooMany`](crate::TaskDoneError::TooMany), counting
+        /// nothing, when every task sent is done already (Python's `ValueError`), exactly so
+        /// however many processes race. As in Python a call may come before the `recv` of the
+        /// message it finishes: the count is of messages sent, not received. Tasks are counted
+        /// apart from [`Message`](crate::Message) drops, which
+        /// [`Sender::join`](crate::Sender::join) counts.
+        ///
+        /// A participant that *dies* (killed, or exits without dropping its handles) gets the
+        /// tasks it received and never finished counted done when it is reclaimed, so
+        /// [`join_tasks`](Self::join_tasks) never waits for the dead (Python's would). One
+        /// whose handles are all dropped leaves its unfinished tasks unfinished: call
+        /// `task_done` before dropping the last clone. Call it on the handle family that
+        /// received the task, so that a death credits exactly what was left undone.
+        ///
+        /// Takes the channel's allocator lock for a moment, waiting for it while a stopped
+        /// process holds it; [`try_task_done`](Self::try_task_done) does not wait.
+        pub fn task_done(&self) -> Result<(), crate::TaskDoneError> {
+            self.ep.task_done(None)
+        }
+
+        /// Like [`task_done`](Self::task_done), waiting at most the lock grace (20 ms) for
+        /// the allocator lock: `Failed(Error::LockTimeout { .. })`, counting nothing, when a
+        /// stopped process holds it.
+        pub fn try_task_done(&self) -> Result<(), crate::TaskDoneError> {
+            self.ep.task_done(Some(std::time::Instant::now()))
+        }
+
+        /// Blocks until no task is unfinished, like `JoinableQueue.join()`: until as many tasks
+        /// are done as messages were sent, re-evaluated whenever the counts move (a message sent
+        /// meanwhile makes it wait again).
+        ///
+        /// It waits for the count alone, never for a peer: there is no `Disconnected` (any
+        /// handle may finish tasks), and messages still queued when every receiver is gone keep
+        /// it waiting until someone receives and finishes them. Tasks taken by participants
+        /// that died count as done once they are reclaimed, which the waiting call itself
+        /// does every 25 ms. Fails only if the channel cannot be read
+        /// (`Error::Corrupted`, say).
+        pub fn join_tasks(&self) -> crate::Result<()> {
+            loop {
+                // A wait without a deadline does not end without being done (or failing).
+                if self.ep.join_tasks(None)? {
+                    return Ok(());
+                }
+            }
+        }
+
+        /// Like [`join_tasks`](Self::join_tasks), without waiting: `Err(Timeout)` while a task
+        /// is unfinished.
+        pub fn try_join_tasks(&self) -> Result<(), crate::JoinTasksTimeoutError> {
+            self.join_tasks_deadline(std::time::Instant::now())
+        }
+
+        /// Like [`join_tasks`](Self::join_tasks), waiting at most `timeout`.
+        pub fn join_tasks_timeout(
+            &self,
+            timeout: std::time::Duration,
+        ) -> Result<(), crate::JoinTasksTimeoutError> {
+            match super::deadline_after(timeout) {
+                Some(deadline) => self.join_tasks_deadline(deadline),
+                None => self.join_tasks().map_err(Into::into),
+            }
+        }
+
+        /// Like [`join_tasks`](Self::join_tasks), waiting until `deadline` at most.
+        pub fn join_tasks_deadline(
+            &self,
+            deadline: std::time::Instant,
+        ) -> Result<(), crate::JoinTasksTimeoutError> {
+            match self.ep.join_tasks(Some(deadline)) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(crate::JoinTasksTimeoutError::Timeout),
+                Err(e) => Err(e.into()),
+            }
+        }
+
+        /// Tasks sent and not done yet, Python's `JoinableQueue` count of unfinished tasks (a
+        /// snapshot, like any count other processes change).
+        pub fn unfinished_tasks(&self) -> u64 {
+            self.ep.chan.unfinished_tasks()
+        }
+    };
+}
+use task_methods;
+
 mod alloc;
 mod arena;
 mod config;
@@ -107,12 +200,14 @@ mod reclaim;
 mod ring;
 mod sender;
 mod stats;
+mod tasks;
 mod view;
 mod wait;
 
 pub use config::ChannelConfig;
 pub use errors::{
-    Exhausted, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    Exhausted, JoinTasksTimeoutError, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
+    TaskDoneError, TryRecvError, TrySendError,
 };
 pub use message::{Loan, Message, SliceLoan};
 pub use receiver::{IntoIter, Iter, Receiver, TryIter};

@@ -54,6 +54,10 @@ impl Receiver {
 
     super::handle_methods!();
 
+    // ----- tasks (JoinableQueue) -------------------------------------------------------------
+
+    super::task_methods!();
+
     /// Receives the oldest message, blocking while the channel is empty.
     /// Fails with `Disconnected` once every sender is gone and the ring is drained (never on a
     /// persistent channel, where it waits for a sender to come).

@@ -1,12 +1,17 @@
 //! What a participant leaves behind: counting its messages done, moving its counts to the
-//! retired total when it goes, and freeing what a dead one held.
+//! retired totals when it goes (crediting the tasks a dead one left unfinished), and freeing
+//! what a dead one held.
 
 use std::sync::atomic::Ordering;
 
 use std::time::Instant;
 
 use super::journal::{Txn, Words};
-use super::layout::{C_RECLAIM_EPOCH, C_RETIRED, OVERFLOW_SLOTS};
+use super::layout::{
+    C_RECLAIM_EPOCH, C_RETIRED, C_RETIRED_TASKS, OVERFLOW_SLOTS, P_DROPPED, P_LEAVING, P_TAKEN,
+    P_TASKS_DONE,
+};
+use super::stats::Count;
 use super::view::Chan;
 use super::wait::WaitOn;
 use crate::error::{Error, Result};
@@ -18,23 +23,48 @@ impl Chan {
         self.notify(WaitOn::Done);
     }
 
-    /// Moves `slot`'s counts into the retired total and zeroes them (on detach or reclaim).
+    /// Moves `slot`'s counts into the retired totals and zeroes them (on detach or reclaim).
+    ///
+    /// Tasks: a participant that was leaving on purpose ([`Chan::set_leaving`]) retires the
+    /// tasks it counted done, and nothing more; one that died also gets the tasks it took and
+    /// did not finish (`taken - tasks_done`) counted done, so that `join_tasks` never waits for
+    /// the dead. That credit is capped by the tasks still unfinished: counting is anonymous (a
+    /// task may be finished through another handle than the one that received it), and the
+    /// count of tasks done must never exceed the count of tasks sent.
     pub(crate) fn retire_participant(&self, slot: u32, deadline: Option<Instant>) -> Result<()> {
         let epoch = self.word(C_RECLAIM_EPOCH / 8);
         let _held = self.lock_alloc(deadline)?;
+        // Exact under the lock (see Chan::task_done).
+        let unfinished = self
+            .sent_total()
+            .saturating_sub(self.count_sum(Count::Tasks));
         // Odd while counts move, so done_total() readers retry instead of counting twice.
         epoch.fetch_add(1, Ordering::AcqRel);
-        let taken_index = self.participant_index(slot, 0);
-        let mut txn = Txn::<Chan, 4>::new(self);
+        let field = |f| self.participant_index(slot, f);
+        let mut txn = Txn::<Chan, 8>::new(self);
         let retired = txn.get(C_RETIRED / 8).unwrap_or(0);
-        let taken = txn.get(taken_index).unwrap_or(0);
+        let taken = txn.get(field(P_TAKEN)).unwrap_or(0);
         txn.set(C_RETIRED / 8, retired.wrapping_add(taken));
-        txn.set(taken_index, 0);
-        txn.set(taken_index + 1, 0);
+        let retired_tasks = txn.get(C_RETIRED_TASKS / 8).unwrap_or(0);
+        let tasks_done = txn.get(field(P_TASKS_DONE)).unwrap_or(0);
+        let leaving = txn.get(field(P_LEAVING)).unwrap_or(0) != 0;
+        let credit = if leaving {
+            0
+        } else {
+            taken.saturating_sub(tasks_done).min(unfinished)
+        };
+        txn.set(
+            C_RETIRED_TASKS / 8,
+            retired_tasks.wrapping_add(tasks_done).wrapping_add(credit),
+        );
+        for f in [P_TAKEN, P_DROPPED, P_TASKS_DONE, P_LEAVING] {
+            txn.set(field(f), 0);
+        }
         let result = self.commit(txn, self.geo.alloc.journal * 8);
         epoch.fetch_add(1, Ordering::AcqRel);
         drop(_held);
         self.notify(WaitOn::Done);
+        self.notify(WaitOn::Tasks);
         result
     }
 

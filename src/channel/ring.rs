@@ -10,7 +10,8 @@ use super::alloc::AllocLayout;
 use super::journal::{Txn, Words};
 use super::layout::{
     Desc, InlineBuf, Place, C_CONSUMER_JOURNAL, C_CORRUPT_SKIPPED, C_HEAD, C_PRODUCER_JOURNAL,
-    C_TAIL, DESC_ARENA, DESC_INLINE, DESC_OVERFLOW, INLINE_MAX, OVERFLOW_SLOTS, SLOT_BYTES,
+    C_TAIL, DESC_ARENA, DESC_INLINE, DESC_OVERFLOW, INLINE_MAX, OVERFLOW_SLOTS, P_TAKEN,
+    SLOT_BYTES,
 };
 use super::overflow::payload_lost;
 use super::view::Chan;
@@ -215,7 +216,7 @@ impl Chan {
                     },
                     _ => None,
                 };
-                let taken_index = self.participant_index(slot, 0);
+                let taken_index = self.participant_index(slot, P_TAKEN);
                 txn.set(
                     taken_index,
                     txn.get(taken_index).unwrap_or(0).wrapping_add(1),

@@ -57,6 +57,10 @@ impl Sender {
 
     super::handle_methods!();
 
+    // ----- tasks (JoinableQueue) -------------------------------------------------------------
+
+    super::task_methods!();
+
     // ----- copying sends -------------------------------------------------------------------
 
     /// Sends a copy of `bytes`, blocking while the channel is full.

@@ -3,8 +3,8 @@
 //! The operations on the channel live beside this file, one concern each: `ring.rs` (publish
 //! and take descriptors), `arena.rs` (payload chunks), `overflow.rs` (payloads larger than the
 //! arena), `lock.rs` (the three robust mutexes and journal replay), `wait.rs` (spinning, futex
-//! sleeps and wake-ups), `reclaim.rs` (what a detaching or dead participant leaves) and
-//! `stats.rs` (figures for inspection).
+//! sleeps and wake-ups), `reclaim.rs` (what a detaching or dead participant leaves), `stats.rs`
+//! (figures for inspection) and `tasks.rs` (the task count of `task_done` and `join_tasks`).
 //!
 //! Three robust mutexes split the work so a producer and a consumer never contend on one lock:
 //! producers serialise on the producer lock to write a slot and advance `tail`; consumers on the
@@ -20,7 +20,7 @@ use super::journal::Words;
 use super::layout::{
     Geometry, CHANNEL_MAGIC, C_ALLOC_LOCK, C_ARENA_BYTES, C_CAPACITY, C_CONSUMER_LOCK, C_FLAGS,
     C_HEAD, C_MAGIC, C_MEMBERSHIP_EPOCH, C_OVERFLOW_NEXT_ID, C_PARTICIPANTS, C_PRODUCER_LOCK,
-    C_TAIL, FLAG_PERSISTENT, KNOWN_FLAGS, PARTICIPANT_STRIDE,
+    C_TAIL, FLAG_PERSISTENT, KNOWN_FLAGS, PARTICIPANT_STRIDE, P_DROPPED, P_TASKS_DONE,
 };
 use crate::error::{Error, Result};
 use crate::segment::{Region, Role};
@@ -170,14 +170,20 @@ impl Chan {
             .expect("channel layout word in bounds")
     }
 
-    /// Word index of field `field` (0: taken, 1: dropped) of participant `slot`'s record.
+    /// Word index of field `field` (`P_TAKEN`, `P_DROPPED`, `P_TASKS_DONE`, `P_LEAVING`) of
+    /// participant `slot`'s record.
     pub(super) fn participant_index(&self, slot: u32, field: u64) -> u64 {
         (C_PARTICIPANTS + (slot as u64 % self.geo.participants) * PARTICIPANT_STRIDE) / 8 + field
     }
 
     /// Messages received and dropped by participant `slot` (since it attached).
     pub(super) fn dropped(&self, slot: u32) -> &AtomicU64 {
-        self.word(self.participant_index(slot, 1))
+        self.word(self.participant_index(slot, P_DROPPED))
+    }
+
+    /// Tasks participant `slot` counted done (since it attached).
+    pub(super) fn tasks_done(&self, slot: u32) -> &AtomicU64 {
+        self.word(self.participant_index(slot, P_TASKS_DONE))
     }
 
     pub(super) fn tail(&self) -> &AtomicU64 {

@@ -10,7 +10,7 @@
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::layout::{C_MEMBERSHIP_EPOCH, C_WAIT_WORDS};
+use super::layout::{C_MEMBERSHIP_EPOCH, C_RETIRED_TASKS, C_WAIT_WORDS, WAIT_KINDS};
 use super::view::Chan;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -21,14 +21,19 @@ pub(crate) enum WaitOn {
     NotEmpty = 0,
     NotFull = 1,
     Space = 2,
+    /// Messages done (received and dropped), for `Sender::join`.
     Done = 3,
+    /// Tasks done (`task_done`, or credited by a reclaim), for `join_tasks`: a word apart from
+    /// `Done`, so that the drop of every message does not wake a task joiner for nothing.
+    Tasks = 4,
 }
 
-pub(super) const ALL_WAITS: [WaitOn; 4] = [
+pub(super) const ALL_WAITS: [WaitOn; WAIT_KINDS as usize] = [
     WaitOn::NotEmpty,
     WaitOn::NotFull,
     WaitOn::Space,
     WaitOn::Done,
+    WaitOn::Tasks,
 ];
 
 /// Outcome of one non-blocking attempt inside a wait loop.
@@ -64,7 +69,7 @@ impl Chan {
     /// One wake-up system call per sleep, and a sleeper that died costs one spurious wake.
     fn armed(&self, on: WaitOn) -> &AtomicU32 {
         self.data
-            .atomic_in(C_WAIT_WORDS as usize + 16 + 4 * on as usize)
+            .atomic_in((C_WAIT_WORDS + 4 * WAIT_KINDS) as usize + 4 * on as usize)
             .expect("armed flag in bounds")
     }
 
@@ -86,6 +91,9 @@ impl Chan {
             WaitOn::NotEmpty => self.tail(),
             WaitOn::NotFull | WaitOn::Done => self.head(),
             WaitOn::Space => self.word(self.geo.alloc.free_pages),
+            // Moves only when a participant retires; a `task_done` shows in no single word,
+            // and the spin's attempt every 64 polls catches it.
+            WaitOn::Tasks => self.word(C_RETIRED_TASKS / 8),
         }
     }
 

@@ -62,8 +62,12 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// mutex made by an older version (2) would not do.
 ///
 /// 4 since a channel's config area holds a flags word (persistent channels, which never report
-/// `Disconnected`): a version-3 program would ignore it and report `Disconnected` on a channel
-/// whose other users count on it never doing so.
+/// `Disconnected`: a version-3 program would ignore it and report `Disconnected` on a channel
+/// whose users count on it never doing so), and since channels count tasks (`task_done`):
+/// each participant record holds its tasks done and a leaving flag, the counters a
+/// retired-tasks word, and the futex words a fifth kind (which moved the armed flags). A
+/// version-3 process would neither move nor reclaim the task counts, and would look for the
+/// armed flags where they no longer are.
 pub(crate) const LAYOUT_VERSION: u32 = 4;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;

@@ -120,7 +120,8 @@ fn segment_json(info: &SegmentInfo, with_participants: bool) -> String {
             out,
             ",\"channel\":{{\"capacity\":{},\"queued\":{},\"messages_in_flight\":{},\
              \"bytes_in_flight\":{},\"arena_bytes\":{},\"arena_free_bytes\":{},\
-             \"overflow_payloads\":{},\"sent_total\":{},\"done_total\":{},\"corrupt_skipped\":{}}}",
+             \"overflow_payloads\":{},\"sent_total\":{},\"done_total\":{},\
+             \"tasks_done_total\":{},\"unfinished_tasks\":{},\"corrupt_skipped\":{}}}",
             c.capacity,
             c.queued,
             c.messages_in_flight,
@@ -130,6 +131,8 @@ fn segment_json(info: &SegmentInfo, with_participants: bool) -> String {
             c.overflow_payloads,
             c.sent_total,
             c.done_total,
+            c.tasks_done_total,
+            c.unfinished_tasks,
             c.corrupt_skipped
         );
     }
@@ -286,6 +289,10 @@ pub fn info(name: &str, json: bool) -> BoxResult<()> {
         println!(
             "totals        {} sent, {} received and dropped",
             c.sent_total, c.done_total
+        );
+        println!(
+            "tasks         {} unfinished, {} done (task_done, or left by the dead)",
+            c.unfinished_tasks, c.tasks_done_total
         );
         if c.corrupt_skipped > 0 {
             println!("corrupt       {} descriptors skipped", c.corrupt_skipped);
