@@ -35,7 +35,7 @@ from multiprocessing import util
 from multiprocessing.context import get_spawning_popen
 from typing import Any
 
-from . import _errors
+from . import _errors, _tracker
 from ._shmq import SegmentBuf, SharedBuf, forget_held_locks
 
 __all__ = ["new_name", "create_shared", "open_shared", "track_segment", "keep_for_child"]
@@ -61,6 +61,7 @@ def create_shared(prefix: str, nbytes: int, tag: str) -> SharedBuf:
         except FileExistsError:
             continue
         _shared[name] = core
+        _tracker.register(name)
         return core
 
 

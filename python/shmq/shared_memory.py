@@ -6,8 +6,10 @@ The names, arguments, attributes and errors are multiprocessing's, without its t
   it. Every process that opens a block is registered in it, with a liveness the kernel ends when
   the process dies, SIGKILL included.
 - **Nothing left behind.** A block whose users all went is removed: by its last user on the way
-  out, or, if they all died without letting go (SIGKILL, ``os._exit``), by the next
-  :func:`shmq.gc` (which never touches a block a live process uses).
+  out, or, if they all died without letting go (SIGKILL, ``os._exit``), within about a second
+  by the creating process tree's cleanup process (``shmq._tracker``), which removes a block only
+  when no live process uses it; :func:`shmq.gc` does the same for every block in
+  ``/dev/shm``.
 - **close() never pulls memory from under a view.** :attr:`SharedMemory.buf` (and every
   ``memoryview`` or numpy array made from it) keeps the mapping alive: ``close()`` drops this
   object's references, and the mapping goes with the last view. multiprocessing's ``close()``
@@ -46,7 +48,7 @@ import secrets
 from types import TracebackType
 from typing import Any
 
-from . import _errors, _handles
+from . import _errors, _handles, _tracker
 from ._shmq import SegmentBuf
 
 __all__ = ["SharedMemory"]
@@ -153,6 +155,7 @@ class SharedMemory:
                 core = SegmentBuf.create(_segment_name(name), size)
             _keepers[core.name] = core
             _register_exit_hook()
+            _tracker.register(core.name)
         else:
             assert name is not None
             core = SegmentBuf.open(_segment_name(name))
