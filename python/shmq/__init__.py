@@ -8,7 +8,7 @@ user is gone.
 >>> import shmq, numpy as np
 >>> q = shmq.Queue()
 >>> q.put(np.arange(10))
->>> q.get().sum()
+>>> print(q.get().sum())
 45
 
 The names and signatures are those of :mod:`multiprocessing`; docs/guide.md in the repository
@@ -36,6 +36,8 @@ from ._errors import (
     ShmqOSError,
     TooManyParticipantsError,
 )
+from ._pickle import get_copy_threshold, set_copy_threshold
+from .queues import Queue, SimpleQueue
 
 __version__ = "0.1.0"
 """The package's version (the Rust library's is ``shmq._shmq.LIBRARY_VERSION``)."""
@@ -55,12 +57,16 @@ __all__ = [
     "OwnerDiedError",
     "ParticipantInfo",
     "PermissionDeniedError",
+    "Queue",
     "SegmentInfo",
     "ShmqError",
     "ShmqOSError",
+    "SimpleQueue",
     "TooManyParticipantsError",
     "gc",
+    "get_copy_threshold",
     "list_segments",
+    "set_copy_threshold",
 ]
 
 del _shmq

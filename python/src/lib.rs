@@ -8,7 +8,11 @@
 //! - `wait.rs`: blocking in 100 ms slices, with the GIL released, so that signals are seen;
 //! - `buffers.rs`: exporting shared memory through the buffer protocol, and reading Python
 //!   buffers;
-//! - `admin.rs`: `gc()` and `list_segments()`.
+//! - `admin.rs`: `gc()` and `list_segments()`;
+//! - `frame.rs`: the wire format of one Python object in one channel message;
+//! - `channel.rs`: `Channel`, a channel as the queues use it (lazily opened sides, frames);
+//! - `message.rs`: received messages as Python buffers (no copy) or private copies;
+//! - `loan.rs`: `Loan`, arena room that Python fills in place and sends.
 //!
 //! Everything here is private to the package: the public, documented names are the Python ones.
 
@@ -19,7 +23,11 @@ use pyo3::prelude::*;
 
 mod admin;
 mod buffers;
+mod channel;
 mod errors;
+mod frame;
+mod loan;
+mod message;
 mod wait;
 
 /// The extension module, imported by `shmq/__init__.py` as `shmq._shmq`.
@@ -27,5 +35,6 @@ mod wait;
 fn _shmq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LIBRARY_VERSION", env!("CARGO_PKG_VERSION"))?;
     admin::register(m)?;
+    channel::register(m)?;
     Ok(())
 }
