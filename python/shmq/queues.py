@@ -72,16 +72,17 @@ def _arena_bytes(capacity_bytes: int | None) -> int:
 
 
 def _timeout(block: bool, timeout: Any) -> float | None:
-    """A timeout as multiprocessing takes it: ignored without ``block``; negative means zero;
-    NaN is ``OSError(EINVAL)`` (what its semaphores raise); not a number is ``TypeError``."""
-    if not block or timeout is None:
+    """A timeout as multiprocessing takes it: checked to be a number even without ``block``
+    (``TypeError`` otherwise), then ignored without ``block``; negative means zero. NaN is
+    returned as is: ``put`` and ``get`` treat it as multiprocessing does."""
+    if timeout is None:
         return None
     if isinstance(timeout, (str, bytes, bytearray)):
         raise TypeError(f"must be real number, not {type(timeout).__name__}")
     seconds = float(timeout)
-    if math.isnan(seconds):
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-    return max(seconds, 0.0)
+    if not block:
+        return None
+    return seconds if math.isnan(seconds) else max(seconds, 0.0)
 
 
 def _rebuild(cls: type[_ChannelQueue], name: str, incarnation: int | None, state: dict[str, Any]) -> Any:
@@ -176,9 +177,8 @@ class Queue(_ChannelQueue):
         self, maxsize: int = 0, *, name: str | None = None, capacity_bytes: int | None = None
     ) -> None:
         maxsize = int(maxsize)
-        self._maxsize = maxsize
-        self._joincancelled = False
         self._create(name, _ring_slots(maxsize), capacity_bytes)
+        self._maxsize = maxsize
 
     def _setstate(self, state: dict[str, Any]) -> None:
         self._maxsize = state.get("maxsize", 0)
@@ -202,7 +202,15 @@ class Queue(_ChannelQueue):
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        self._put(obj, block, _timeout(block, timeout))
+        seconds = _timeout(block, timeout)
+        if seconds is not None and math.isnan(seconds):
+            # multiprocessing's semaphore takes a NaN timeout when it need not wait, and fails
+            # with EINVAL when it must.
+            try:
+                return self._put(obj, False, None)
+            except Full:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL)) from None
+        self._put(obj, block, seconds)
 
     def get(self, block: bool = True, timeout: float | None = None, *, copy: bool = False) -> Any:
         """Removes and returns an item from the queue.
@@ -220,7 +228,10 @@ class Queue(_ChannelQueue):
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        return self._get(block, _timeout(block, timeout), copy)
+        seconds = _timeout(block, timeout)
+        if seconds is not None and math.isnan(seconds):
+            raise ValueError("cannot convert float NaN to integer")  # as multiprocessing's poll
+        return self._get(block, seconds, copy)
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, False)``."""
