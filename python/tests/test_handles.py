@@ -69,8 +69,8 @@ def test_pool_initargs(ctx: multiprocessing.context.BaseContext, make_queue: Any
     q = make_queue()
     with ctx.Pool(2, initializer=_init_worker, initargs=(q,)) as pool:
         assert pool.map(_report, range(10)) == list(range(10))
-        got = sorted(q.get(timeout=60) for _ in range(10))
-    assert [i for _, i in got] == list(range(10))
+        got = [q.get(timeout=60) for _ in range(10)]
+    assert sorted(i for _, i in got) == list(range(10))
 
 
 def _put_from_task(q: shmq.Queue, i: int) -> int:
