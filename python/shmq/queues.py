@@ -7,7 +7,8 @@ shared memory, so a pickling error is raised by ``put`` itself, and a process ma
 after ``put`` without waiting for anything to drain.
 
 Sizes. A queue's memory is fixed when it is created: a ring of message slots (``maxsize``
-of them, or 65536 for ``maxsize <= 0``; at most 2**24) and an arena for payloads
+of them, or 65536 for ``maxsize <= 0``; at most 2**24; 128 bytes of shared memory each, so
+the default ring is 8 MiB) and an arena for payloads
 (``capacity_bytes``, else the environment variable ``SHMQ_CAPACITY_BYTES``, else 64 MiB).
 A payload larger than the whole arena still travels, in a shared-memory segment of its own
 (slower: fresh pages). So ``maxsize=0`` is not unbounded as in multiprocessing: once the arena
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import math
+import operator
 import os
 import types
 from collections.abc import Sequence
@@ -135,11 +137,11 @@ class _ChannelQueue:
 
     def _put(self, obj: Any, block: bool, timeout: float | None) -> None:
         kind, data, buffers = _pickle.dumps_frame(obj)
-        if not self._channel().send_frame(kind, data, buffers, block, timeout):
+        if not self._channel().send_frame(kind, data, buffers, bool(block), timeout):
             raise Full
 
     def _get(self, block: bool, timeout: float | None, copy: bool) -> Any:
-        frame = self._channel().recv_frame(block, timeout, copy, _pickle.copy_below)
+        frame = self._channel().recv_frame(bool(block), timeout, bool(copy), _pickle.copy_below)
         if frame is None:
             raise Empty
         return _pickle.loads_frame(*frame)
@@ -176,7 +178,7 @@ class Queue(_ChannelQueue):
     def __init__(
         self, maxsize: int = 0, *, name: str | None = None, capacity_bytes: int | None = None
     ) -> None:
-        maxsize = int(maxsize)
+        maxsize = operator.index(maxsize)  # a float is a TypeError, as in multiprocessing
         self._create(name, _ring_slots(maxsize), capacity_bytes)
         self._maxsize = maxsize
 
@@ -295,7 +297,7 @@ class Queue(_ChannelQueue):
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
-        return QueueLoan(self, shape, dtype, block, _timeout(block, timeout))
+        return QueueLoan(self, shape, dtype, bool(block), _timeout(block, timeout))
 
 
 class QueueLoan:

@@ -216,3 +216,31 @@ def test_a_name_taken_by_a_new_queue_is_not_the_old_one(unique_name: str, make_q
     with pytest.raises(shmq.NotFoundError):
         stale.get(timeout=1)
     assert new.get() == "new"
+
+
+def _last_user(q: shmq.Queue, opened: Any, go: Any) -> None:
+    q.put("opened")
+    opened.set()
+    assert go.wait(60)
+    assert q.get(timeout=10) == "opened"
+    # Returns with the queue still referenced: multiprocessing ends the child with os._exit,
+    # and shmq's exit hook detaches it first.
+
+
+def test_last_user_exiting_removes_the_queue(ctx: multiprocessing.context.BaseContext, reaper: list, make_queue: Any) -> None:
+    q = make_queue()
+    name = q.name
+    opened, go = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_last_user, args=(q, opened, go))
+    reaper.append(child)
+    child.start()
+    assert opened.wait(60)
+    chan = q._chan
+    q.close()
+    chan.close()
+    del chan
+    assert os.path.exists(f"/dev/shm/shmq.{name}")  # the child holds it
+    go.set()
+    child.join(30)
+    assert child.exitcode == 0
+    assert not os.path.exists(f"/dev/shm/shmq.{name}"), "the last user left the queue behind"

@@ -266,6 +266,21 @@ def test_timeout_validation_is_multiprocessing_s(make_queue: Any) -> None:
     assert q.get(True, float("inf")) == 4
 
 
+def test_truthy_arguments_and_integer_maxsize(make_queue: Any) -> None:
+    q = make_queue(2)
+    q.put(1, 1)  # any truthy block, as multiprocessing takes it
+    q.put(2, 0)
+    assert q.get(1, None) == 1 and q.get(0) == 2
+    with pytest.raises(queue.Empty):
+        q.get(0)
+    q.put(np.arange(100_000), True, 5)
+    assert q.get(copy=1).flags.writeable
+    with pytest.raises(TypeError):
+        shmq.Queue(2.5, capacity_bytes=1 << 20)
+    with pytest.raises(TypeError):
+        multiprocessing.get_context("fork").Queue(2.5)
+
+
 def test_maxsize_bounds_the_items_queued(make_queue: Any) -> None:
     q = make_queue(3)
     assert q.maxsize == 3
