@@ -137,7 +137,30 @@ enum AnyHandle {
     Rx(Receiver),
 }
 
+/// A borrowed handle of either side.
+#[derive(Clone, Copy)]
+enum HandleRef<'a> {
+    Tx(&'a Sender),
+    Rx(&'a Receiver),
+}
+
+impl HandleRef<'_> {
+    fn name(&self) -> &str {
+        match self {
+            HandleRef::Tx(h) => h.name(),
+            HandleRef::Rx(h) => h.name(),
+        }
+    }
+}
+
 impl AnyHandle {
+    fn as_ref(&self) -> HandleRef<'_> {
+        match self {
+            AnyHandle::Tx(h) => HandleRef::Tx(h),
+            AnyHandle::Rx(h) => HandleRef::Rx(h),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             AnyHandle::Tx(h) => h.len(),
@@ -219,7 +242,7 @@ impl Channel {
         // prefaulting the arena a second time.
         let name = self.name.as_str();
         let tx = py.detach(|| Sender::open(name)).py_err()?;
-        self.learn_facts(py)?;
+        self.learn_facts(py, HandleRef::Tx(&tx))?;
         Ok(lock(&self.sender).get_or_insert(tx).clone())
     }
 
@@ -232,7 +255,7 @@ impl Channel {
         // CORE G2: `tx.open_receiver()` on a sender already held, as in `sender`.
         let name = self.name.as_str();
         let rx = py.detach(|| Receiver::open(name)).py_err()?;
-        self.learn_facts(py)?;
+        self.learn_facts(py, HandleRef::Rx(&rx))?;
         Ok(lock(&self.receiver).get_or_insert(rx).clone())
     }
 
@@ -248,20 +271,29 @@ impl Channel {
         Ok(AnyHandle::Tx(self.sender(py)?))
     }
 
-    /// The channel's incarnation and arena size, learnt once, after a role has been opened
-    /// (so the segment read is the one the role holds open); checks the identity that a
-    /// pickled handle promised.
+    /// The channel's incarnation and arena size, learnt once, from `handle`, a side just
+    /// opened (and not yet kept); checks the identity that a pickled handle promised. On a
+    /// mismatch the caller drops `handle`.
     ///
     /// CORE G4 (the identity check lives here and nowhere else): until the core has
     /// `Sender/Receiver::incarnation()` and `stats()`, both figures come from
-    /// `shmq::inspect(name)`, which reads the segment by name. Once they are merged, take them
-    /// from the handle just opened instead (`handle.incarnation()`,
-    /// `handle.stats().arena_bytes`), which cannot be a different segment of the same name.
-    fn learn_facts(&self, py: Python<'_>) -> PyResult<Facts> {
+    /// `shmq::inspect(handle.name())`, which reads the segment by name. Once they
+    /// are merged, replace the `inspect` call and `facts` with
+    ///
+    /// ```ignore
+    /// let (incarnation, stats) = match handle {
+    ///     HandleRef::Tx(h) => (h.incarnation(), h.stats()),
+    ///     HandleRef::Rx(h) => (h.incarnation(), h.stats()),
+    /// };
+    /// let facts = Facts { incarnation, arena_bytes: stats.arena_bytes };
+    /// ```
+    ///
+    /// which reads the very segment the handle maps, never another one of the same name.
+    fn learn_facts(&self, py: Python<'_>, handle: HandleRef<'_>) -> PyResult<Facts> {
         if let Some(facts) = self.facts.get() {
             return Ok(*facts);
         }
-        let name = self.name.as_str();
+        let name = handle.name();
         let info = py.detach(|| shmq::inspect(name)).py_err()?;
         let facts = Facts {
             incarnation: info.created_unix_ns,
@@ -270,9 +302,6 @@ impl Channel {
         if let Some(expected) = self.expected_incarnation {
             if expected != facts.incarnation {
                 // The channel the handle was pickled from is gone; another one has its name.
-                // Drop what was opened on the impostor.
-                lock(&self.sender).take();
-                lock(&self.receiver).take();
                 return Err(to_py(shmq::Error::NotFound {
                     name: self.name.clone(),
                 }));
@@ -450,12 +479,13 @@ impl Channel {
         }
     }
 
-    /// The arena size, learning it if need be.
+    /// The arena size (opening a side if none is open yet: the figure is learnt then).
     fn arena_bytes(&self, py: Python<'_>) -> PyResult<u64> {
-        if self.facts.get().is_none() {
-            self.any_handle(py)?;
+        if let Some(facts) = self.facts.get() {
+            return Ok(facts.arena_bytes);
         }
-        Ok(self.learn_facts(py)?.arena_bytes)
+        let handle = self.any_handle(py)?;
+        Ok(self.learn_facts(py, handle.as_ref())?.arena_bytes)
     }
 }
 
@@ -511,9 +541,9 @@ impl Channel {
             .with_max_participants(max_participants);
         let (tx, rx) = py.detach(|| shmq::channel(&name, config)).py_err()?;
         let chan = Channel::new(name, None);
+        chan.learn_facts(py, HandleRef::Tx(&tx))?;
         *lock(&chan.sender) = Some(tx);
         *lock(&chan.receiver) = Some(rx);
-        chan.learn_facts(py)?;
         Ok(chan)
     }
 
