@@ -96,7 +96,8 @@ def _rebuild_memoryview(buffer: Any, fmt: str, shape: tuple[int, ...]) -> memory
     if fmt == "B" and len(shape) == 1:
         return view
     try:
-        return view.cast(fmt, shape)
+        cast: memoryview = view.cast(fmt, shape)  # type: ignore[call-overload]
+        return cast
     except (TypeError, ValueError):
         return view  # a format cast() refuses: the bytes, flat
 

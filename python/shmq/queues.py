@@ -156,7 +156,7 @@ class _ChannelQueue:
         closed = " closed" if self._closed else ""
         return f"<shmq.{type(self).__qualname__} {self._name!r}{closed} at {id(self):#x}>"
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__: Any = classmethod(types.GenericAlias)
 
 
 class Queue(_ChannelQueue):
@@ -345,7 +345,9 @@ class QueueLoan:
             if loan is None:
                 raise Full
             self._loan = loan
-            self._array = numpy.frombuffer(loan, self._dtype, self._count).reshape(self._shape)
+            self._array = numpy.frombuffer(memoryview(loan), self._dtype, self._count).reshape(
+                self._shape
+            )
         return self._array
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
