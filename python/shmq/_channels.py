@@ -14,7 +14,8 @@ to them at fork and at exit.
   in the main process, after multiprocessing has joined its children): the process detaches
   cleanly, and the last user of a channel unlinks it, so nothing is left in ``/dev/shm``. A
   process killed outright is detached by the core instead (its participants read as dead and
-  are reclaimed by the others).
+  are reclaimed by the others); if every user dies that way, the cleanup process
+  (:mod:`shmq._tracker`) removes the channel.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import secrets
 import weakref
 from multiprocessing import util as _mp_util
 
+from . import _tracker
 from ._shmq import Channel
 
 __all__ = ["auto_name", "create", "lookup"]
@@ -46,8 +48,11 @@ def _remember(chan: Channel) -> Channel:
 
 
 def create(name: str, capacity: int, arena_bytes: int) -> Channel:
-    """Creates channel ``name`` (holding both its sides) and caches it."""
-    return _remember(Channel.create(name, capacity, arena_bytes))
+    """Creates channel ``name`` (holding both its sides), caches it, and registers it with the
+    cleanup process (which removes it if every user dies without letting go)."""
+    chan = _remember(Channel.create(name, capacity, arena_bytes))
+    _tracker.register(name)
+    return chan
 
 
 def lookup(name: str, incarnation: int | None) -> Channel:

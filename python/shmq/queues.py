@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from queue import Empty, Full
 from typing import Any, SupportsIndex
 
-from . import _channels, _pickle
+from . import _channels, _handles, _pickle
 from ._shmq import Channel, Loan
 
 __all__ = ["Queue", "SimpleQueue"]
@@ -122,7 +122,16 @@ class _ChannelQueue:
 
     def __reduce__(self) -> tuple[Any, ...]:
         incarnation = self._chan.incarnation if self._chan is not None else self._incarnation
+        if self._chan is not None:
+            # Pickled for a child being spawned: keep the channel until the child has ended,
+            # so that it is there when the child opens it by name.
+            _handles.keep_for_child(self._chan)
         return (_rebuild, (type(self), self._name, incarnation, self._getstate()))
+
+    def _shmq_handles(self) -> list[Any]:
+        """The handles a child being forked with this queue among its arguments must find
+        alive (see :mod:`shmq._handles`)."""
+        return [self._chan] if self._chan is not None else []
 
     @property
     def name(self) -> str:
@@ -224,8 +233,8 @@ class Queue(_ChannelQueue):
         Numpy arrays (and other out-of-band buffers) of 64 KiB or more are received without a
         copy: the array's memory is the message in the queue's shared memory, given back when
         the last reference to the array goes (smaller ones are copied: see
-        :func:`shmq.set_copy_threshold`). Such arrays are read-only until the core can lend
-        received messages writable. ``copy=True`` returns private copies instead, and frees the
+        :func:`shmq.set_copy_threshold`). They are writable, as multiprocessing's are; writing one
+        changes that message only. ``copy=True`` returns private copies instead, and frees the
         queue's memory at once: use it for results that are kept for long.
         """
         if self._closed:

@@ -11,8 +11,10 @@
 //! What the Python layer adds: pickling (`shmq/_pickle.py`), the exceptions and messages of
 //! multiprocessing (`shmq/queues.py`), and the per-process cache (`shmq/_channels.py`).
 //!
-//! Three things here are stand-ins for core additions being made on branch i12-core-a; each is
-//! marked `CORE G1`, `CORE G2` or `CORE G4` where it is to be changed once they are merged.
+//! Channels made here are persistent (`ChannelConfig::with_disconnect(false)`): a Python queue
+//! never disconnects, so a producer may put before any consumer exists and a consumer waits
+//! while no producer does. A process that both puts and gets opens its second side on the
+//! first one's mapping (`open_receiver`/`open_sender`), so the arena is mapped once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -51,24 +53,14 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// directly in a loan.
 const SMALL_FRAME: usize = 4096;
 
-/// How many times one call may find the other side missing and open it itself before giving
-/// up (see [`Channel::open_missing_peer`]): once is always enough unless something is wrong.
-const MAX_RECONNECTS: u32 = 4;
-
 /// Participants a channel made by `Channel.create` has room for by default: each process that
 /// uses a queue takes one or two.
 const DEFAULT_PARTICIPANTS: u32 = 1024;
 
-/// Which side of the channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Side {
-    Sending,
-    Receiving,
-}
-
 /// Why a channel operation stopped, other than success or the caller's deadline.
 pub(crate) enum Stop {
-    /// The other side has no live participant (see [`Channel::open_missing_peer`]).
+    /// The other side has no live participant: never on the persistent channels made here
+    /// (a channel of the same name made by Rust code might disconnect).
     Disconnected,
     /// The operation failed.
     Failed(shmq::Error),
@@ -144,15 +136,6 @@ enum HandleRef<'a> {
     Rx(&'a Receiver),
 }
 
-impl HandleRef<'_> {
-    fn name(&self) -> &str {
-        match self {
-            HandleRef::Tx(h) => h.name(),
-            HandleRef::Rx(h) => h.name(),
-        }
-    }
-}
-
 impl AnyHandle {
     fn as_ref(&self) -> HandleRef<'_> {
         match self {
@@ -177,6 +160,12 @@ impl AnyHandle {
         match self {
             AnyHandle::Tx(h) => h.free_arena_bytes(),
             AnyHandle::Rx(h) => h.free_arena_bytes(),
+        }
+    }
+    fn stats(&self) -> shmq::ChannelStats {
+        match self {
+            AnyHandle::Tx(h) => h.stats(),
+            AnyHandle::Rx(h) => h.stats(),
         }
     }
 }
@@ -237,12 +226,16 @@ impl Channel {
         if let Some(tx) = lock(&self.sender).as_ref() {
             return Ok(tx.clone());
         }
-        // CORE G2: once `Receiver::open_sender` exists, open through a receiver this process
-        // already holds (`rx.open_sender()`), which shares its mapping instead of mapping and
-        // prefaulting the arena a second time.
+        // Through a receiver this process holds, if any: it shares that mapping instead of
+        // mapping and prefaulting the arena a second time.
+        let held_rx = lock(&self.receiver).clone();
         let name = self.name.as_str();
-        let tx = py.detach(|| Sender::open(name)).py_err()?;
-        self.learn_facts(py, HandleRef::Tx(&tx))?;
+        let tx = match held_rx {
+            Some(rx) => py.detach(|| rx.open_sender()),
+            None => py.detach(|| Sender::open(name)),
+        }
+        .py_err()?;
+        self.learn_facts(HandleRef::Tx(&tx))?;
         Ok(lock(&self.sender).get_or_insert(tx).clone())
     }
 
@@ -252,10 +245,15 @@ impl Channel {
         if let Some(rx) = lock(&self.receiver).as_ref() {
             return Ok(rx.clone());
         }
-        // CORE G2: `tx.open_receiver()` on a sender already held, as in `sender`.
+        // Through a sender this process holds, as in `sender`.
+        let held_tx = lock(&self.sender).clone();
         let name = self.name.as_str();
-        let rx = py.detach(|| Receiver::open(name)).py_err()?;
-        self.learn_facts(py, HandleRef::Rx(&rx))?;
+        let rx = match held_tx {
+            Some(tx) => py.detach(|| tx.open_receiver()),
+            None => py.detach(|| Receiver::open(name)),
+        }
+        .py_err()?;
+        self.learn_facts(HandleRef::Rx(&rx))?;
         Ok(lock(&self.receiver).get_or_insert(rx).clone())
     }
 
@@ -273,31 +271,19 @@ impl Channel {
 
     /// The channel's incarnation and arena size, learnt once, from `handle`, a side just
     /// opened (and not yet kept); checks the identity that a pickled handle promised. On a
-    /// mismatch the caller drops `handle`.
-    ///
-    /// CORE G4 (the identity check lives here and nowhere else): until the core has
-    /// `Sender/Receiver::incarnation()` and `stats()`, both figures come from
-    /// `shmq::inspect(handle.name())`, which reads the segment by name. Once they
-    /// are merged, replace the `inspect` call and `facts` with
-    ///
-    /// ```ignore
-    /// let (incarnation, stats) = match handle {
-    ///     HandleRef::Tx(h) => (h.incarnation(), h.stats()),
-    ///     HandleRef::Rx(h) => (h.incarnation(), h.stats()),
-    /// };
-    /// let facts = Facts { incarnation, arena_bytes: stats.arena_bytes };
-    /// ```
-    ///
-    /// which reads the very segment the handle maps, never another one of the same name.
-    fn learn_facts(&self, py: Python<'_>, handle: HandleRef<'_>) -> PyResult<Facts> {
+    /// mismatch the caller drops `handle`. Both figures come from the very segment the handle
+    /// maps, never from another one of the same name.
+    fn learn_facts(&self, handle: HandleRef<'_>) -> PyResult<Facts> {
         if let Some(facts) = self.facts.get() {
             return Ok(*facts);
         }
-        let name = handle.name();
-        let info = py.detach(|| shmq::inspect(name)).py_err()?;
+        let (incarnation, stats) = match handle {
+            HandleRef::Tx(h) => (h.incarnation(), h.stats()),
+            HandleRef::Rx(h) => (h.incarnation(), h.stats()),
+        };
         let facts = Facts {
-            incarnation: info.created_unix_ns,
-            arena_bytes: info.channel.as_ref().map_or(0, |c| c.arena_bytes),
+            incarnation,
+            arena_bytes: stats.arena_bytes,
         };
         if let Some(expected) = self.expected_incarnation {
             if expected != facts.incarnation {
@@ -310,38 +296,9 @@ impl Channel {
         Ok(*self.facts.get_or_init(|| facts))
     }
 
-    /// CORE G2 (interim; delete this function once persistent channels are merged).
-    ///
-    /// A Python queue never disconnects: a producer may put before any consumer has opened the
-    /// queue, and a consumer waits while no producer exists. Today's core reports
-    /// `Disconnected` when one side has no live participant. Until
-    /// `ChannelConfig::with_disconnect(false)` is merged, an operation that finds the other side
-    /// missing opens that side in this process (a fresh handle by name, which also replaces an
-    /// inherited one that never registered in this fork child) and retries: the channel is then
-    /// connected for as long as this process holds it, which is the Python semantics.
-    ///
-    /// After the merge: add `.with_disconnect(false)` in `Channel::create`, delete this
-    /// function, and let `Stop::Disconnected` be an error (it cannot happen).
-    fn open_missing_peer(&self, py: Python<'_>, side: Side) -> PyResult<()> {
-        self.check_open()?;
-        let name = self.name.as_str();
-        match side {
-            Side::Sending => {
-                let rx = py.detach(|| Receiver::open(name)).py_err()?;
-                *lock(&self.receiver) = Some(rx);
-            }
-            Side::Receiving => {
-                let tx = py.detach(|| Sender::open(name)).py_err()?;
-                *lock(&self.sender) = Some(tx);
-            }
-        }
-        Ok(())
-    }
-
     /// Sends a small message (a frame assembled in `bytes`) with one copying send.
     fn send_copy(&self, py: Python<'_>, bytes: &[u8], deadline: Option<Instant>) -> PyResult<bool> {
-        let mut reconnects = 0;
-        loop {
+        {
             let tx = self.sender(py)?;
             let outcome = blocking(py, deadline, |until| {
                 if self.closed.load(Ordering::Acquire) {
@@ -358,10 +315,6 @@ impl Channel {
             match outcome {
                 None => return Ok(false),
                 Some(Ok(())) => return Ok(true),
-                Some(Err(Stop::Disconnected)) if reconnects < MAX_RECONNECTS => {
-                    reconnects += 1;
-                    self.open_missing_peer(py, Side::Sending)?;
-                }
                 Some(Err(stop)) => return Err(stop.into_py()),
             }
         }
@@ -375,8 +328,7 @@ impl Channel {
         len: usize,
         deadline: Option<Instant>,
     ) -> PyResult<Option<(shmq::Loan, Sender)>> {
-        let mut reconnects = 0;
-        loop {
+        {
             let tx = self.sender(py)?;
             let outcome = blocking(py, deadline, |until| {
                 if self.closed.load(Ordering::Acquire) {
@@ -393,10 +345,6 @@ impl Channel {
             match outcome {
                 None => return Ok(None),
                 Some(Ok(loan)) => return Ok(Some((loan, tx))),
-                Some(Err(Stop::Disconnected)) if reconnects < MAX_RECONNECTS => {
-                    reconnects += 1;
-                    self.open_missing_peer(py, Side::Sending)?;
-                }
                 Some(Err(stop)) => return Err(stop.into_py()),
             }
         }
@@ -411,8 +359,7 @@ impl Channel {
         slot: &mut Option<shmq::Loan>,
         deadline: Option<Instant>,
     ) -> PyResult<bool> {
-        let mut reconnects = 0;
-        loop {
+        {
             let outcome = blocking(py, deadline, |until| {
                 let Some(loan) = slot.take() else {
                     return Slice::Done(Ok(()));
@@ -432,10 +379,6 @@ impl Channel {
             match outcome {
                 None => return Ok(false),
                 Some(Ok(())) => return Ok(true),
-                Some(Err(Stop::Disconnected)) if reconnects < MAX_RECONNECTS => {
-                    reconnects += 1;
-                    self.open_missing_peer(py, Side::Sending)?;
-                }
                 Some(Err(stop)) => {
                     // A failed send gives the room back.
                     slot.take();
@@ -452,8 +395,7 @@ impl Channel {
         py: Python<'_>,
         deadline: Option<Instant>,
     ) -> PyResult<Option<shmq::Message>> {
-        let mut reconnects = 0;
-        loop {
+        {
             let rx = self.receiver(py)?;
             let outcome = blocking(py, deadline, |until| {
                 if self.closed.load(Ordering::Acquire) {
@@ -470,10 +412,6 @@ impl Channel {
             match outcome {
                 None => return Ok(None),
                 Some(Ok(msg)) => return Ok(Some(msg)),
-                Some(Err(Stop::Disconnected)) if reconnects < MAX_RECONNECTS => {
-                    reconnects += 1;
-                    self.open_missing_peer(py, Side::Receiving)?;
-                }
                 Some(Err(stop)) => return Err(stop.into_py()),
             }
         }
@@ -485,7 +423,7 @@ impl Channel {
             return Ok(facts.arena_bytes);
         }
         let handle = self.any_handle(py)?;
-        Ok(self.learn_facts(py, handle.as_ref())?.arena_bytes)
+        Ok(self.learn_facts(handle.as_ref())?.arena_bytes)
     }
 }
 
@@ -534,14 +472,14 @@ impl Channel {
         arena_bytes: usize,
         max_participants: u32,
     ) -> PyResult<Channel> {
-        // CORE G2: add `.with_disconnect(false)` here (and delete `open_missing_peer`).
         let config = ChannelConfig::default()
+            .with_disconnect(false)
             .with_capacity(capacity)
             .with_arena_bytes(arena_bytes)
             .with_max_participants(max_participants);
         let (tx, rx) = py.detach(|| shmq::channel(&name, config)).py_err()?;
         let chan = Channel::new(name, None);
-        chan.learn_facts(py, HandleRef::Tx(&tx))?;
+        chan.learn_facts(HandleRef::Tx(&tx))?;
         *lock(&chan.sender) = Some(tx);
         *lock(&chan.receiver) = Some(rx);
         Ok(chan)
@@ -760,22 +698,20 @@ impl Channel {
     /// `overflow_payloads`, `sent_total`, `done_total`, `corrupt_skipped`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.check_open()?;
-        // CORE G4/G7: `handle.stats()` once merged (no read by name).
-        let name = self.name.as_str();
-        let info = py.detach(|| shmq::inspect(name)).py_err()?;
+        let c = self.any_handle(py)?.stats();
         let dict = PyDict::new(py);
-        if let Some(c) = info.channel {
-            dict.set_item("capacity", c.capacity)?;
-            dict.set_item("queued", c.queued)?;
-            dict.set_item("messages_in_flight", c.messages_in_flight)?;
-            dict.set_item("bytes_in_flight", c.bytes_in_flight)?;
-            dict.set_item("arena_bytes", c.arena_bytes)?;
-            dict.set_item("arena_free_bytes", c.arena_free_bytes)?;
-            dict.set_item("overflow_payloads", c.overflow_payloads)?;
-            dict.set_item("sent_total", c.sent_total)?;
-            dict.set_item("done_total", c.done_total)?;
-            dict.set_item("corrupt_skipped", c.corrupt_skipped)?;
-        }
+        dict.set_item("capacity", c.capacity)?;
+        dict.set_item("queued", c.queued)?;
+        dict.set_item("messages_in_flight", c.messages_in_flight)?;
+        dict.set_item("bytes_in_flight", c.bytes_in_flight)?;
+        dict.set_item("arena_bytes", c.arena_bytes)?;
+        dict.set_item("arena_free_bytes", c.arena_free_bytes)?;
+        dict.set_item("overflow_payloads", c.overflow_payloads)?;
+        dict.set_item("sent_total", c.sent_total)?;
+        dict.set_item("done_total", c.done_total)?;
+        dict.set_item("corrupt_skipped", c.corrupt_skipped)?;
+        dict.set_item("tasks_done_total", c.tasks_done_total)?;
+        dict.set_item("unfinished_tasks", c.unfinished_tasks)?;
         Ok(dict)
     }
 

@@ -32,29 +32,18 @@ pub(crate) enum Access {
     /// Exported read-only: numpy arrays rebuilt from it have `writeable=False`.
     ReadOnly,
     /// Exported writable, as multiprocessing's received arrays are.
-    #[allow(dead_code, reason = "chosen by export_access once core G1 is merged")]
     Writable,
 }
 
-/// THE ONE PLACE that decides whether received messages are exported writable, and the start
-/// address to export.
-///
-/// Until core gap G1 lands (`impl DerefMut for shmq::Message`, branch i12-core-a), a `Message`
-/// only dereferences to `&[u8]`, so received buffers are exported read-only: numpy arrays got
-/// from a queue are read-only (multiprocessing's are writable), which
-/// python/tests/test_zero_copy.py::test_received_array_is_writable records as an expected
-/// failure. After G1 is merged, replace the body with
-///
-/// ```ignore
-/// use std::ops::DerefMut;
-/// (msg.deref_mut().as_mut_ptr(), Access::Writable)
-/// ```
-///
-/// and remove the `xfail` mark of that test. Writing is sound then: a taken message's bytes
-/// belong to that message alone until it drops, and Rust never reads them again once they are
-/// exported (the frame is parsed before any buffer is handed out).
+/// The one place that decides whether received messages are exported writable, and the start
+/// address to export: writable, as multiprocessing's received arrays are. Sound: a taken
+/// message's bytes belong to that message alone until it drops (the core's `DerefMut for
+/// Message`), and Rust never reads them again once they are exported (the frame is parsed
+/// before any buffer is handed out). Called only on a message this process has just received,
+/// never on one inherited through fork (which the core refuses to write).
 fn export_access(msg: &mut shmq::Message) -> (*mut u8, Access) {
-    (msg.as_ptr().cast_mut(), Access::ReadOnly)
+    use std::ops::DerefMut;
+    (msg.deref_mut().as_mut_ptr(), Access::Writable)
 }
 
 /// A received message shared by the buffers exported from it.

@@ -109,7 +109,6 @@ def test_get_copy_owns_its_data(make_queue: Any) -> None:
     assert bytes(got["view"]) == bytes(200_000)
 
 
-@pytest.mark.xfail(strict=True, reason="needs core G1 (DerefMut for Message)")
 def test_received_array_is_writable(make_queue: Any) -> None:
     q = make_queue()
     q.put(np.zeros(MiB // 8))
