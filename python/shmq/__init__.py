@@ -37,7 +37,7 @@ from ._errors import (
     TooManyParticipantsError,
 )
 from ._pickle import get_copy_threshold, set_copy_threshold
-from .queues import Queue, SimpleQueue
+from .queues import JoinableQueue, Queue, SimpleQueue
 from .shared_memory import SharedMemory
 from .sharedctypes import Array, RawArray, RawValue, Value
 from .synchronize import Lock, RLock
@@ -54,6 +54,7 @@ __all__ = [
     "IncompatibleError",
     "InvalidArgumentError",
     "InvalidNameError",
+    "JoinableQueue",
     "Lock",
     "LockTimeoutError",
     "NotFoundError",

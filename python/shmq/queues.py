@@ -1,4 +1,5 @@
-"""``Queue`` and ``SimpleQueue``: multiprocessing's queues, through shared memory.
+"""``Queue``, ``JoinableQueue`` and ``SimpleQueue``: multiprocessing's queues, through shared
+memory.
 
 The objects put travel as protocol-5 pickles whose out-of-band buffers (numpy arrays above
 all) are written straight into the queue's shared memory: one copy on ``put``, none on ``get``
@@ -36,7 +37,7 @@ from typing import Any, SupportsIndex
 from . import _channels, _handles, _pickle
 from ._shmq import Channel, Loan
 
-__all__ = ["Queue", "SimpleQueue"]
+__all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
 DEFAULT_CAPACITY_BYTES = 64 << 20
 """Arena size of a queue made without ``capacity_bytes`` (unless ``SHMQ_CAPACITY_BYTES`` is
@@ -307,6 +308,46 @@ class Queue(_ChannelQueue):
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
         return QueueLoan(self, shape, dtype, bool(block), _timeout(block, timeout))
+
+
+class JoinableQueue(Queue):
+    """A :class:`Queue` that counts unfinished tasks, with multiprocessing's ``JoinableQueue``
+    interface: every ``put`` adds a task, every ``task_done()`` finishes one, and ``join()``
+    waits until none is left.
+
+    The count lives in the queue's shared memory, so every process sees the same one, and it
+    is exact: ``task_done()`` raises ``ValueError`` once it has been called as many times as
+    items were put, whichever processes called it. One difference from multiprocessing: the
+    tasks of a worker killed while holding them (items it got and never marked done) count as
+    done, so ``join()`` never waits for a dead worker. multiprocessing's ``join()`` would wait
+    for ever. A worker that merely exits without calling ``task_done()`` (its queue closed
+    normally) leaves its tasks unfinished, as in multiprocessing.
+    """
+
+    def task_done(self) -> None:
+        """Indicates that a formerly enqueued task is complete (in any process). Raises
+        ``ValueError`` if called more times than there were items put, and ``ValueError``
+        after ``close()``."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if not self._channel().task_done():
+            raise ValueError("task_done() called too many times")
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Blocks until every item ever put into the queue has been marked done with
+        ``task_done()``, re-evaluated as more items are put meanwhile. ``timeout`` (seconds,
+        a shmq extension) bounds the wait; returns ``True`` when the tasks are done, ``False``
+        when the timeout passed first (without it, ``join()`` returns ``True`` or waits).
+        Interruptible with Ctrl-C."""
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if timeout is not None:
+            timeout = max(0.0, float(timeout))
+        return self._channel().join_tasks(timeout)
+
+    def unfinished_tasks(self) -> int:
+        """Items put and not yet marked done, across all processes (a shmq extension)."""
+        return self._channel().unfinished_tasks()
 
 
 class QueueLoan:

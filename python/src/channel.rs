@@ -24,7 +24,10 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use shmq::{ChannelConfig, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+use shmq::{
+    ChannelConfig, JoinTasksTimeoutError, Receiver, RecvTimeoutError, SendTimeoutError, Sender,
+    TaskDoneError,
+};
 
 use crate::buffers::ReadBuffer;
 use crate::errors::{to_py, IntoPy};
@@ -166,6 +169,24 @@ impl AnyHandle {
         match self {
             AnyHandle::Tx(h) => h.stats(),
             AnyHandle::Rx(h) => h.stats(),
+        }
+    }
+    fn try_task_done(&self) -> Result<(), TaskDoneError> {
+        match self {
+            AnyHandle::Tx(h) => h.try_task_done(),
+            AnyHandle::Rx(h) => h.try_task_done(),
+        }
+    }
+    fn join_tasks_deadline(&self, deadline: Instant) -> Result<(), JoinTasksTimeoutError> {
+        match self {
+            AnyHandle::Tx(h) => h.join_tasks_deadline(deadline),
+            AnyHandle::Rx(h) => h.join_tasks_deadline(deadline),
+        }
+    }
+    fn unfinished_tasks(&self) -> u64 {
+        match self {
+            AnyHandle::Tx(h) => h.unfinished_tasks(),
+            AnyHandle::Rx(h) => h.unfinished_tasks(),
         }
     }
 }
@@ -666,6 +687,72 @@ impl Channel {
         unsafe { fill_frame(&mut loan[..], kind, &layout, &parts) };
         let (offset, len) = layout.buffers[0];
         Ok(Some(Loan::new(slf.clone().unbind(), tx, loan, offset, len)))
+    }
+
+    /// Marks one task done, `JoinableQueue.task_done()`'s count (kept in the channel, shared
+    /// by every process): `True`, or `False` when every item ever put is done already (the
+    /// caller raises multiprocessing's "called too many times"). Waits only for the
+    /// channel's allocator lock, in slices, so a stopped holder cannot freeze it unseen.
+    fn task_done(&self, py: Python<'_>) -> PyResult<bool> {
+        let handle = self.any_handle(py)?;
+        let outcome = blocking(py, None, |_until| {
+            if self.closed.load(Ordering::Acquire) {
+                return Slice::Done(Err(Stop::Closed));
+            }
+            match handle.try_task_done() {
+                Ok(()) => Slice::Done(Ok(true)),
+                Err(TaskDoneError::TooMany) => Slice::Done(Ok(false)),
+                Err(TaskDoneError::Failed(shmq::Error::LockTimeout { .. })) => Slice::NotYet,
+                Err(TaskDoneError::Failed(e)) => Slice::Done(Err(Stop::Failed(e))),
+                Err(other) => Slice::Done(Err(Stop::Failed(shmq::Error::Corrupted {
+                    name: self.name.clone(),
+                    what: format!("unexpected task_done error: {other}"),
+                }))),
+            }
+        })?;
+        match outcome {
+            Some(Ok(done)) => Ok(done),
+            Some(Err(stop)) => Err(stop.into_py()),
+            None => unreachable!("a wait with no deadline ends only when done"),
+        }
+    }
+
+    /// Waits until every item ever put is marked done (`JoinableQueue.join()`), re-evaluated
+    /// as items are put meanwhile, for at most `timeout` seconds (`None`: for ever). `True`
+    /// when they are, `False` when the timeout passed first. Tasks that a process killed
+    /// while holding them never finished count as done (shmq's rule: a dead worker never
+    /// wedges `join`).
+    #[pyo3(signature = (timeout = None))]
+    fn join_tasks(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let deadline = deadline_after(timeout)?;
+        let handle = self.any_handle(py)?;
+        let outcome = blocking(py, deadline, |until| {
+            if self.closed.load(Ordering::Acquire) {
+                return Slice::Done(Err(Stop::Closed));
+            }
+            match handle.join_tasks_deadline(until) {
+                Ok(()) => Slice::Done(Ok(())),
+                Err(JoinTasksTimeoutError::Timeout) => Slice::NotYet,
+                Err(JoinTasksTimeoutError::Failed(shmq::Error::LockTimeout { .. })) => {
+                    Slice::NotYet
+                }
+                Err(JoinTasksTimeoutError::Failed(e)) => Slice::Done(Err(Stop::Failed(e))),
+                Err(other) => Slice::Done(Err(Stop::Failed(shmq::Error::Corrupted {
+                    name: self.name.clone(),
+                    what: format!("unexpected join error: {other}"),
+                }))),
+            }
+        })?;
+        match outcome {
+            None => Ok(false),
+            Some(Ok(())) => Ok(true),
+            Some(Err(stop)) => Err(stop.into_py()),
+        }
+    }
+
+    /// Items put and not yet marked done (the count `join()` waits on).
+    fn unfinished_tasks(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.any_handle(py)?.unfinished_tasks())
     }
 
     /// Messages waiting in the ring (not counting received messages still held).

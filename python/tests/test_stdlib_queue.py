@@ -1,5 +1,6 @@
-"""CPython's own queue tests (``test._test_multiprocessing``: ``_TestQueue`` and
-``TestSimpleQueue``) run against shmq's queues, under the fork and the spawn start methods.
+"""CPython's own queue tests (``test._test_multiprocessing``: ``_TestQueue``, which covers
+``JoinableQueue`` too, and ``TestSimpleQueue``) run against shmq's queues, under the fork and
+the spawn start methods.
 
 The mixin gives the test cases shmq's ``Queue`` where CPython's mixins give multiprocessing's
 (see ``ProcessesMixin`` there); tests that call ``multiprocessing.Queue`` or
@@ -20,11 +21,12 @@ import shmq
 
 stdlib = pytest.importorskip("test._test_multiprocessing")
 
-NEEDS_JOINABLE = "needs shmq.JoinableQueue (not written yet)"
-
-
 def _queue(maxsize: int = 0) -> shmq.Queue:
     return shmq.Queue(maxsize, capacity_bytes=4 << 20)
+
+
+def _joinable_queue(maxsize: int = 0) -> shmq.JoinableQueue:
+    return shmq.JoinableQueue(maxsize, capacity_bytes=4 << 20)
 
 
 def _simple_queue(**_ignored: Any) -> shmq.SimpleQueue:
@@ -46,6 +48,7 @@ class _ShmqQueues:
     TYPE = "processes"
     START_METHOD = "fork"
     Queue = staticmethod(_queue)
+    JoinableQueue = staticmethod(_joinable_queue)
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -56,17 +59,18 @@ class _ShmqQueues:
         super().setUpClass()  # type: ignore[misc]
 
     def setUp(self) -> None:
-        patcher = mock.patch.object(multiprocessing, "Queue", _queue)
-        patcher.start()
-        self.addCleanup(patcher.stop)
+        for name, factory in (("Queue", _queue), ("JoinableQueue", _joinable_queue)):
+            patcher = mock.patch.object(multiprocessing, name, factory)
+            patcher.start()
+            self.addCleanup(patcher.stop)
         super().setUp()  # type: ignore[misc]
 
     def test_runs_on_shmq(self) -> None:
         assert isinstance(self.Queue(), shmq.Queue)
         assert isinstance(multiprocessing.Queue(), shmq.Queue)
+        assert isinstance(self.JoinableQueue(), shmq.JoinableQueue)
 
     # The test cases of _TestQueue that cannot apply to shmq.
-    test_task_done = _skip(NEEDS_JOINABLE)
     test_queue_feeder_donot_stop_onexc = _skip(
         "shmq has no feeder thread: put() raises the pickling error itself (a deliberate "
         "difference; see test_queue.py::test_pickling_error_is_raised_by_put)"
