@@ -11,9 +11,10 @@ from conftest import shm_entries
 
 
 def _hold_segment(name: str, ready) -> None:
-    from shmq import _shmq  # noqa: F401  (imported so the child maps the library)
     from shmq.shared_memory import SharedMemory
 
+    # Not registered with the cleanup process: gc is what must remove it here.
+    os.environ["SHMQ_NO_TRACKER"] = "1"
     block = SharedMemory(name, create=True, size=4096)
     block.buf[0] = 1
     ready.set()
