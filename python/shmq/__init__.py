@@ -8,7 +8,7 @@ user is gone.
 >>> import shmq, numpy as np
 >>> q = shmq.Queue()
 >>> q.put(np.arange(10))
->>> q.get().sum()
+>>> print(q.get().sum())
 45
 
 The names and signatures are those of :mod:`multiprocessing`; docs/guide.md in the repository
@@ -36,6 +36,8 @@ from ._errors import (
     ShmqOSError,
     TooManyParticipantsError,
 )
+from ._pickle import get_copy_threshold, set_copy_threshold
+from .queues import Queue, SimpleQueue
 from .shared_memory import SharedMemory
 from .sharedctypes import Array, RawArray, RawValue, Value
 from .synchronize import Lock, RLock
@@ -63,14 +65,18 @@ __all__ = [
     "RLock",
     "RawArray",
     "RawValue",
+    "Queue",
     "SegmentInfo",
     "SharedMemory",
     "ShmqError",
     "ShmqOSError",
+    "SimpleQueue",
     "TooManyParticipantsError",
     "Value",
     "gc",
+    "get_copy_threshold",
     "list_segments",
+    "set_copy_threshold",
 ]
 
 del _shmq

@@ -12,6 +12,10 @@
 //! - `segment.rs`: `SegmentBuf`, the memory of `SharedMemory`;
 //! - `shared.rs`: `SharedBuf`, the storage of `Value`/`Array` and the robust lock of
 //!   `Lock`/`RLock`, re-entrant through a thread-local table.
+//! - `frame.rs`: the wire format of one Python object in one channel message;
+//! - `channel.rs`: `Channel`, a channel as the queues use it (lazily opened sides, frames);
+//! - `message.rs`: received messages as Python buffers (no copy) or private copies;
+//! - `loan.rs`: `Loan`, arena room that Python fills in place and sends.
 //!
 //! Everything here is private to the package: the public, documented names are the Python ones.
 
@@ -22,7 +26,11 @@ use pyo3::prelude::*;
 
 mod admin;
 mod buffers;
+mod channel;
 mod errors;
+mod frame;
+mod loan;
+mod message;
 mod segment;
 mod shared;
 mod wait;
@@ -34,5 +42,6 @@ fn _shmq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     admin::register(m)?;
     segment::register(m)?;
     shared::register(m)?;
+    channel::register(m)?;
     Ok(())
 }

@@ -1,0 +1,384 @@
+"""``Queue`` and ``SimpleQueue``: multiprocessing's queues, through shared memory.
+
+The objects put travel as protocol-5 pickles whose out-of-band buffers (numpy arrays above
+all) are written straight into the queue's shared memory: one copy on ``put``, none on ``get``
+(see :mod:`shmq._pickle`). There is no feeder thread: ``put`` returns once the object is in
+shared memory, so a pickling error is raised by ``put`` itself, and a process may exit right
+after ``put`` without waiting for anything to drain.
+
+Sizes. A queue's memory is fixed when it is created: a ring of message slots (``maxsize``
+of them, or 65536 for ``maxsize <= 0``; at most 2**24) and an arena for payloads
+(``capacity_bytes``, else the environment variable ``SHMQ_CAPACITY_BYTES``, else 64 MiB).
+A payload larger than the whole arena still travels, in a shared-memory segment of its own
+(slower: fresh pages). So ``maxsize=0`` is not unbounded as in multiprocessing: once the arena
+(or the ring) is full, ``put`` blocks until consumers free room, and ``put_nowait`` raises
+``queue.Full``. Received arrays hold their arena pages until the last reference goes; keep
+``get(copy=True)`` for results that are kept for long.
+
+Handles pickle by name, so a queue passes to children under every start method, to
+``Pool(initializer=..., initargs=(q,))`` and as an argument of pool tasks. Keep the queue alive
+in the process that made it until the others have used it (as multiprocessing requires too):
+a channel whose every user has gone is removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import types
+from collections.abc import Sequence
+from queue import Empty, Full
+from typing import Any, SupportsIndex
+
+from . import _channels, _pickle
+from ._shmq import Channel, Loan
+
+__all__ = ["Queue", "SimpleQueue"]
+
+DEFAULT_CAPACITY_BYTES = 64 << 20
+"""Arena size of a queue made without ``capacity_bytes`` (unless ``SHMQ_CAPACITY_BYTES`` is
+set)."""
+
+DEFAULT_RING = 65536
+"""Ring slots of a queue with ``maxsize <= 0``."""
+
+MAX_RING = 1 << 24
+"""Most ring slots a queue has; a larger ``maxsize`` is clamped to it."""
+
+CAPACITY_ENV = "SHMQ_CAPACITY_BYTES"
+"""The environment variable that sets the default arena size in bytes."""
+
+
+def _ring_slots(maxsize: int) -> int:
+    if maxsize <= 0:
+        return DEFAULT_RING
+    return min(maxsize, MAX_RING)
+
+
+def _arena_bytes(capacity_bytes: int | None) -> int:
+    if capacity_bytes is None:
+        env = os.environ.get(CAPACITY_ENV)
+        if not env:
+            return DEFAULT_CAPACITY_BYTES
+        try:
+            capacity_bytes = int(env, 0)
+        except ValueError:
+            raise ValueError(f"{CAPACITY_ENV}={env!r} is not a number of bytes") from None
+    value = int(capacity_bytes)
+    if value < 0:
+        raise ValueError(f"capacity_bytes must be >= 0, not {value}")
+    return value
+
+
+def _timeout(block: bool, timeout: Any) -> float | None:
+    """A timeout as multiprocessing takes it: ignored without ``block``; negative means zero;
+    NaN is ``OSError(EINVAL)`` (what its semaphores raise); not a number is ``TypeError``."""
+    if not block or timeout is None:
+        return None
+    if isinstance(timeout, (str, bytes, bytearray)):
+        raise TypeError(f"must be real number, not {type(timeout).__name__}")
+    seconds = float(timeout)
+    if math.isnan(seconds):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    return max(seconds, 0.0)
+
+
+def _rebuild(cls: type[_ChannelQueue], name: str, incarnation: int | None, state: dict[str, Any]) -> Any:
+    """Unpickles a queue handle: the cached channel of that name, or a new handle on it."""
+    self = cls.__new__(cls)
+    self._attach(_channels.lookup(name, incarnation), state)
+    return self
+
+
+class _ChannelQueue:
+    """What the queues share: a channel, its name, pickling by name and closing."""
+
+    _chan: Channel | None
+    _name: str
+    _incarnation: int | None
+    _closed: bool
+
+    def _create(self, name: str | None, ring: int, capacity_bytes: int | None) -> None:
+        name = name if name is not None else _channels.auto_name("pyq")
+        self._attach(_channels.create(name, ring, _arena_bytes(capacity_bytes)), {})
+
+    def _attach(self, chan: Channel, state: dict[str, Any]) -> None:
+        self._chan = chan
+        self._name = chan.name
+        self._incarnation = chan.incarnation
+        self._closed = False
+        self._setstate(state)
+
+    def _setstate(self, state: dict[str, Any]) -> None:
+        """Restores what ``_getstate`` pickled (subclasses add their own)."""
+
+    def _getstate(self) -> dict[str, Any]:
+        """What a handle pickles besides the channel's name and incarnation."""
+        return {}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        incarnation = self._chan.incarnation if self._chan is not None else self._incarnation
+        return (_rebuild, (type(self), self._name, incarnation, self._getstate()))
+
+    @property
+    def name(self) -> str:
+        """The name of the queue's shared memory (``/dev/shm/shmq.<name>``)."""
+        return self._name
+
+    def _channel(self) -> Channel:
+        chan = self._chan
+        if chan is None:
+            raise OSError("handle is closed")
+        return chan
+
+    def _put(self, obj: Any, block: bool, timeout: float | None) -> None:
+        kind, data, buffers = _pickle.dumps_frame(obj)
+        if not self._channel().send_frame(kind, data, buffers, block, timeout):
+            raise Full
+
+    def _get(self, block: bool, timeout: float | None, copy: bool) -> Any:
+        frame = self._channel().recv_frame(block, timeout, copy, _pickle.copy_below)
+        if frame is None:
+            raise Empty
+        return _pickle.loads_frame(*frame)
+
+    def _release(self) -> None:
+        # The channel may be shared with other handles of this process (the cache): only this
+        # handle's reference goes. The last one closes this process's sides of the channel.
+        self._closed = True
+        self._chan = None
+
+    def __repr__(self) -> str:
+        closed = " closed" if self._closed else ""
+        return f"<shmq.{type(self).__qualname__} {self._name!r}{closed} at {id(self):#x}>"
+
+    __class_getitem__ = classmethod(types.GenericAlias)
+
+
+class Queue(_ChannelQueue):
+    """A process-shared FIFO queue with multiprocessing's ``Queue`` interface, through shared
+    memory.
+
+    ``maxsize`` bounds the number of items queued (``<= 0``: 65536 slots, and the memory);
+    ``name`` names the shared memory (default: a fresh name); ``capacity_bytes`` is the size of
+    its arena for payloads (default: ``$SHMQ_CAPACITY_BYTES`` or 64 MiB). The queue pickles by
+    name: pass it to other processes in any way.
+
+    Differences from ``multiprocessing.Queue``: no feeder thread (``put`` raises pickling
+    errors and returns once the item is in shared memory); ``maxsize=0`` is bounded by the
+    queue's memory (``put`` blocks, ``put_nowait`` raises ``Full`` when it is full); received
+    numpy arrays live in the queue's memory (see ``get``); ``qsize``, ``empty`` and ``full``
+    raise ``OSError`` after ``close()``.
+    """
+
+    def __init__(
+        self, maxsize: int = 0, *, name: str | None = None, capacity_bytes: int | None = None
+    ) -> None:
+        maxsize = int(maxsize)
+        self._maxsize = maxsize
+        self._joincancelled = False
+        self._create(name, _ring_slots(maxsize), capacity_bytes)
+
+    def _setstate(self, state: dict[str, Any]) -> None:
+        self._maxsize = state.get("maxsize", 0)
+        self._joincancelled = False
+
+    def _getstate(self) -> dict[str, Any]:
+        return {"maxsize": self._maxsize}
+
+    @property
+    def maxsize(self) -> int:
+        """The ``maxsize`` the queue was made with."""
+        return self._maxsize
+
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
+        """Puts ``obj`` into the queue.
+
+        With ``block`` (the default), waits while the queue is full, for at most ``timeout``
+        seconds if it is not ``None``, then raises ``queue.Full``; without, raises
+        ``queue.Full`` at once if there is no room. Returns once the object is in shared
+        memory. Raises what pickling ``obj`` raises, and ``ValueError`` after ``close()``.
+        """
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        self._put(obj, block, _timeout(block, timeout))
+
+    def get(self, block: bool = True, timeout: float | None = None, *, copy: bool = False) -> Any:
+        """Removes and returns an item from the queue.
+
+        With ``block`` (the default), waits until an item is there, for at most ``timeout``
+        seconds if it is not ``None``, then raises ``queue.Empty``; without, raises
+        ``queue.Empty`` at once if none is there. Raises ``ValueError`` after ``close()``.
+
+        Numpy arrays (and other out-of-band buffers) of 64 KiB or more are received without a
+        copy: the array's memory is the message in the queue's shared memory, given back when
+        the last reference to the array goes (smaller ones are copied: see
+        :func:`shmq.set_copy_threshold`). Such arrays are read-only until the core can lend
+        received messages writable. ``copy=True`` returns private copies instead, and frees the
+        queue's memory at once: use it for results that are kept for long.
+        """
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        return self._get(block, _timeout(block, timeout), copy)
+
+    def put_nowait(self, obj: Any) -> None:
+        """``put(obj, False)``."""
+        return self.put(obj, False)
+
+    def get_nowait(self) -> Any:
+        """``get(False)``."""
+        return self.get(False)
+
+    def qsize(self) -> int:
+        """The number of items in the queue (approximate while others put and get)."""
+        return self._channel().len()
+
+    def empty(self) -> bool:
+        """Whether the queue is empty (approximate while others put and get)."""
+        return self._channel().len() == 0
+
+    def full(self) -> bool:
+        """Whether the queue holds ``maxsize`` items (for ``maxsize <= 0``: all 65536 slots).
+        A queue whose memory is full while it has free slots is not ``full()``, but a ``put``
+        waits nonetheless."""
+        chan = self._channel()
+        return chan.len() >= chan.capacity()
+
+    def close(self) -> None:
+        """Indicates that this process will use the queue no more: later ``put`` and ``get``
+        raise ``ValueError``. Items already put stay in the queue for the other processes.
+        This process's handles on the shared memory are released (arrays received from the
+        queue stay valid). Closing twice is allowed."""
+        self._release()
+
+    def join_thread(self) -> None:
+        """Does nothing but check that the queue is closed (``AssertionError`` otherwise), as
+        multiprocessing's does: there is no feeder thread to join."""
+        assert self._closed, "Queue {0!r} not closed".format(self)
+
+    def cancel_join_thread(self) -> None:
+        """Does nothing (there is no feeder thread whose join could block the exit)."""
+        self._joincancelled = True
+
+    def loan(
+        self,
+        shape: int | Sequence[SupportsIndex],
+        dtype: Any = float,
+        *,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> QueueLoan:
+        """A numpy array of ``shape`` and ``dtype`` in the queue's shared memory, to fill in
+        place and send with no copy at all::
+
+            with q.loan((1024, 1024), "float32") as a:
+                a[:] = compute()        # written straight into shared memory
+            # sent here, on a clean exit of the block; discarded if it raised
+
+        The room is reserved on entry (waiting as ``put`` does: ``queue.Full`` when none came
+        by the deadline). After the send the array is made read-only: its memory belongs to the
+        receiver now, and must not be written through views made inside the block either. An
+        array larger than the queue's arena (or tiny) is built in private memory and sent with
+        one copy instead.
+        """
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        return QueueLoan(self, shape, dtype, block, _timeout(block, timeout))
+
+
+class QueueLoan:
+    """The context manager of :meth:`Queue.loan`: ``__enter__`` returns the array."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        shape: int | Sequence[SupportsIndex],
+        dtype: Any,
+        block: bool,
+        timeout: float | None,
+    ) -> None:
+        import numpy
+
+        self._queue = queue
+        self._dtype = numpy.dtype(dtype)
+        if self._dtype.hasobject:
+            raise TypeError(f"an array of {self._dtype} holds Python objects: it cannot be lent")
+        if isinstance(shape, SupportsIndex):
+            shape = (shape,)
+        self._shape = tuple(int(n) for n in shape)
+        if any(n < 0 for n in self._shape):
+            raise ValueError(f"negative dimensions are not allowed: {self._shape}")
+        self._count = math.prod(self._shape)
+        self._block = block
+        self._timeout = timeout
+        self._loan: Loan | None = None
+        self._array: Any = None
+
+    def __enter__(self) -> Any:
+        import numpy
+
+        if self._array is not None:
+            raise RuntimeError("this loan was entered already")
+        nbytes = self._count * self._dtype.itemsize
+        template = _pickle.array_template(self._dtype, self._shape)
+        chan = self._queue._channel()
+        try:
+            loan = chan.loan(_pickle.KIND_PICKLE, template, nbytes, self._block, self._timeout)
+        except ValueError:
+            loan = None  # too large for the arena, or too small to lend: private memory
+            self._array = numpy.empty(self._shape, self._dtype)
+        else:
+            if loan is None:
+                raise Full
+            self._loan = loan
+            self._array = numpy.frombuffer(loan, self._dtype, self._count).reshape(self._shape)
+        return self._array
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        array = self._array
+        loan = self._loan
+        try:
+            if exc_type is not None:
+                if loan is not None:
+                    loan.discard()
+                return
+            if loan is None:
+                self._queue.put(array, self._block, self._timeout)
+            elif not loan.send(self._block, self._timeout):
+                loan.discard()
+                raise Full
+        finally:
+            if array is not None:
+                array.flags.writeable = False
+            self._loan = None
+
+
+class SimpleQueue(_ChannelQueue):
+    """multiprocessing's ``SimpleQueue`` (``get``, ``put``, ``empty``, ``close``), through shared
+    memory: a :class:`Queue` without sizes, timeouts or non-blocking calls.
+
+    ``name`` and ``capacity_bytes`` are as for :class:`Queue`. After ``close()`` every method
+    raises ``OSError("handle is closed")``, as multiprocessing's does.
+    """
+
+    def __init__(self, *, name: str | None = None, capacity_bytes: int | None = None) -> None:
+        self._create(name, DEFAULT_RING, capacity_bytes)
+
+    def put(self, obj: Any) -> None:
+        """Puts ``obj`` into the queue, waiting while the queue's memory is full."""
+        self._put(obj, True, None)
+
+    def get(self, *, copy: bool = False) -> Any:
+        """Removes and returns an item, waiting until one is there (see :meth:`Queue.get` for
+        zero-copy arrays and ``copy``)."""
+        return self._get(True, None, copy)
+
+    def empty(self) -> bool:
+        """Whether the queue is empty."""
+        return self._channel().len() == 0
+
+    def close(self) -> None:
+        """Releases this process's handles on the queue; later calls raise ``OSError``.
+        Closing twice is allowed."""
+        self._release()

@@ -1,0 +1,789 @@
+//! `Channel`: one shmq channel as the Python queues (and later pipes) use it.
+//!
+//! A `Channel` is a per-process handle on a channel, created (`Channel.create`) or found by name
+//! (`Channel.open`). It opens the channel's `Sender` and `Receiver` lazily, each the first time
+//! this process sends or receives, and carries whole Python objects as frames (see `frame.rs`):
+//! `send_frame` copies a pickle and its out-of-band buffers into shared memory in one copy,
+//! `recv_frame` hands them back without one (`message.rs`), and `loan` lends room to build an
+//! object in place (`loan.rs`). Every call that may wait runs through `wait::blocking`: the GIL
+//! is released, Ctrl-C interrupts it, and a signal handler that returns lets it go on.
+//!
+//! What the Python layer adds: pickling (`shmq/_pickle.py`), the exceptions and messages of
+//! multiprocessing (`shmq/queues.py`), and the per-process cache (`shmq/_channels.py`).
+//!
+//! Three things here are stand-ins for core additions being made on branch i12-core-a; each is
+//! marked `CORE G1`, `CORE G2` or `CORE G4` where it is to be changed once they are merged.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use shmq::{ChannelConfig, Receiver, RecvTimeoutError, SendTimeoutError, Sender};
+
+use crate::buffers::ReadBuffer;
+use crate::errors::{to_py, IntoPy};
+use crate::frame;
+use crate::loan::Loan;
+use crate::message::{self, Decoded, Delivery, DETACHED_COPY};
+use crate::wait::{blocking, deadline_after, Slice};
+
+/// Registers this file's classes and constants in the extension module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Channel>()?;
+    m.add_class::<message::MessageBuffer>()?;
+    m.add_class::<Loan>()?;
+    m.add("FRAME_KIND_PICKLE", frame::KIND_PICKLE)?;
+    m.add("FRAME_KIND_BYTES", frame::KIND_BYTES)?;
+    m.add("FRAME_KIND_BYTEARRAY", frame::KIND_BYTEARRAY)?;
+    m.add("FRAME_KIND_MEMORYVIEW", frame::KIND_MEMORYVIEW)?;
+    m.add("FRAME_HEADER_LEN", frame::HEADER_LEN)?;
+    m.add("FRAME_ENTRY_LEN", frame::ENTRY_LEN)?;
+    m.add("FRAME_VERSION", frame::VERSION)?;
+    Ok(())
+}
+
+/// Frames up to this size are assembled in a small heap buffer and sent with one copying send
+/// (the core puts those of 96 bytes or less inline in the ring slot); larger ones are built
+/// directly in a loan.
+const SMALL_FRAME: usize = 4096;
+
+/// How many times one call may find the other side missing and open it itself before giving
+/// up (see [`Channel::open_missing_peer`]): once is always enough unless something is wrong.
+const MAX_RECONNECTS: u32 = 4;
+
+/// Participants a channel made by `Channel.create` has room for by default: each process that
+/// uses a queue takes one or two.
+const DEFAULT_PARTICIPANTS: u32 = 1024;
+
+/// Which side of the channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    Sending,
+    Receiving,
+}
+
+/// Why a channel operation stopped, other than success or the caller's deadline.
+pub(crate) enum Stop {
+    /// The other side has no live participant (see [`Channel::open_missing_peer`]).
+    Disconnected,
+    /// The operation failed.
+    Failed(shmq::Error),
+    /// This `Channel` was closed while the call waited.
+    Closed,
+}
+
+impl Stop {
+    fn into_py(self) -> PyErr {
+        match self {
+            Stop::Failed(e) => to_py(e),
+            Stop::Disconnected => PyRuntimeError::new_err("the channel's other side is gone"),
+            Stop::Closed => closed_error(),
+        }
+    }
+}
+
+fn closed_error() -> PyErr {
+    PyOSError::new_err("handle is closed")
+}
+
+/// Sorts a failed timed send: `None` when it is only "not yet" (the deadline of this slice
+/// passed, or a lock was held for a moment longer: a sliced wait retries both until the
+/// caller's own deadline), else why it stopped. Gives back what the send carried.
+pub(crate) fn sort_send_error<T>(err: SendTimeoutError<T>) -> (T, Option<Stop>) {
+    let stop = match &err {
+        SendTimeoutError::Timeout(_) => None,
+        SendTimeoutError::Disconnected(_) => Some(Stop::Disconnected),
+        SendTimeoutError::Failed(shmq::Error::LockTimeout { .. }, _) => None,
+        SendTimeoutError::Failed(e, _) => Some(Stop::Failed(e.clone())),
+        _ => Some(Stop::Failed(shmq::Error::Corrupted {
+            name: String::new(),
+            what: format!("unexpected send error: {err}"),
+        })),
+    };
+    (err.into_inner(), stop)
+}
+
+/// As [`sort_send_error`], for a timed receive.
+fn sort_recv_error(err: RecvTimeoutError) -> Option<Stop> {
+    match err {
+        RecvTimeoutError::Timeout => None,
+        RecvTimeoutError::Disconnected => Some(Stop::Disconnected),
+        RecvTimeoutError::Failed(shmq::Error::LockTimeout { .. }) => None,
+        RecvTimeoutError::Failed(e) => Some(Stop::Failed(e)),
+        other => Some(Stop::Failed(shmq::Error::Corrupted {
+            name: String::new(),
+            what: format!("unexpected receive error: {other}"),
+        })),
+    }
+}
+
+/// What a channel is, learnt once per `Channel` when it first opens a role.
+#[derive(Clone, Copy, Debug)]
+struct Facts {
+    /// Which creation of the name this is (the segment's creation time, ns since the epoch).
+    incarnation: u64,
+    /// Bytes of the arena: payloads up to this size travel in it, larger ones in overflow
+    /// segments.
+    arena_bytes: u64,
+}
+
+/// A handle on either side, for the queries both sides answer.
+enum AnyHandle {
+    Tx(Sender),
+    Rx(Receiver),
+}
+
+impl AnyHandle {
+    fn len(&self) -> usize {
+        match self {
+            AnyHandle::Tx(h) => h.len(),
+            AnyHandle::Rx(h) => h.len(),
+        }
+    }
+    fn capacity(&self) -> usize {
+        match self {
+            AnyHandle::Tx(h) => h.capacity(),
+            AnyHandle::Rx(h) => h.capacity(),
+        }
+    }
+    fn free_arena_bytes(&self) -> u64 {
+        match self {
+            AnyHandle::Tx(h) => h.free_arena_bytes(),
+            AnyHandle::Rx(h) => h.free_arena_bytes(),
+        }
+    }
+}
+
+/// Locks one of the role cells. These mutexes are only ever taken while attached to the
+/// interpreter (holding the GIL), and never across `detach`: so no thread holds one when
+/// another thread forks (fork needs the GIL), and a forked child never finds one locked for
+/// ever. A poisoned lock (a panic while held) holds a plain `Option`, still valid.
+fn lock<T>(cell: &Mutex<T>) -> MutexGuard<'_, T> {
+    cell.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One shmq channel in this process, with its sender and receiver opened when first needed.
+///
+/// Made by `Channel.create(name, capacity, arena_bytes)` (which holds both sides from the
+/// start) or `Channel.open(name)` (which opens nothing until used). Frozen and thread-safe: one
+/// `Channel` serves every thread of the process, and `shmq/_channels.py` keeps one per name.
+#[pyclass(frozen, weakref, module = "shmq._shmq", name = "Channel")]
+pub(crate) struct Channel {
+    name: String,
+    /// The incarnation the opener was told to expect (from a pickled handle), checked when a
+    /// role is first opened.
+    expected_incarnation: Option<u64>,
+    facts: OnceLock<Facts>,
+    sender: Mutex<Option<Sender>>,
+    receiver: Mutex<Option<Receiver>>,
+    closed: AtomicBool,
+}
+
+impl Channel {
+    fn new(name: String, expected_incarnation: Option<u64>) -> Channel {
+        Channel {
+            name,
+            expected_incarnation,
+            facts: OnceLock::new(),
+            sender: Mutex::new(None),
+            receiver: Mutex::new(None),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// The channel's name.
+    pub(crate) fn name_str(&self) -> &str {
+        &self.name
+    }
+
+    fn check_open(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// This process's sender, opened now if it has none.
+    pub(crate) fn sender(&self, py: Python<'_>) -> PyResult<Sender> {
+        self.check_open()?;
+        if let Some(tx) = lock(&self.sender).as_ref() {
+            return Ok(tx.clone());
+        }
+        // CORE G2: once `Receiver::open_sender` exists, open through a receiver this process
+        // already holds (`rx.open_sender()`), which shares its mapping instead of mapping and
+        // prefaulting the arena a second time.
+        let name = self.name.as_str();
+        let tx = py.detach(|| Sender::open(name)).py_err()?;
+        self.learn_facts(py)?;
+        Ok(lock(&self.sender).get_or_insert(tx).clone())
+    }
+
+    /// This process's receiver, opened now if it has none.
+    pub(crate) fn receiver(&self, py: Python<'_>) -> PyResult<Receiver> {
+        self.check_open()?;
+        if let Some(rx) = lock(&self.receiver).as_ref() {
+            return Ok(rx.clone());
+        }
+        // CORE G2: `tx.open_receiver()` on a sender already held, as in `sender`.
+        let name = self.name.as_str();
+        let rx = py.detach(|| Receiver::open(name)).py_err()?;
+        self.learn_facts(py)?;
+        Ok(lock(&self.receiver).get_or_insert(rx).clone())
+    }
+
+    /// A handle of either side for queries (the sender, opened if neither is).
+    fn any_handle(&self, py: Python<'_>) -> PyResult<AnyHandle> {
+        self.check_open()?;
+        if let Some(tx) = lock(&self.sender).as_ref() {
+            return Ok(AnyHandle::Tx(tx.clone()));
+        }
+        if let Some(rx) = lock(&self.receiver).as_ref() {
+            return Ok(AnyHandle::Rx(rx.clone()));
+        }
+        Ok(AnyHandle::Tx(self.sender(py)?))
+    }
+
+    /// The channel's incarnation and arena size, learnt once, after a role has been opened
+    /// (so the segment read is the one the role holds open); checks the identity that a
+    /// pickled handle promised.
+    ///
+    /// CORE G4 (the identity check lives here and nowhere else): until the core has
+    /// `Sender/Receiver::incarnation()` and `stats()`, both figures come from
+    /// `shmq::inspect(name)`, which reads the segment by name. Once they are merged, take them
+    /// from the handle just opened instead (`handle.incarnation()`,
+    /// `handle.stats().arena_bytes`), which cannot be a different segment of the same name.
+    fn learn_facts(&self, py: Python<'_>) -> PyResult<Facts> {
+        if let Some(facts) = self.facts.get() {
+            return Ok(*facts);
+        }
+        let name = self.name.as_str();
+        let info = py.detach(|| shmq::inspect(name)).py_err()?;
+        let facts = Facts {
+            incarnation: info.created_unix_ns,
+            arena_bytes: info.channel.as_ref().map_or(0, |c| c.arena_bytes),
+        };
+        if let Some(expected) = self.expected_incarnation {
+            if expected != facts.incarnation {
+                // The channel the handle was pickled from is gone; another one has its name.
+                // Drop what was opened on the impostor.
+                lock(&self.sender).take();
+                lock(&self.receiver).take();
+                return Err(to_py(shmq::Error::NotFound {
+                    name: self.name.clone(),
+                }));
+            }
+        }
+        Ok(*self.facts.get_or_init(|| facts))
+    }
+
+    /// CORE G2 (interim; delete this function once persistent channels are merged).
+    ///
+    /// A Python queue never disconnects: a producer may put before any consumer has opened the
+    /// queue, and a consumer waits while no producer exists. Today's core reports
+    /// `Disconnected` when one side has no live participant. Until
+    /// `ChannelConfig::with_disconnect(false)` is merged, an operation that finds the other side
+    /// missing opens that side in this process (a fresh handle by name, which also replaces an
+    /// inherited one that never registered in this fork child) and retries: the channel is then
+    /// connected for as long as this process holds it, which is the Python semantics.
+    ///
+    /// After the merge: add `.with_disconnect(false)` in `Channel::create`, delete this
+    /// function, and let `Stop::Disconnected` be an error (it cannot happen).
+    fn open_missing_peer(&self, py: Python<'_>, side: Side) -> PyResult<()> {
+        self.check_open()?;
+        let name = self.name.as_str();
+        match side {
+            Side::Sending => {
+                let rx = py.detach(|| Receiver::open(name)).py_err()?;
+                *lock(&self.receiver) = Some(rx);
+            }
+            Side::Receiving => {
+                let tx = py.detach(|| Sender::open(name)).py_err()?;
+                *lock(&self.sender) = Some(tx);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a small message (a frame assembled in `bytes`) with one copying send.
+    fn send_copy(&self, py: Python<'_>, bytes: &[u8], deadline: Option<Instant>) -> PyResult<bool> {
+        let mut reconnects = 0;
+        loop {
+            let tx = self.sender(py)?;
+            let outcome = blocking(py, deadline, |until| {
+                if self.closed.load(Ordering::Acquire) {
+                    return Slice::Done(Err(Stop::Closed));
+                }
+                match tx.send_deadline(bytes, until) {
+                    Ok(()) => Slice::Done(Ok(())),
+                    Err(e) => match sort_send_error(e).1 {
+                        None => Slice::NotYet,
+                        Some(stop) => Slice::Done(Err(stop)),
+                    },
+                }
+            })?;
+            match outcome {
+                None => return Ok(false),
+                Some(Ok(())) => return Ok(true),
+                Some(Err(Stop::Disconnected)) if reconnects < MAX_RECONNECTS => {
+                    reconnects += 1;
+                    self.open_missing_peer(py, Side::Sending)?;
+                }
+                Some(Err(stop)) => return Err(stop.into_py()),
+            }
+        }
+    }
+
+    /// Reserves `len` bytes of the channel's memory, waiting until `deadline` (`None`: for
+    /// ever) for room. `Ok(None)` when the deadline passed first.
+    pub(crate) fn reserve(
+        &self,
+        py: Python<'_>,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> PyResult<Option<(shmq::Loan, Sender)>> {
+        let mut reconnects = 0;
+        loop {
+            let tx = self.sender(py)?;
+            let outcome = blocking(py, deadline, |until| {
+                if self.closed.load(Ordering::Acquire) {
+                    return Slice::Done(Err(Stop::Closed));
+                }
+                match tx.loan_deadline(len, until) {
+                    Ok(loan) => Slice::Done(Ok(loan)),
+                    Err(e) => match sort_send_error(e).1 {
+                        None => Slice::NotYet,
+                        Some(stop) => Slice::Done(Err(stop)),
+                    },
+                }
+            })?;
+            match outcome {
+                None => return Ok(None),
+                Some(Ok(loan)) => return Ok(Some((loan, tx))),
+                Some(Err(Stop::Disconnected)) if reconnects < MAX_RECONNECTS => {
+                    reconnects += 1;
+                    self.open_missing_peer(py, Side::Sending)?;
+                }
+                Some(Err(stop)) => return Err(stop.into_py()),
+            }
+        }
+    }
+
+    /// Publishes the loan in `slot`, waiting until `deadline` for room in the ring. `Ok(true)`
+    /// when sent (the slot is then empty); `Ok(false)` when the deadline passed first, with the
+    /// loan back in the slot.
+    pub(crate) fn publish(
+        &self,
+        py: Python<'_>,
+        slot: &mut Option<shmq::Loan>,
+        deadline: Option<Instant>,
+    ) -> PyResult<bool> {
+        let mut reconnects = 0;
+        loop {
+            let outcome = blocking(py, deadline, |until| {
+                let Some(loan) = slot.take() else {
+                    return Slice::Done(Ok(()));
+                };
+                match loan.send_deadline(until) {
+                    Ok(()) => Slice::Done(Ok(())),
+                    Err(e) => {
+                        let (loan, stop) = sort_send_error(e);
+                        *slot = Some(loan);
+                        match stop {
+                            None => Slice::NotYet,
+                            Some(stop) => Slice::Done(Err(stop)),
+                        }
+                    }
+                }
+            })?;
+            match outcome {
+                None => return Ok(false),
+                Some(Ok(())) => return Ok(true),
+                Some(Err(Stop::Disconnected)) if reconnects < MAX_RECONNECTS => {
+                    reconnects += 1;
+                    self.open_missing_peer(py, Side::Sending)?;
+                }
+                Some(Err(stop)) => {
+                    // A failed send gives the room back.
+                    slot.take();
+                    return Err(stop.into_py());
+                }
+            }
+        }
+    }
+
+    /// Receives one message, waiting until `deadline` (`None`: for ever). `Ok(None)` when the
+    /// deadline passed first.
+    pub(crate) fn receive(
+        &self,
+        py: Python<'_>,
+        deadline: Option<Instant>,
+    ) -> PyResult<Option<shmq::Message>> {
+        let mut reconnects = 0;
+        loop {
+            let rx = self.receiver(py)?;
+            let outcome = blocking(py, deadline, |until| {
+                if self.closed.load(Ordering::Acquire) {
+                    return Slice::Done(Err(Stop::Closed));
+                }
+                match rx.recv_deadline(until) {
+                    Ok(msg) => Slice::Done(Ok(msg)),
+                    Err(e) => match sort_recv_error(e) {
+                        None => Slice::NotYet,
+                        Some(stop) => Slice::Done(Err(stop)),
+                    },
+                }
+            })?;
+            match outcome {
+                None => return Ok(None),
+                Some(Ok(msg)) => return Ok(Some(msg)),
+                Some(Err(Stop::Disconnected)) if reconnects < MAX_RECONNECTS => {
+                    reconnects += 1;
+                    self.open_missing_peer(py, Side::Receiving)?;
+                }
+                Some(Err(stop)) => return Err(stop.into_py()),
+            }
+        }
+    }
+
+    /// The arena size, learning it if need be.
+    fn arena_bytes(&self, py: Python<'_>) -> PyResult<u64> {
+        if self.facts.get().is_none() {
+            self.any_handle(py)?;
+        }
+        Ok(self.learn_facts(py)?.arena_bytes)
+    }
+}
+
+/// The deadline of a call: `block=False` makes one attempt now; otherwise `timeout` seconds
+/// from now, or none.
+pub(crate) fn call_deadline(block: bool, timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    if block {
+        deadline_after(timeout)
+    } else {
+        Ok(Some(Instant::now()))
+    }
+}
+
+/// Copies each `(source address, length, offset in dst)` part into `dst` after writing the
+/// frame header.
+///
+/// # Safety
+///
+/// Every source range must be the memory of a [`ReadBuffer`] that stays alive (and unwritten)
+/// during the call.
+unsafe fn fill_frame(
+    dst: &mut [u8],
+    kind: u8,
+    layout: &frame::Layout,
+    parts: &[(usize, usize, usize)],
+) {
+    frame::write_header(dst, kind, layout);
+    for &(addr, len, at) in parts {
+        // SAFETY: the caller's promise: `addr..addr + len` is a live buffer export.
+        let src = unsafe { ReadBuffer::as_slice_unchecked(addr, len) };
+        dst[at..at + len].copy_from_slice(src);
+    }
+}
+
+#[pymethods]
+impl Channel {
+    /// Creates channel `name` with a ring of `capacity` messages and an arena of `arena_bytes`
+    /// (rounded up to 4 KiB pages), holding its sender and receiver. Fails with
+    /// `AlreadyExistsError` if the name is taken, `InvalidArgumentError` for sizes out of range.
+    #[staticmethod]
+    #[pyo3(signature = (name, capacity, arena_bytes, max_participants = DEFAULT_PARTICIPANTS))]
+    fn create(
+        py: Python<'_>,
+        name: String,
+        capacity: usize,
+        arena_bytes: usize,
+        max_participants: u32,
+    ) -> PyResult<Channel> {
+        // CORE G2: add `.with_disconnect(false)` here (and delete `open_missing_peer`).
+        let config = ChannelConfig::default()
+            .with_capacity(capacity)
+            .with_arena_bytes(arena_bytes)
+            .with_max_participants(max_participants);
+        let (tx, rx) = py.detach(|| shmq::channel(&name, config)).py_err()?;
+        let chan = Channel::new(name, None);
+        *lock(&chan.sender) = Some(tx);
+        *lock(&chan.receiver) = Some(rx);
+        chan.learn_facts(py)?;
+        Ok(chan)
+    }
+
+    /// A handle on the existing channel `name`, which opens its sender or receiver only when
+    /// first used (so a `NotFoundError` for a missing channel comes then). With `incarnation`,
+    /// the channel found must be that creation of the name, else `NotFoundError`.
+    #[staticmethod]
+    #[pyo3(signature = (name, incarnation = None))]
+    fn open(name: String, incarnation: Option<u64>) -> Channel {
+        Channel::new(name, incarnation)
+    }
+
+    /// The channel's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Which creation of the name this channel is (see `Channel.open`): known once a role is
+    /// open, else the value given to `open`, else `None`.
+    #[getter]
+    fn incarnation(&self) -> Option<u64> {
+        self.facts
+            .get()
+            .map(|f| f.incarnation)
+            .or(self.expected_incarnation)
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends one frame: `pickle` (any bytes-like object) and `buffers` (C-contiguous buffers,
+    /// written at aligned offsets after it), tagged `kind`. `True` once the message is in the
+    /// channel; `False` if it could not be sent by the deadline (`block=False`: now), when the
+    /// ring or the arena is full. The copy of large buffers runs with the GIL released.
+    #[pyo3(signature = (kind, pickle, buffers, block = true, timeout = None))]
+    fn send_frame(
+        &self,
+        py: Python<'_>,
+        kind: u8,
+        pickle: &Bound<'_, PyAny>,
+        buffers: &Bound<'_, PyAny>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let deadline = call_deadline(block, timeout)?;
+        let pickle = ReadBuffer::get(pickle)?;
+        let held: Vec<ReadBuffer> = buffers
+            .try_iter()?
+            .map(|b| ReadBuffer::get(&b?))
+            .collect::<PyResult<_>>()?;
+        let lens: Vec<usize> = held.iter().map(ReadBuffer::len).collect();
+        let layout =
+            frame::layout(pickle.len(), &lens).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let mut parts = Vec::with_capacity(held.len() + 1);
+        parts.push((pickle.addr(), pickle.len(), layout.pickle_offset));
+        for (buffer, &(offset, _)) in held.iter().zip(&layout.buffers) {
+            parts.push((buffer.addr(), buffer.len(), offset));
+        }
+        if layout.total <= SMALL_FRAME {
+            let mut small = vec![0u8; layout.total];
+            // SAFETY: every part is the memory of a ReadBuffer in `pickle` or `held`, alive
+            // until this function returns.
+            unsafe { fill_frame(&mut small, kind, &layout, &parts) };
+            return self.send_copy(py, &small, deadline);
+        }
+        let Some((loan, _tx)) = self.reserve(py, layout.total, deadline)? else {
+            return Ok(false);
+        };
+        let mut slot = Some(loan);
+        if let Some(loan) = slot.as_mut() {
+            let fill = |loan: &mut shmq::Loan| {
+                // SAFETY: as above; the exports stay taken (in `pickle` and `held`) while the
+                // copy runs, with or without the GIL.
+                unsafe { fill_frame(&mut loan[..], kind, &layout, &parts) }
+            };
+            if layout.total >= DETACHED_COPY {
+                py.detach(|| fill(loan));
+            } else {
+                fill(loan);
+            }
+        }
+        // The loan is dropped unsent (its room given back) if the deadline passes first.
+        self.publish(py, &mut slot, deadline)
+    }
+
+    /// Receives one frame: `(kind, pickle, buffers)`, or `None` if nothing came by the
+    /// deadline (`block=False`: now). `buffers` are `MessageBuffer`s exported in place (the
+    /// message stays in shared memory until the last view of them goes), or `bytearray` copies
+    /// for buffers under `copy_below` bytes and for all of them with `copy=True` (the message
+    /// is then freed before this returns). The bare-bytes kinds come back as `bytes` and
+    /// `bytearray`.
+    #[pyo3(signature = (block = true, timeout = None, copy = false, copy_below = 65536))]
+    fn recv_frame<'py>(
+        &self,
+        py: Python<'py>,
+        block: bool,
+        timeout: Option<f64>,
+        copy: bool,
+        copy_below: usize,
+    ) -> PyResult<Option<Decoded<'py>>> {
+        let deadline = call_deadline(block, timeout)?;
+        let Some(msg) = self.receive(py, deadline)? else {
+            return Ok(None);
+        };
+        let delivery = Delivery { copy, copy_below };
+        message::decode(py, &self.name, msg, delivery).map(Some)
+    }
+
+    /// Sends `data` (any bytes-like object) as a message of its own, with no frame: for tests
+    /// and raw users. `True` once sent, `False` if not by the deadline.
+    #[pyo3(signature = (data, block = true, timeout = None))]
+    fn send_raw(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let deadline = call_deadline(block, timeout)?;
+        let data = ReadBuffer::get(data)?;
+        // SAFETY: `data` is a live export for the whole call.
+        let bytes = unsafe { ReadBuffer::as_slice_unchecked(data.addr(), data.len()) };
+        self.send_copy(py, bytes, deadline)
+    }
+
+    /// Receives one message as `bytes`, with no frame decoding; `None` if nothing came by the
+    /// deadline.
+    #[pyo3(signature = (block = true, timeout = None))]
+    fn recv_raw<'py>(
+        &self,
+        py: Python<'py>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let deadline = call_deadline(block, timeout)?;
+        match self.receive(py, deadline)? {
+            None => Ok(None),
+            Some(msg) => message::copy_out(py, &msg, message::CopyAs::Bytes).map(Some),
+        }
+    }
+
+    /// Lends room for a frame of `kind` whose one out-of-band buffer, of `nbytes`, the caller
+    /// fills in place: the header and `pickle` are written now, and the returned `Loan`
+    /// exports the buffer's bytes (writable). `Loan.send()` publishes it; `Loan.discard()`, or
+    /// dropping it, gives the room back. `None` if no room was free by the deadline. The whole
+    /// frame must fit the arena (`ValueError` otherwise: send such objects with `send_frame`).
+    #[pyo3(signature = (kind, pickle, nbytes, block = true, timeout = None))]
+    fn loan(
+        slf: &Bound<'_, Self>,
+        kind: u8,
+        pickle: &Bound<'_, PyAny>,
+        nbytes: usize,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Loan>> {
+        let py = slf.py();
+        let this = slf.get();
+        let deadline = call_deadline(block, timeout)?;
+        let pickle = ReadBuffer::get(pickle)?;
+        let layout = frame::layout(pickle.len(), &[nbytes])
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let arena = this.arena_bytes(py)?;
+        if layout.total as u64 > arena || layout.total <= SMALL_FRAME {
+            // Beyond the arena the room would be an overflow segment, whose mapping goes with
+            // the loan when it is sent, under arrays that still view it; a tiny one would be
+            // inline. Neither can be lent.
+            return Err(PyValueError::new_err(format!(
+                "a loan of {nbytes} bytes ({} with its frame) cannot be made in channel {:?}: \
+                 loans must be larger than {SMALL_FRAME} bytes and fit its arena of {arena} bytes",
+                layout.total, this.name
+            )));
+        }
+        let Some((mut loan, tx)) = this.reserve(py, layout.total, deadline)? else {
+            return Ok(None);
+        };
+        let parts = [(pickle.addr(), pickle.len(), layout.pickle_offset)];
+        // SAFETY: the one part is the memory of `pickle`, alive for this call.
+        unsafe { fill_frame(&mut loan[..], kind, &layout, &parts) };
+        let (offset, len) = layout.buffers[0];
+        Ok(Some(Loan::new(slf.clone().unbind(), tx, loan, offset, len)))
+    }
+
+    /// Messages waiting in the ring (not counting received messages still held).
+    fn len(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.any_handle(py)?.len())
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.len(py)
+    }
+
+    /// Messages the ring holds at most.
+    fn capacity(&self, py: Python<'_>) -> PyResult<usize> {
+        Ok(self.any_handle(py)?.capacity())
+    }
+
+    /// Bytes of the arena (payloads larger than this travel in overflow segments).
+    #[pyo3(name = "arena_bytes")]
+    fn py_arena_bytes(&self, py: Python<'_>) -> PyResult<u64> {
+        self.arena_bytes(py)
+    }
+
+    /// Arena bytes not in use by queued or held messages.
+    fn free_arena_bytes(&self, py: Python<'_>) -> PyResult<u64> {
+        Ok(self.any_handle(py)?.free_arena_bytes())
+    }
+
+    /// The channel's figures now, as `shmq.list_segments()` reports them: `capacity`,
+    /// `queued`, `messages_in_flight`, `bytes_in_flight`, `arena_bytes`, `arena_free_bytes`,
+    /// `overflow_payloads`, `sent_total`, `done_total`, `corrupt_skipped`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.check_open()?;
+        // CORE G4/G7: `handle.stats()` once merged (no read by name).
+        let name = self.name.as_str();
+        let info = py.detach(|| shmq::inspect(name)).py_err()?;
+        let dict = PyDict::new(py);
+        if let Some(c) = info.channel {
+            dict.set_item("capacity", c.capacity)?;
+            dict.set_item("queued", c.queued)?;
+            dict.set_item("messages_in_flight", c.messages_in_flight)?;
+            dict.set_item("bytes_in_flight", c.bytes_in_flight)?;
+            dict.set_item("arena_bytes", c.arena_bytes)?;
+            dict.set_item("arena_free_bytes", c.arena_free_bytes)?;
+            dict.set_item("overflow_payloads", c.overflow_payloads)?;
+            dict.set_item("sent_total", c.sent_total)?;
+            dict.set_item("done_total", c.done_total)?;
+            dict.set_item("corrupt_skipped", c.corrupt_skipped)?;
+        }
+        Ok(dict)
+    }
+
+    /// Drops this process's sender and receiver: later calls raise `OSError("handle is
+    /// closed")`, and calls waiting in other threads stop within a wait slice with that error.
+    /// Received buffers and unsent loans stay valid (they hold the mapping themselves).
+    /// Closing twice is allowed.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let tx = lock(&self.sender).take();
+        let rx = lock(&self.receiver).take();
+        drop((tx, rx));
+    }
+
+    /// Which sides this process has open: `(sender, receiver)` (for tests of the handle cache).
+    fn _open_sides(&self) -> (bool, bool) {
+        (lock(&self.sender).is_some(), lock(&self.receiver).is_some())
+    }
+
+    /// Called in a child right after `fork`: registers the inherited sender as the child's own
+    /// participant now rather than at its first use, which keeps the channel alive for the
+    /// child even if the parent drops it before the child touches it (a receiver registers at
+    /// its first receive: the core has no other way yet). Errors are ignored: the first use
+    /// registers again.
+    fn _after_fork_in_child(&self) {
+        let tx = lock(&self.sender).clone();
+        if let Some(tx) = tx {
+            // A join that does not wait: it registers the child (`Endpoint::owner`) and
+            // changes nothing.
+            let _ = tx.try_join();
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<shmq._shmq.Channel {:?}{}>",
+            self.name,
+            if self.closed() { " (closed)" } else { "" }
+        )
+    }
+}
