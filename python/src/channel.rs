@@ -495,20 +495,28 @@ impl Channel {
     /// Creates channel `name` with a ring of `capacity` messages and an arena of `arena_bytes`
     /// (rounded up to 4 KiB pages), holding its sender and receiver. Fails with
     /// `AlreadyExistsError` if the name is taken, `InvalidArgumentError` for sizes out of range.
+    ///
+    /// With `persistent=True` the channel never reports its other side gone
+    /// (`ChannelConfig::with_disconnect(false)`): sends queue while no receiver exists and
+    /// receives wait while no sender does (the pipes of `shmq.Pipe` rely on it).
     #[staticmethod]
-    #[pyo3(signature = (name, capacity, arena_bytes, max_participants = DEFAULT_PARTICIPANTS))]
+    #[pyo3(signature = (
+        name, capacity, arena_bytes, max_participants = DEFAULT_PARTICIPANTS, persistent = false
+    ))]
     fn create(
         py: Python<'_>,
         name: String,
         capacity: usize,
         arena_bytes: usize,
         max_participants: u32,
+        persistent: bool,
     ) -> PyResult<Channel> {
         // CORE G2: add `.with_disconnect(false)` here (and delete `open_missing_peer`).
         let config = ChannelConfig::default()
             .with_capacity(capacity)
             .with_arena_bytes(arena_bytes)
-            .with_max_participants(max_participants);
+            .with_max_participants(max_participants)
+            .with_disconnect(!persistent);
         let (tx, rx) = py.detach(|| shmq::channel(&name, config)).py_err()?;
         let chan = Channel::new(name, None);
         *lock(&chan.sender) = Some(tx);
@@ -758,6 +766,19 @@ impl Channel {
         let tx = lock(&self.sender).take();
         let rx = lock(&self.receiver).take();
         drop((tx, rx));
+    }
+
+    /// Moves this channel's receiver (if it has one open) into a new `Channel` of the same
+    /// name, which it returns: this one keeps only its sender. No new mapping or participant is
+    /// made. `shmq.Pipe` uses it to give each end of a pipe the one role it plays.
+    fn split_receiver(&self) -> PyResult<Channel> {
+        self.check_open()?;
+        let chan = Channel::new(self.name.clone(), self.incarnation());
+        if let Some(facts) = self.facts.get() {
+            let _ = chan.facts.set(*facts);
+        }
+        *lock(&chan.receiver) = lock(&self.receiver).take();
+        Ok(chan)
     }
 
     /// Which sides this process has open: `(sender, receiver)` (for tests of the handle cache).
