@@ -37,6 +37,7 @@ from ._errors import (
     TooManyParticipantsError,
 )
 from ._pickle import get_copy_threshold, set_copy_threshold
+from .connection import Connection, Pipe
 from .queues import JoinableQueue, Queue, SimpleQueue
 from .shared_memory import SharedMemory
 from .sharedctypes import Array, RawArray, RawValue, Value
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyExistsError",
     "Array",
+    "Connection",
     "CorruptedError",
     "GcEntry",
     "InUseError",
@@ -63,6 +65,7 @@ __all__ = [
     "OwnerDiedError",
     "ParticipantInfo",
     "PermissionDeniedError",
+    "Pipe",
     "Queue",
     "RLock",
     "RawArray",

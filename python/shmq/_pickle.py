@@ -120,11 +120,15 @@ class Pickler(ForkingPickler):
         return NotImplemented
 
 
-def dumps_frame(obj: Any) -> tuple[int, Any, list[Any]]:
+def dumps_frame(obj: Any, *, raw: bool = True) -> tuple[int, Any, list[Any]]:
     """``(kind, pickle, buffers)`` for ``Channel.send_frame``: the pickle (a bytes-like object)
     and the out-of-band buffers (one-dimensional byte memoryviews) of ``obj``. Raises what
-    pickling raises (``TypeError``, ``PicklingError``, ``AttributeError``...)."""
-    kind = type(obj)
+    pickling raises (``TypeError``, ``PicklingError``, ``AttributeError``...).
+
+    ``raw=False`` pickles top-level ``bytes``, ``bytearray`` and ``memoryview`` objects too
+    (kind ``KIND_PICKLE`` always), for a receiver that needs every object as a pickle (a
+    ``Connection``, whose ``recv_bytes`` returns the pickle of what ``send`` sent)."""
+    kind = type(obj) if raw else None  # None: no raw path
     if kind is bytes:
         return KIND_BYTES, b"", [obj]
     if kind is bytearray:

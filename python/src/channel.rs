@@ -484,6 +484,9 @@ impl Channel {
     /// Creates channel `name` with a ring of `capacity` messages and an arena of `arena_bytes`
     /// (rounded up to 4 KiB pages), holding its sender and receiver. Fails with
     /// `AlreadyExistsError` if the name is taken, `InvalidArgumentError` for sizes out of range.
+    /// The channel is persistent (`ChannelConfig::with_disconnect(false)`): it never reports
+    /// its other side gone, so sends queue while no receiver exists and receives wait while no
+    /// sender does, as Python's queues and `shmq.Pipe` need.
     #[staticmethod]
     #[pyo3(signature = (name, capacity, arena_bytes, max_participants = DEFAULT_PARTICIPANTS))]
     fn create(
@@ -811,6 +814,19 @@ impl Channel {
         let tx = lock(&self.sender).take();
         let rx = lock(&self.receiver).take();
         drop((tx, rx));
+    }
+
+    /// Moves this channel's receiver (if it has one open) into a new `Channel` of the same
+    /// name, which it returns: this one keeps only its sender. No new mapping or participant is
+    /// made. `shmq.Pipe` uses it to give each end of a pipe the one role it plays.
+    fn split_receiver(&self) -> PyResult<Channel> {
+        self.check_open()?;
+        let chan = Channel::new(self.name.clone(), self.incarnation());
+        if let Some(facts) = self.facts.get() {
+            let _ = chan.facts.set(*facts);
+        }
+        *lock(&chan.receiver) = lock(&self.receiver).take();
+        Ok(chan)
     }
 
     /// Which sides this process has open: `(sender, receiver)` (for tests of the handle cache).

@@ -15,7 +15,9 @@
 //! - `frame.rs`: the wire format of one Python object in one channel message;
 //! - `channel.rs`: `Channel`, a channel as the queues use it (lazily opened sides, frames);
 //! - `message.rs`: received messages as Python buffers (no copy) or private copies;
-//! - `loan.rs`: `Loan`, arena room that Python fills in place and sends.
+//! - `loan.rs`: `Loan`, arena room that Python fills in place and sends;
+//! - `connection.rs`: `ReceivedMessage`, a message whose size `shmq.Connection` checks before
+//!   it is copied (`recv_bytes(maxlength)`, `recv_bytes_into`).
 //!
 //! Everything here is private to the package: the public, documented names are the Python ones.
 
@@ -27,6 +29,7 @@ use pyo3::prelude::*;
 mod admin;
 mod buffers;
 mod channel;
+mod connection;
 mod errors;
 mod frame;
 mod loan;
@@ -43,5 +46,6 @@ fn _shmq(m: &Bound<'_, PyModule>) -> PyResult<()> {
     segment::register(m)?;
     shared::register(m)?;
     channel::register(m)?;
+    connection::register(m)?;
     Ok(())
 }
