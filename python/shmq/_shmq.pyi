@@ -150,6 +150,7 @@ class Loan(Buffer):
 # ----- connection.rs: messages whose size Connection checks before the copy -----------------
 
 def receive_message(channel: Channel, timeout: float | None = None) -> ReceivedMessage | None: ...
+def attach_receiver(channel: Channel) -> None: ...
 @final
 class ReceivedMessage:
     """One message taken off a channel, not yet copied or decoded."""

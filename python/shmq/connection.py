@@ -22,7 +22,8 @@ message it publishes; the receiver reads one token, then takes the message. So:
   multiprocessing's does;
 - end of file is the kernel's: once every copy of the other end is closed, in whatever way its
   holders ended (SIGKILL included), ``recv`` delivers what was sent before and then raises
-  ``EOFError``. Closing the child's end in the parent right after ``Process.start()`` is safe;
+  ``EOFError`` (also where multiprocessing raises ``ConnectionResetError``: when the other
+  end was closed with messages of ours unread). Closing the child's end in the parent right after ``Process.start()`` is safe;
 - per small message, the sender makes one system call (the token's ``write``) and the receiver
   one (its ``read``), as multiprocessing does.
 
@@ -54,7 +55,6 @@ import os
 import pickle
 import select
 import socket
-import types
 from collections.abc import Callable
 from multiprocessing import BufferTooShort, reduction
 from typing import Any, TypeVar
@@ -445,7 +445,14 @@ class Connection:
         if self._tokens:
             return True
         assert self._fd is not None
-        if not os.read(self._fd, 1):
+        try:
+            token = os.read(self._fd, 1)
+        except ConnectionResetError:
+            # The other end's last holder closed a duplex socket with tokens of ours unread
+            # (its process died, say): after what it sent, the kernel reports ECONNRESET once
+            # instead of end of file (multiprocessing lets that through; it is an end here).
+            return False
+        if not token:
             return False
         self._tokens = 1
         return True
@@ -596,8 +603,6 @@ class Connection:
                 " writable" if self._writable else ""
             )
         return f"<shmq.Connection {state} at {id(self):#x}>"
-
-    __class_getitem__ = classmethod(types.GenericAlias)
 
 
 def _repickle(msg: ReceivedMessage) -> bytes:
