@@ -428,6 +428,22 @@ def test_a_failed_pickle_sends_nothing() -> None:
     b.close()
 
 
+def test_a_token_without_its_message_raises_instead_of_hanging() -> None:
+    # What a receiver sees when a message was lost with its channel (see the module docs of
+    # shmq.connection): simulated by a token written by hand.
+    a, b = shmq.Pipe()
+    os.write(a.fileno(), b"\0")
+    with pytest.raises(shmq.NotFoundError, match="lost"):
+        b.recv()
+    a.send("next")
+    assert b.recv() == "next"
+    os.write(a.fileno(), b"\0")
+    with pytest.raises(shmq.NotFoundError):
+        b.recv_bytes()
+    a.close()
+    b.close()
+
+
 def test_large_arrays_are_received_in_place() -> None:
     a, b = shmq.Pipe()
     rx = b._rx
