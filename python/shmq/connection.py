@@ -26,6 +26,15 @@ message it publishes; the receiver reads one token, then takes the message. So:
 - per small message, the sender makes one system call (the token's ``write``) and the receiver
   one (its ``read``), as multiprocessing does.
 
+The memory of a channel lives while some process is a participant of it. A connection made by
+unpickling becomes a receiver at once (making the channel again if it is gone) and a sender at
+its first send (likewise). A sender that closes with messages still unread, on a pipe that may
+have reached another process, keeps its channel until they are taken or this process exits.
+So a message is lost only if its sender's process exits before any receiver took part *and*
+after every other holder of the channel closed it (for instance two spawned children given the
+two ends, both closed in the parent at once, where the writer sends and exits before the reader
+has started): the reader then gets ``shmq.NotFoundError`` for it.
+
 What differs from multiprocessing (all of it shows only in unusual use):
 
 - ``recv()`` of a numpy array of 64 KiB or more returns it in place, in the pipe's shared
@@ -33,15 +42,13 @@ What differs from multiprocessing (all of it shows only in unusual use):
   last reference to the array goes; ``recv(copy=True)`` returns a private copy.
 - A sender whose receiver keeps more than the arena's worth of such arrays alive waits for
   room (multiprocessing would have copied them).
+- ``recv`` raises ``EOFError`` also where multiprocessing lets ``ConnectionResetError`` through
+  (the other end's last holder closed it with messages of ours unread, as a killed process
+  does).
 - ``recv_bytes_into`` copies at exact byte offsets into any writable C-contiguous buffer, of
   any shape (multiprocessing rounds ``offset`` down to whole items and measures a buffer by its
   first dimension), and refuses a read-only buffer before it takes a message.
-- A connection made by unpickling opens its channels by name when first used. Their memory
-  lives while some process holds them: a sender that closes with messages still unread keeps
-  its channel until they are taken (or this process exits), and a sender that finds its channel
-  gone makes it again. A message can only be lost if its sender exits before any receiver ever
-  used the channel *and* after every other holder of it closed (say, two children given the two
-  ends, both closed in the parent at once); the receiver then gets ``shmq.NotFoundError``.
+- ``memoryview`` objects can be sent (multiprocessing cannot pickle them).
 - ``Connection`` objects are made by :func:`Pipe` and by unpickling, not from a descriptor.
 """
 
@@ -54,7 +61,6 @@ import os
 import pickle
 import select
 import socket
-import types
 from collections.abc import Callable
 from multiprocessing import BufferTooShort, reduction
 from typing import Any, TypeVar
@@ -446,7 +452,14 @@ class Connection:
         if self._tokens:
             return True
         assert self._fd is not None
-        if not os.read(self._fd, 1):
+        try:
+            token = os.read(self._fd, 1)
+        except ConnectionResetError:
+            # The other end's last holder closed a duplex socket with tokens of ours unread
+            # (its process died, say): after what it sent, the kernel reports ECONNRESET once
+            # instead of end of file (multiprocessing lets that through; it is an end here).
+            return False
+        if not token:
             return False
         self._tokens = 1
         return True
@@ -470,19 +483,37 @@ class Connection:
                 self._tokens = 0  # that message is lost: its channel went with its sender
                 raise
 
+    def _next(self, receive: Callable[[Channel, float | None], _T | None]) -> _T:
+        """The next message, waiting for it, as ``receive(channel, timeout)`` takes it;
+        ``EOFError`` at end of file."""
+        if not self._await_token():
+            # End of file. A sender killed between its publish and its token's write left a
+            # message without a token: deliver it before the end.
+            got = self._from_channel(lambda rx: receive(rx, 0.0), True)
+            if got is None:
+                raise EOFError
+            return got
+
+        def announced(rx: Channel) -> _T | None:
+            # Published before its token: there now, unless a lock held by a stopped process
+            # delays the take (then wait), or it was lost (nothing queued at all).
+            got = receive(rx, 0.0)
+            if got is None and len(rx) > 0:
+                got = receive(rx, None)
+            return got
+
+        got = self._from_channel(announced, False)
+        self._tokens = 0
+        if got is None:
+            raise NotFoundError(
+                f"a message announced on pipe channel {self._rx_name!r} is not in it: it was "
+                "lost when its sender's process exited before any receiver took part"
+            )
+        return got
+
     def _take(self) -> ReceivedMessage:
-        """The next message, waiting for it; ``EOFError`` at end of file."""
-        if self._await_token():
-            msg = self._from_channel(lambda rx: receive_message(rx, None), False)
-            assert msg is not None
-            self._tokens = 0
-            return msg
-        # End of file. A sender killed between its publish and its token's write left a
-        # message without a token: deliver it before the end.
-        msg = self._from_channel(lambda rx: receive_message(rx, 0.0), True)
-        if msg is None:
-            raise EOFError
-        return msg
+        """The next message, not yet copied; ``EOFError`` at end of file."""
+        return self._next(receive_message)
 
     def recv(self, *, copy: bool = False) -> Any:
         """Receives an object sent with ``send`` (or the unpickled bytes of a ``send_bytes``).
@@ -496,18 +527,10 @@ class Connection:
         self._check_closed()
         self._check_readable()
 
-        def frame(rx: Channel, block: bool) -> Any:
-            timeout = None if block else 0.0
+        def frame(rx: Channel, timeout: float | None) -> Any:
             return rx.recv_frame(True, timeout, copy, _pickle.copy_below)
 
-        if self._await_token():
-            got = self._from_channel(lambda rx: frame(rx, True), False)
-            self._tokens = 0
-        else:
-            got = self._from_channel(lambda rx: frame(rx, False), True)
-            if got is None:
-                raise EOFError
-        kind, data, buffers = got
+        kind, data, buffers = self._next(frame)
         if kind == _pickle.KIND_PICKLE:
             return pickle.loads(data, buffers=buffers)
         return pickle.loads(buffers[0])  # bytes sent by send_bytes, as multiprocessing does
@@ -597,8 +620,6 @@ class Connection:
                 " writable" if self._writable else ""
             )
         return f"<shmq.Connection {state} at {id(self):#x}>"
-
-    __class_getitem__ = classmethod(types.GenericAlias)
 
 
 def _repickle(msg: ReceivedMessage) -> bytes:
