@@ -75,6 +75,7 @@ FRAME_HEADER_LEN: int
 FRAME_ENTRY_LEN: int
 FRAME_VERSION: int
 
+@final
 class Channel:
     """One shmq channel in this process, its sender and receiver opened when first needed."""
 
@@ -129,6 +130,7 @@ class Channel:
     def _open_sides(self) -> tuple[bool, bool]: ...
     def _after_fork_in_child(self) -> None: ...
 
+@final
 class MessageBuffer:
     """A range of a received message, exported in place (no copy)."""
 
@@ -137,6 +139,7 @@ class MessageBuffer:
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...  # the buffer protocol (3.12+ name)
 
+@final
 class Loan:
     """Room in a channel's arena, lent to be filled in place and sent."""
 
@@ -151,7 +154,6 @@ class Loan:
 
 def attach_receiver(channel: Channel) -> None: ...
 def receive_message(channel: Channel, timeout: float | None = None) -> ReceivedMessage | None: ...
-def attach_receiver(channel: Channel) -> None: ...
 @final
 class ReceivedMessage:
     """One message taken off a channel, not yet copied or decoded."""

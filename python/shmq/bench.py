@@ -99,6 +99,7 @@ def _run_large(kind: str, size: int, per_rep: int, reps: int) -> list[float]:
     ack_recv, ack_send = ctx.Pipe(duplex=False)
     cleanup: Callable[[], None] = lambda: None
     send: Callable[[], None]
+    channel: Any
     if kind == "mp.Queue":
         q = ctx.Queue()
         channel = q

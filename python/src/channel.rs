@@ -59,6 +59,8 @@ const SMALL_FRAME: usize = 4096;
 /// Participants a channel made by `Channel.create` has room for by default: each process that
 /// uses a queue takes one or two.
 const DEFAULT_PARTICIPANTS: u32 = 1024;
+// `Channel.create`'s signature spells the default out; keep the two equal.
+const _: () = assert!(DEFAULT_PARTICIPANTS == 1024);
 
 /// Why a channel operation stopped, other than success or the caller's deadline.
 pub(crate) enum Stop {
@@ -319,25 +321,23 @@ impl Channel {
 
     /// Sends a small message (a frame assembled in `bytes`) with one copying send.
     fn send_copy(&self, py: Python<'_>, bytes: &[u8], deadline: Option<Instant>) -> PyResult<bool> {
-        {
-            let tx = self.sender(py)?;
-            let outcome = blocking(py, deadline, |until| {
-                if self.closed.load(Ordering::Acquire) {
-                    return Slice::Done(Err(Stop::Closed));
-                }
-                match tx.send_deadline(bytes, until) {
-                    Ok(()) => Slice::Done(Ok(())),
-                    Err(e) => match sort_send_error(e).1 {
-                        None => Slice::NotYet,
-                        Some(stop) => Slice::Done(Err(stop)),
-                    },
-                }
-            })?;
-            match outcome {
-                None => return Ok(false),
-                Some(Ok(())) => return Ok(true),
-                Some(Err(stop)) => return Err(stop.into_py()),
+        let tx = self.sender(py)?;
+        let outcome = blocking(py, deadline, |until| {
+            if self.closed.load(Ordering::Acquire) {
+                return Slice::Done(Err(Stop::Closed));
             }
+            match tx.send_deadline(bytes, until) {
+                Ok(()) => Slice::Done(Ok(())),
+                Err(e) => match sort_send_error(e).1 {
+                    None => Slice::NotYet,
+                    Some(stop) => Slice::Done(Err(stop)),
+                },
+            }
+        })?;
+        match outcome {
+            None => Ok(false),
+            Some(Ok(())) => Ok(true),
+            Some(Err(stop)) => Err(stop.into_py()),
         }
     }
 
@@ -349,25 +349,23 @@ impl Channel {
         len: usize,
         deadline: Option<Instant>,
     ) -> PyResult<Option<(shmq::Loan, Sender)>> {
-        {
-            let tx = self.sender(py)?;
-            let outcome = blocking(py, deadline, |until| {
-                if self.closed.load(Ordering::Acquire) {
-                    return Slice::Done(Err(Stop::Closed));
-                }
-                match tx.loan_deadline(len, until) {
-                    Ok(loan) => Slice::Done(Ok(loan)),
-                    Err(e) => match sort_send_error(e).1 {
-                        None => Slice::NotYet,
-                        Some(stop) => Slice::Done(Err(stop)),
-                    },
-                }
-            })?;
-            match outcome {
-                None => return Ok(None),
-                Some(Ok(loan)) => return Ok(Some((loan, tx))),
-                Some(Err(stop)) => return Err(stop.into_py()),
+        let tx = self.sender(py)?;
+        let outcome = blocking(py, deadline, |until| {
+            if self.closed.load(Ordering::Acquire) {
+                return Slice::Done(Err(Stop::Closed));
             }
+            match tx.loan_deadline(len, until) {
+                Ok(loan) => Slice::Done(Ok(loan)),
+                Err(e) => match sort_send_error(e).1 {
+                    None => Slice::NotYet,
+                    Some(stop) => Slice::Done(Err(stop)),
+                },
+            }
+        })?;
+        match outcome {
+            None => Ok(None),
+            Some(Ok(loan)) => Ok(Some((loan, tx))),
+            Some(Err(stop)) => Err(stop.into_py()),
         }
     }
 
@@ -380,31 +378,29 @@ impl Channel {
         slot: &mut Option<shmq::Loan>,
         deadline: Option<Instant>,
     ) -> PyResult<bool> {
-        {
-            let outcome = blocking(py, deadline, |until| {
-                let Some(loan) = slot.take() else {
-                    return Slice::Done(Ok(()));
-                };
-                match loan.send_deadline(until) {
-                    Ok(()) => Slice::Done(Ok(())),
-                    Err(e) => {
-                        let (loan, stop) = sort_send_error(e);
-                        *slot = Some(loan);
-                        match stop {
-                            None => Slice::NotYet,
-                            Some(stop) => Slice::Done(Err(stop)),
-                        }
+        let outcome = blocking(py, deadline, |until| {
+            let Some(loan) = slot.take() else {
+                return Slice::Done(Ok(()));
+            };
+            match loan.send_deadline(until) {
+                Ok(()) => Slice::Done(Ok(())),
+                Err(e) => {
+                    let (loan, stop) = sort_send_error(e);
+                    *slot = Some(loan);
+                    match stop {
+                        None => Slice::NotYet,
+                        Some(stop) => Slice::Done(Err(stop)),
                     }
                 }
-            })?;
-            match outcome {
-                None => return Ok(false),
-                Some(Ok(())) => return Ok(true),
-                Some(Err(stop)) => {
-                    // A failed send gives the room back.
-                    slot.take();
-                    return Err(stop.into_py());
-                }
+            }
+        })?;
+        match outcome {
+            None => Ok(false),
+            Some(Ok(())) => Ok(true),
+            Some(Err(stop)) => {
+                // A failed send gives the room back.
+                slot.take();
+                Err(stop.into_py())
             }
         }
     }
@@ -416,25 +412,23 @@ impl Channel {
         py: Python<'_>,
         deadline: Option<Instant>,
     ) -> PyResult<Option<shmq::Message>> {
-        {
-            let rx = self.receiver(py)?;
-            let outcome = blocking(py, deadline, |until| {
-                if self.closed.load(Ordering::Acquire) {
-                    return Slice::Done(Err(Stop::Closed));
-                }
-                match rx.recv_deadline(until) {
-                    Ok(msg) => Slice::Done(Ok(msg)),
-                    Err(e) => match sort_recv_error(e) {
-                        None => Slice::NotYet,
-                        Some(stop) => Slice::Done(Err(stop)),
-                    },
-                }
-            })?;
-            match outcome {
-                None => return Ok(None),
-                Some(Ok(msg)) => return Ok(Some(msg)),
-                Some(Err(stop)) => return Err(stop.into_py()),
+        let rx = self.receiver(py)?;
+        let outcome = blocking(py, deadline, |until| {
+            if self.closed.load(Ordering::Acquire) {
+                return Slice::Done(Err(Stop::Closed));
             }
+            match rx.recv_deadline(until) {
+                Ok(msg) => Slice::Done(Ok(msg)),
+                Err(e) => match sort_recv_error(e) {
+                    None => Slice::NotYet,
+                    Some(stop) => Slice::Done(Err(stop)),
+                },
+            }
+        })?;
+        match outcome {
+            None => Ok(None),
+            Some(Ok(msg)) => Ok(Some(msg)),
+            Some(Err(stop)) => Err(stop.into_py()),
         }
     }
 
@@ -488,7 +482,9 @@ impl Channel {
     /// its other side gone, so sends queue while no receiver exists and receives wait while no
     /// sender does, as Python's queues and `shmq.Pipe` need.
     #[staticmethod]
-    #[pyo3(signature = (name, capacity, arena_bytes, max_participants = DEFAULT_PARTICIPANTS))]
+    // The default is written out (it is DEFAULT_PARTICIPANTS) so that the signature Python sees
+    // shows it.
+    #[pyo3(signature = (name, capacity, arena_bytes, max_participants = 1024))]
     fn create(
         py: Python<'_>,
         name: String,
