@@ -14,7 +14,8 @@ process that touches every element (it sums the array), through
 Small objects: a short tuple, for per-message latency (half a ping-pong round trip through two
 queues) and rate (a one-way stream).
 
-Every figure is the median of several repetitions in this one run; throughput is payload bytes
+Every figure is the median of several repetitions in this one run (latencies interleaved across
+transports, since wake-up times between two processes drift during a run); throughput is payload bytes
 over the time from the first ``put`` to the consumer's acknowledgement that it has summed the
 last array. The shmq queues are sized to hold three payloads (``capacity_bytes``), as code that
 moves arrays of that size would size them; payloads larger than a queue's arena still travel,
@@ -309,9 +310,16 @@ def run(sizes_mib: list[int], repeats: int, quick: bool) -> list[Cell]:
             print(f"  {size_mib:>4} MiB  {kind:<17} {gbps:8.2f} GB/s", file=sys.stderr)
     n_latency = 200 if quick else 5000
     n_rate = 500 if quick else 50000
+    # Wake-up latency between two processes on two shared cores varies from run to run more
+    # than between transports: measure each transport `repeats` times, interleaved, and keep
+    # the median.
+    latencies: dict[str, list[float]] = {kind: [] for kind in SMALL_TRANSPORTS}
+    for _ in range(repeats):
+        for kind in SMALL_TRANSPORTS:
+            latencies[kind].append(_run_latency(kind, n_latency))
     base_latency = base_rate = None
     for kind in SMALL_TRANSPORTS:
-        latency = _run_latency(kind, n_latency)
+        latency = statistics.median(latencies[kind])
         rate = _run_rate(kind, n_rate, repeats)
         if kind == "mp.Queue":
             base_latency, base_rate = latency, rate
