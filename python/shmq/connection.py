@@ -66,6 +66,7 @@ from multiprocessing import BufferTooShort, reduction
 from typing import Any, TypeVar
 
 from . import _channels, _pickle, _tracker
+from .queues import capacity_from
 from ._errors import AlreadyExistsError, NotFoundError
 from ._shmq import Channel, ReceivedMessage, attach_receiver, receive_message
 
@@ -95,18 +96,7 @@ _T = TypeVar("_T")
 
 
 def _arena_bytes(capacity_bytes: int | None) -> int:
-    if capacity_bytes is None:
-        env = os.environ.get(CAPACITY_ENV)
-        if not env:
-            return DEFAULT_CAPACITY_BYTES
-        try:
-            capacity_bytes = int(env, 0)
-        except ValueError:
-            raise ValueError(f"{CAPACITY_ENV}={env!r} is not a number of bytes") from None
-    value = int(capacity_bytes)
-    if value <= 0:
-        raise ValueError(f"capacity_bytes must be > 0, not {value}")
-    return value
+    return capacity_from(capacity_bytes, CAPACITY_ENV, DEFAULT_CAPACITY_BYTES, minimum=1)
 
 
 # ----- channel lifetime ------------------------------------------------------------------------

@@ -59,19 +59,28 @@ def _ring_slots(maxsize: int) -> int:
     return min(maxsize, MAX_RING)
 
 
-def _arena_bytes(capacity_bytes: int | None) -> int:
+def capacity_from(
+    capacity_bytes: int | None, env_name: str, default: int, *, minimum: int = 0
+) -> int:
+    """An arena size: ``capacity_bytes``, else the environment variable ``env_name`` (a number
+    of bytes, ``0x`` prefixes allowed), else ``default``; ``ValueError`` below ``minimum``.
+    Shared with :mod:`shmq.connection`."""
     if capacity_bytes is None:
-        env = os.environ.get(CAPACITY_ENV)
+        env = os.environ.get(env_name)
         if not env:
-            return DEFAULT_CAPACITY_BYTES
+            return default
         try:
             capacity_bytes = int(env, 0)
         except ValueError:
-            raise ValueError(f"{CAPACITY_ENV}={env!r} is not a number of bytes") from None
+            raise ValueError(f"{env_name}={env!r} is not a number of bytes") from None
     value = int(capacity_bytes)
-    if value < 0:
-        raise ValueError(f"capacity_bytes must be >= 0, not {value}")
+    if value < minimum:
+        raise ValueError(f"capacity_bytes must be >= {minimum}, not {value}")
     return value
+
+
+def _arena_bytes(capacity_bytes: int | None) -> int:
+    return capacity_from(capacity_bytes, CAPACITY_ENV, DEFAULT_CAPACITY_BYTES)
 
 
 def _timeout(block: bool, timeout: Any) -> float | None:

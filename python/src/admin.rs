@@ -74,20 +74,7 @@ fn segment_dict<'py>(py: Python<'py>, info: &shmq::SegmentInfo) -> PyResult<Boun
     dict.set_item("participants", participants)?;
     dict.set_item("membership_holder", info.membership_holder)?;
     let channel = match &info.channel {
-        Some(stats) => {
-            let c = PyDict::new(py);
-            c.set_item("capacity", stats.capacity)?;
-            c.set_item("queued", stats.queued)?;
-            c.set_item("messages_in_flight", stats.messages_in_flight)?;
-            c.set_item("bytes_in_flight", stats.bytes_in_flight)?;
-            c.set_item("arena_bytes", stats.arena_bytes)?;
-            c.set_item("arena_free_bytes", stats.arena_free_bytes)?;
-            c.set_item("overflow_payloads", stats.overflow_payloads)?;
-            c.set_item("sent_total", stats.sent_total)?;
-            c.set_item("done_total", stats.done_total)?;
-            c.set_item("corrupt_skipped", stats.corrupt_skipped)?;
-            Some(c)
-        }
+        Some(stats) => Some(stats_dict(py, stats)?),
         None => None,
     };
     dict.set_item("channel", channel)?;
@@ -106,4 +93,25 @@ fn remove_unused(py: Python<'_>, name: &str) -> PyResult<&'static str> {
         Err(shmq::Error::InUse { .. }) => Ok("in-use"),
         Err(other) => Err(crate::errors::to_py(other)),
     }
+}
+
+/// A channel's figures as a dict (for `list_segments()` and `Channel.stats()`).
+pub(crate) fn stats_dict<'py>(
+    py: Python<'py>,
+    stats: &shmq::ChannelStats,
+) -> PyResult<Bound<'py, PyDict>> {
+    let c = PyDict::new(py);
+    c.set_item("capacity", stats.capacity)?;
+    c.set_item("queued", stats.queued)?;
+    c.set_item("messages_in_flight", stats.messages_in_flight)?;
+    c.set_item("bytes_in_flight", stats.bytes_in_flight)?;
+    c.set_item("arena_bytes", stats.arena_bytes)?;
+    c.set_item("arena_free_bytes", stats.arena_free_bytes)?;
+    c.set_item("overflow_payloads", stats.overflow_payloads)?;
+    c.set_item("sent_total", stats.sent_total)?;
+    c.set_item("done_total", stats.done_total)?;
+    c.set_item("corrupt_skipped", stats.corrupt_skipped)?;
+    c.set_item("tasks_done_total", stats.tasks_done_total)?;
+    c.set_item("unfinished_tasks", stats.unfinished_tasks)?;
+    Ok(c)
 }

@@ -784,21 +784,7 @@ impl Channel {
     /// `overflow_payloads`, `sent_total`, `done_total`, `corrupt_skipped`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.check_open()?;
-        let c = self.any_handle(py)?.stats();
-        let dict = PyDict::new(py);
-        dict.set_item("capacity", c.capacity)?;
-        dict.set_item("queued", c.queued)?;
-        dict.set_item("messages_in_flight", c.messages_in_flight)?;
-        dict.set_item("bytes_in_flight", c.bytes_in_flight)?;
-        dict.set_item("arena_bytes", c.arena_bytes)?;
-        dict.set_item("arena_free_bytes", c.arena_free_bytes)?;
-        dict.set_item("overflow_payloads", c.overflow_payloads)?;
-        dict.set_item("sent_total", c.sent_total)?;
-        dict.set_item("done_total", c.done_total)?;
-        dict.set_item("corrupt_skipped", c.corrupt_skipped)?;
-        dict.set_item("tasks_done_total", c.tasks_done_total)?;
-        dict.set_item("unfinished_tasks", c.unfinished_tasks)?;
-        Ok(dict)
+        crate::admin::stats_dict(py, &self.any_handle(py)?.stats())
     }
 
     /// Drops this process's sender and receiver: later calls raise `OSError("handle is
