@@ -86,7 +86,7 @@ pub(crate) struct MessageBuffer {
 
 #[pymethods]
 impl MessageBuffer {
-    /// Exports the range (read-only until core G1: see `export_access`).
+    /// Exports the range, writable (see `export_access`).
     unsafe fn __getbuffer__(
         slf: Bound<'_, Self>,
         view: *mut ffi::Py_buffer,
