@@ -370,8 +370,8 @@ impl Channel {
     }
 
     /// Publishes the loan in `slot`, waiting until `deadline` for room in the ring. `Ok(true)`
-    /// when sent (the slot is then empty); `Ok(false)` when the deadline passed first, with the
-    /// loan back in the slot.
+    /// when sent (the slot is then empty); `Ok(false)` when the deadline passed first, and `Err`
+    /// when the send failed, both with the loan back in the slot.
     pub(crate) fn publish(
         &self,
         py: Python<'_>,
@@ -397,11 +397,9 @@ impl Channel {
         match outcome {
             None => Ok(false),
             Some(Ok(())) => Ok(true),
-            Some(Err(stop)) => {
-                // A failed send gives the room back.
-                slot.take();
-                Err(stop.into_py())
-            }
+            // A failed send leaves the loan in `slot`: the caller gives the room back (a
+            // `Loan` with live views keeps it until they go).
+            Some(Err(stop)) => Err(stop.into_py()),
         }
     }
 

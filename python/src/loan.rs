@@ -6,13 +6,18 @@
 //! message itself. `send()` publishes it. Until then, `discard()` (or dropping the `Loan`)
 //! gives the room back.
 //!
-//! After the send (or discard) the memory is the receiver's (or free): new exports are refused,
-//! but views made before stay mapped, since the `Loan` keeps a sender of the channel and with it
-//! the arena's mapping. Writing through them then would change what the receiver reads (plan
-//! risk R4): `Queue.loan` makes the array it handed out read-only after the send. Only arena
-//! room is ever lent, never an overflow segment, whose mapping would go with the send.
+//! After the send the memory is the receiver's: new exports are refused, but views made before
+//! stay mapped, since the `Loan` keeps a sender of the channel and with it the arena's mapping.
+//! Writing through them then changes what the receiver reads, a race of the program's own
+//! (plan risk R4; `Queue.loan` makes the array it handed out read-only after the send). A loan
+//! given up unsent (`discard()`, a failed send) while views of it are alive is *parked* until
+//! the last view is released, so that a stale view can never write into room that the arena
+//! has lent to another message. Only arena room is ever lent, never an overflow segment, whose
+//! mapping would go with the send. A forked child cannot export an inherited loan: its room is
+//! the parent's.
 
 use std::ffi::c_int;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyBufferError, PyValueError};
@@ -35,6 +40,12 @@ pub(crate) struct Loan {
     /// Keeps the arena mapped for views that outlive the loan.
     _mapping: shmq::Sender,
     loan: Mutex<Option<shmq::Loan>>,
+    /// A loan given up unsent while views of it were alive, freed with the last of them.
+    parked: Mutex<Option<shmq::Loan>>,
+    /// Views of the lent buffer alive now (exports not yet released).
+    exports: AtomicUsize,
+    /// The process that made the loan: only it may export the buffer.
+    pid: u32,
     /// Address and length of the lent buffer inside the loan.
     addr: usize,
     len: usize,
@@ -56,8 +67,20 @@ impl Loan {
             channel,
             _mapping: mapping,
             loan: Mutex::new(Some(loan)),
+            parked: Mutex::new(None),
+            exports: AtomicUsize::new(0),
+            pid: std::process::id(),
             addr,
             len,
+        }
+    }
+
+    /// Gives `unsent` back to the arena, or parks it while views of it are alive.
+    fn give_up(&self, unsent: shmq::Loan) {
+        if self.exports.load(Ordering::Acquire) > 0 {
+            *lock(&self.parked) = Some(unsent);
+        } else {
+            drop(unsent);
         }
     }
 }
@@ -71,6 +94,11 @@ impl Loan {
         flags: c_int,
     ) -> PyResult<()> {
         let this = slf.get();
+        if std::process::id() != this.pid {
+            return Err(PyBufferError::new_err(
+                "this loan was inherited through fork: its memory is the parent's",
+            ));
+        }
         if lock(&this.loan).is_none() {
             return Err(PyBufferError::new_err(
                 "this loan was sent or discarded: its memory is no longer the sender's",
@@ -89,11 +117,16 @@ impl Loan {
                 this.len,
                 false,
             )
-        }
+        }?;
+        this.exports.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
-        // Nothing to free: fill_view allocates nothing.
+        // fill_view allocates nothing; the last view of a loan given up unsent frees its room.
+        if self.exports.fetch_sub(1, Ordering::AcqRel) == 1 {
+            drop(lock(&self.parked).take());
+        }
     }
 
     fn __len__(&self) -> usize {
@@ -120,15 +153,22 @@ impl Loan {
         }
         let sent = self.channel.get().publish(py, &mut slot, deadline);
         if let Some(unsent) = slot {
-            *lock(&self.loan) = Some(unsent);
+            match sent {
+                // The ring stayed full: the loan stays pending, to send again or discard.
+                Ok(false) => *lock(&self.loan) = Some(unsent),
+                // The send failed: the room goes back (parked while views of it live).
+                _ => self.give_up(unsent),
+            }
         }
         sent
     }
 
-    /// Gives the room back unsent. Does nothing if already sent or discarded.
+    /// Gives the room back unsent (once the last view of it is released, if views are alive).
+    /// Does nothing if already sent or discarded.
     fn discard(&self) {
-        let unsent = lock(&self.loan).take();
-        drop(unsent);
+        if let Some(unsent) = lock(&self.loan).take() {
+            self.give_up(unsent);
+        }
     }
 
     fn __repr__(&self) -> String {

@@ -22,6 +22,10 @@ use crate::frame;
 /// it gives).
 pub(crate) const DETACHED_COPY: usize = 64 << 10;
 
+/// The core's inline payload size: messages up to this size travel in the ring slot and are
+/// copied into the `Message` on receipt.
+const INLINE_BYTES: usize = 96;
+
 /// A pickle at least this large is read in place rather than copied to `bytes` first, when the
 /// message stays alive anyway for a zero-copy buffer.
 const PICKLE_IN_PLACE: usize = 64 << 10;
@@ -53,6 +57,11 @@ pub(crate) struct Received {
     /// `Arc`'s allocation, which never moves, and arena or overflow bodies never move at all).
     base: usize,
     access: Access,
+    /// The message's length, kept so that nothing reads the message once it is exported.
+    len: usize,
+    /// The process that received it: a forked child exports it read-only (its bytes are the
+    /// parent's, which may free them for another message), as the core refuses writes there.
+    pid: u32,
 }
 
 impl Received {
@@ -62,6 +71,8 @@ impl Received {
             msg,
             base: 0,
             access: Access::ReadOnly,
+            len: 0,
+            pid: std::process::id(),
         });
         // Taken after the move into the Arc: an inline message's bytes live inside the
         // Message value itself, so only its final place has a stable address.
@@ -69,6 +80,7 @@ impl Received {
         let (ptr, access) = export_access(&mut this.msg);
         this.base = ptr as usize;
         this.access = access;
+        this.len = this.msg.len();
         shared
     }
 }
@@ -94,11 +106,13 @@ impl MessageBuffer {
     ) -> PyResult<()> {
         let this = slf.get();
         let ptr = (this.received.base + this.offset) as *mut u8;
-        let readonly = this.received.access == Access::ReadOnly;
+        let readonly =
+            this.received.access == Access::ReadOnly || std::process::id() != this.received.pid;
         // SAFETY: `view` is the Py_buffer CPython passed to this slot. `ptr..ptr + len` lies
         // inside the message (checked by frame::parse before this buffer was made), whose
         // memory stays mapped and unmoved while `received` lives, which every view keeps alive
-        // through `slf`. It is writable only when export_access said so (see there).
+        // through `slf`. It is writable only when export_access said so (see there), and only
+        // in the process that received it.
         unsafe { fill_view(view, flags, slf.as_any(), ptr, this.len, readonly) }
     }
 
@@ -113,15 +127,13 @@ impl MessageBuffer {
     /// Whether the buffer is exported read-only.
     #[getter]
     fn readonly(&self) -> bool {
-        self.received.access == Access::ReadOnly
+        self.received.access == Access::ReadOnly || std::process::id() != self.received.pid
     }
 
     fn __repr__(&self) -> String {
         format!(
             "<shmq._shmq.MessageBuffer of {} bytes at offset {} of a {}-byte message>",
-            self.len,
-            self.offset,
-            self.received.msg.len()
+            self.len, self.offset, self.received.len
         )
     }
 }
@@ -222,10 +234,13 @@ pub(crate) fn decode<'py>(
     let kind = parsed.kind;
     let layout = &parsed.layout;
     let pickle_range = layout.pickle_offset..layout.pickle_offset + layout.pickle_len;
-    let in_place = layout
-        .buffers
-        .iter()
-        .any(|&(_, len)| buffer_as(kind, len, delivery).is_none());
+    // A message of up to INLINE_BYTES lives inside the `Message` value itself, which Rust
+    // treats as immutable behind the `Arc`: such a message is always copied, never lent.
+    let in_place = msg.len() > INLINE_BYTES
+        && layout
+            .buffers
+            .iter()
+            .any(|&(_, len)| buffer_as(kind, len, delivery).is_none());
     let buffers = PyList::empty(py);
     if !in_place {
         let pickle = PyBytes::new(py, &msg[pickle_range]).into_any();

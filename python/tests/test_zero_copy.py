@@ -5,6 +5,7 @@ format of a frame, and a large put that lets other threads run."""
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 import struct
 import threading
@@ -166,13 +167,19 @@ def test_loan_discarded_on_exception(make_queue: Any) -> None:
             a[:50_000] = 1
             raise RuntimeError("halfway")
     assert not a.flags.writeable
-    assert q.qsize() == 0 and chan.free_arena_bytes() == empty
+    assert q.qsize() == 0
+    # While the array (a view of the loan) lives, its room stays parked: nothing else is given
+    # memory that a stale view could still write.
+    assert chan.free_arena_bytes() < empty
     lent: Any = a
     while isinstance(lent, (np.ndarray, memoryview)):
         lent = lent.base if isinstance(lent, np.ndarray) else lent.obj
     assert isinstance(lent, _shmq.Loan) and not lent.pending
     with pytest.raises(BufferError):
         memoryview(lent)  # a spent loan exports no more
+    del a
+    gc.collect()
+    assert chan.free_arena_bytes() == empty  # the last view gone, the room is back
 
 
 def test_loan_sizes_outside_the_arena_fall_back_to_a_copy(make_queue: Any) -> None:
@@ -307,3 +314,49 @@ def test_other_threads_run_during_a_large_put(make_queue: Any) -> None:
         stop.set()
         ticker.join()
     assert max(during) >= 20, f"the other thread ticked only {during} times during the puts"
+
+
+def test_a_stale_view_of_a_discarded_loan_never_writes_into_another_message(
+    unique_name: str,
+) -> None:
+    # A view of a loan given up unsent keeps the room: the next message gets other room, and
+    # writing the stale view changes nothing another message holds.
+    from shmq._shmq import Channel
+
+    chan = Channel.create(unique_name, 16, 1 << 20)
+    try:
+        loan = chan.loan(0, b"p" * 5000, 8192)
+        assert loan is not None
+        stale = memoryview(loan)
+        assert not stale.readonly
+        loan.discard()
+        with pytest.raises(BufferError):
+            memoryview(loan)
+        chan.send_frame(0, b"q" * 5000, [b"\0" * 8192])
+        stale[:4] = b"EVIL"
+        _, _, buffers = chan.recv_frame(copy=True)
+        assert bytes(buffers[0][:4]) == b"\0\0\0\0"
+        free_with_view = chan.free_arena_bytes()
+        stale.release()  # the last view: the parked room goes back now
+        assert chan.free_arena_bytes() > free_with_view
+    finally:
+        chan.close()
+
+
+def test_an_inherited_message_is_exported_read_only_in_a_fork_child(unique_name: str) -> None:
+    from shmq._shmq import Channel
+
+    chan = Channel.create(unique_name, 16, 1 << 20)
+    try:
+        chan.send_frame(3, b"", [b"a" * 100_000])
+        _, _, buffers = chan.recv_frame()
+        inherited = buffers[0]
+        assert not memoryview(inherited).readonly
+        pid = os.fork()
+        if pid == 0:
+            ok = memoryview(inherited).readonly and inherited.readonly
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        chan.close()
