@@ -319,26 +319,40 @@ impl Channel {
         Ok(*self.facts.get_or_init(|| facts))
     }
 
-    /// Sends a small message (a frame assembled in `bytes`) with one copying send.
-    fn send_copy(&self, py: Python<'_>, bytes: &[u8], deadline: Option<Instant>) -> PyResult<bool> {
-        let tx = self.sender(py)?;
+    /// Runs `op` in `wait::blocking` slices until it is done, `deadline` passes (`Ok(None)`)
+    /// or this `Channel` is closed (`OSError("handle is closed")`). `op(until)` returns by
+    /// `until` with `Ok(Some(_))` when done, `Ok(None)` for "not yet", or why it stopped.
+    fn wait_until<T: Send>(
+        &self,
+        py: Python<'_>,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(Instant) -> Result<Option<T>, Stop> + Send,
+    ) -> PyResult<Option<T>> {
         let outcome = blocking(py, deadline, |until| {
             if self.closed.load(Ordering::Acquire) {
                 return Slice::Done(Err(Stop::Closed));
             }
-            match tx.send_deadline(bytes, until) {
-                Ok(()) => Slice::Done(Ok(())),
-                Err(e) => match sort_send_error(e).1 {
-                    None => Slice::NotYet,
-                    Some(stop) => Slice::Done(Err(stop)),
-                },
+            match op(until) {
+                Ok(Some(done)) => Slice::Done(Ok(done)),
+                Ok(None) => Slice::NotYet,
+                Err(stop) => Slice::Done(Err(stop)),
             }
         })?;
         match outcome {
-            None => Ok(false),
-            Some(Ok(())) => Ok(true),
+            None => Ok(None),
+            Some(Ok(done)) => Ok(Some(done)),
             Some(Err(stop)) => Err(stop.into_py()),
         }
+    }
+
+    /// Sends a small message (a frame assembled in `bytes`) with one copying send.
+    fn send_copy(&self, py: Python<'_>, bytes: &[u8], deadline: Option<Instant>) -> PyResult<bool> {
+        let tx = self.sender(py)?;
+        let sent = self.wait_until(py, deadline, |until| match tx.send_deadline(bytes, until) {
+            Ok(()) => Ok(Some(())),
+            Err(e) => sort_send_error(e).1.map_or(Ok(None), Err),
+        })?;
+        Ok(sent.is_some())
     }
 
     /// Reserves `len` bytes of the channel's memory, waiting until `deadline` (`None`: for
@@ -350,23 +364,11 @@ impl Channel {
         deadline: Option<Instant>,
     ) -> PyResult<Option<(shmq::Loan, Sender)>> {
         let tx = self.sender(py)?;
-        let outcome = blocking(py, deadline, |until| {
-            if self.closed.load(Ordering::Acquire) {
-                return Slice::Done(Err(Stop::Closed));
-            }
-            match tx.loan_deadline(len, until) {
-                Ok(loan) => Slice::Done(Ok(loan)),
-                Err(e) => match sort_send_error(e).1 {
-                    None => Slice::NotYet,
-                    Some(stop) => Slice::Done(Err(stop)),
-                },
-            }
+        let loan = self.wait_until(py, deadline, |until| match tx.loan_deadline(len, until) {
+            Ok(loan) => Ok(Some(loan)),
+            Err(e) => sort_send_error(e).1.map_or(Ok(None), Err),
         })?;
-        match outcome {
-            None => Ok(None),
-            Some(Ok(loan)) => Ok(Some((loan, tx))),
-            Some(Err(stop)) => Err(stop.into_py()),
-        }
+        Ok(loan.map(|loan| (loan, tx)))
     }
 
     /// Publishes the loan in `slot`, waiting until `deadline` for room in the ring. `Ok(true)`
@@ -411,23 +413,10 @@ impl Channel {
         deadline: Option<Instant>,
     ) -> PyResult<Option<shmq::Message>> {
         let rx = self.receiver(py)?;
-        let outcome = blocking(py, deadline, |until| {
-            if self.closed.load(Ordering::Acquire) {
-                return Slice::Done(Err(Stop::Closed));
-            }
-            match rx.recv_deadline(until) {
-                Ok(msg) => Slice::Done(Ok(msg)),
-                Err(e) => match sort_recv_error(e) {
-                    None => Slice::NotYet,
-                    Some(stop) => Slice::Done(Err(stop)),
-                },
-            }
-        })?;
-        match outcome {
-            None => Ok(None),
-            Some(Ok(msg)) => Ok(Some(msg)),
-            Some(Err(stop)) => Err(stop.into_py()),
-        }
+        self.wait_until(py, deadline, |until| match rx.recv_deadline(until) {
+            Ok(msg) => Ok(Some(msg)),
+            Err(e) => sort_recv_error(e).map_or(Ok(None), Err),
+        })
     }
 
     /// The arena size (opening a side if none is open yet: the figure is learnt then).
@@ -692,26 +681,17 @@ impl Channel {
     /// channel's allocator lock, in slices, so a stopped holder cannot freeze it unseen.
     fn task_done(&self, py: Python<'_>) -> PyResult<bool> {
         let handle = self.any_handle(py)?;
-        let outcome = blocking(py, None, |_until| {
-            if self.closed.load(Ordering::Acquire) {
-                return Slice::Done(Err(Stop::Closed));
-            }
-            match handle.try_task_done() {
-                Ok(()) => Slice::Done(Ok(true)),
-                Err(TaskDoneError::TooMany) => Slice::Done(Ok(false)),
-                Err(TaskDoneError::Failed(shmq::Error::LockTimeout { .. })) => Slice::NotYet,
-                Err(TaskDoneError::Failed(e)) => Slice::Done(Err(Stop::Failed(e))),
-                Err(other) => Slice::Done(Err(Stop::Failed(shmq::Error::Corrupted {
-                    name: self.name.clone(),
-                    what: format!("unexpected task_done error: {other}"),
-                }))),
-            }
+        let done = self.wait_until(py, None, |_until| match handle.try_task_done() {
+            Ok(()) => Ok(Some(true)),
+            Err(TaskDoneError::TooMany) => Ok(Some(false)),
+            Err(TaskDoneError::Failed(shmq::Error::LockTimeout { .. })) => Ok(None),
+            Err(TaskDoneError::Failed(e)) => Err(Stop::Failed(e)),
+            Err(other) => Err(Stop::Failed(shmq::Error::Corrupted {
+                name: self.name.clone(),
+                what: format!("unexpected task_done error: {other}"),
+            })),
         })?;
-        match outcome {
-            Some(Ok(done)) => Ok(done),
-            Some(Err(stop)) => Err(stop.into_py()),
-            None => unreachable!("a wait with no deadline ends only when done"),
-        }
+        Ok(done.expect("a wait with no deadline ends only when done"))
     }
 
     /// Waits until every item ever put is marked done (`JoinableQueue.join()`), re-evaluated
@@ -723,28 +703,19 @@ impl Channel {
     fn join_tasks(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         let deadline = deadline_after(timeout)?;
         let handle = self.any_handle(py)?;
-        let outcome = blocking(py, deadline, |until| {
-            if self.closed.load(Ordering::Acquire) {
-                return Slice::Done(Err(Stop::Closed));
-            }
+        let joined = self.wait_until(py, deadline, |until| {
             match handle.join_tasks_deadline(until) {
-                Ok(()) => Slice::Done(Ok(())),
-                Err(JoinTasksTimeoutError::Timeout) => Slice::NotYet,
-                Err(JoinTasksTimeoutError::Failed(shmq::Error::LockTimeout { .. })) => {
-                    Slice::NotYet
-                }
-                Err(JoinTasksTimeoutError::Failed(e)) => Slice::Done(Err(Stop::Failed(e))),
-                Err(other) => Slice::Done(Err(Stop::Failed(shmq::Error::Corrupted {
+                Ok(()) => Ok(Some(())),
+                Err(JoinTasksTimeoutError::Timeout) => Ok(None),
+                Err(JoinTasksTimeoutError::Failed(shmq::Error::LockTimeout { .. })) => Ok(None),
+                Err(JoinTasksTimeoutError::Failed(e)) => Err(Stop::Failed(e)),
+                Err(other) => Err(Stop::Failed(shmq::Error::Corrupted {
                     name: self.name.clone(),
                     what: format!("unexpected join error: {other}"),
-                }))),
+                })),
             }
         })?;
-        match outcome {
-            None => Ok(false),
-            Some(Ok(())) => Ok(true),
-            Some(Err(stop)) => Err(stop.into_py()),
-        }
+        Ok(joined.is_some())
     }
 
     /// Items put and not yet marked done (the count `join()` waits on).
