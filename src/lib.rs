@@ -113,6 +113,9 @@
 // kinds) -> inspect, gc, remove (know every kind). The `shmq` binary sits on top of the public API.
 mod sys;
 
+#[doc(hidden)]
+pub mod crash;
+
 mod error;
 mod segment;
 

@@ -363,7 +363,7 @@ fn stats_from_either_handle_follow_sends_and_receives() {
     assert_eq!(s.overflow_payloads, 0);
     assert_eq!(s.arena_free_bytes, MIB as u64);
     assert_eq!(s.corrupt_skipped, 0);
-    assert_eq!(s.producer_lock_holder, None);
+    assert_eq!(s.allocator_lock_holder, None);
     drop((tx, rx));
     assert_gone(&name);
 }

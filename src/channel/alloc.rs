@@ -484,7 +484,7 @@ mod tests {
             }
             words.store(layout.journal, writes.len() as u64);
             for &(i, v) in writes.iter().take(cut) { words.store(i, v); }
-            prop_assert!(replay_journal(&words, layout.journal, layout.span(), None));
+            prop_assert!(replay_journal(&words, layout.journal, layout.span()));
             // Same as a clean run of the operation.
             let crashed = words.0.borrow().clone();
             *words.0.borrow_mut() = before;
@@ -509,7 +509,7 @@ mod tests {
             let mut txn: Txn<'_, HeapWords> = Txn::new(&words);
             let _ = layout.free(&mut txn, chunk);
             let _ = layout.chunks(&words);
-            let _ = replay_journal(&words, layout.journal, layout.span(), None);
+            let _ = replay_journal(&words, layout.journal, layout.span());
         }
     }
 }

@@ -308,8 +308,9 @@ impl Endpoint {
         inline: &[u8],
         deadline: Option<Instant>,
     ) -> Result<(), Stopped> {
+        let owner = self.owner(deadline)?;
         self.wait_for(WaitOn::NotFull, deadline, Some(Exhausted::Ring), || {
-            if self.chan.try_publish(place, len, inline, deadline)? {
+            if self.chan.try_publish(owner.slot, place, len, inline)? {
                 Ok(Step::Ready(()))
             } else if self.peer_gone() {
                 Ok(Step::Disconnected)
@@ -555,14 +556,14 @@ impl Endpoint {
         let mut inline = InlineBuf([0; INLINE_MAX]);
         let taken = self.wait_for(WaitOn::NotEmpty, deadline, None, || {
             self.release_deferred();
-            if let Some(taken) = self.chan.try_take(owner.slot, &mut inline, deadline)? {
+            if let Some(taken) = self.chan.try_take(owner.slot, &mut inline)? {
                 return Ok(Step::Ready(taken));
             }
             if !self.peer_gone() {
                 return Ok(Step::Retry);
             }
             // Every sender is gone; anything they published before dying is still delivered.
-            match self.chan.try_take(owner.slot, &mut inline, deadline)? {
+            match self.chan.try_take(owner.slot, &mut inline)? {
                 Some(taken) => Ok(Step::Ready(taken)),
                 None => Ok(Step::Disconnected),
             }
@@ -598,7 +599,7 @@ impl Endpoint {
             }
             Place::Overflow { entry, id } => match payload {
                 Some(Ok(region)) => {
-                    // Mapped under the consumer lock without page tables; filled now.
+                    // Mapped during the take without page tables; filled now.
                     region.prefault_data();
                     Room::Overflow { entry, id, region }
                 }
@@ -655,7 +656,10 @@ impl Drop for Endpoint {
             .get_mut()
             .map(|d| d.clear())
             .unwrap_or_else(|p| p.into_inner().clear());
-        match self.chan.reclaim(participant.slot(), Some(Instant::now())) {
+        match self
+            .chan
+            .reclaim(participant.slot(), false, Some(Instant::now()))
+        {
             Err(Error::LockTimeout { .. }) => participant.abandon(),
             _ => drop(participant),
         }

@@ -88,33 +88,20 @@ impl<'a, W: Words, const N: usize> Txn<'a, W, N> {
 /// Replays a committed journal left by a process that died while holding the lock.
 /// Returns whether there was one. Indices outside `allowed` are skipped.
 ///
-/// With `marker`, the operation wrote that word last: if it already holds the journaled value
-/// (or more: markers only grow), every write landed and the journal is only cleared.
+/// Replaying is harmless because only the allocator lock keeps a journal, and every word it
+/// journals belongs to its holder until the operation returns: the allocator's own words, the
+/// owner words of the chunks it hands out or takes back, the records of the participants it
+/// retires. Nobody can have moved one of them on since the holder died.
 pub(crate) fn replay_journal<W: Words>(
     words: &W,
     journal: u64,
     allowed: std::ops::Range<u64>,
-    marker: Option<u64>,
 ) -> bool {
     let n = words.load(journal).unwrap_or(0);
     if n == 0 {
         return false;
     }
-    let entry = |k: u64| {
-        (
-            words.load(journal + 1 + 2 * k),
-            words.load(journal + 2 + 2 * k),
-        )
-    };
-    let completed = marker.is_some_and(|m| {
-        (0..n.min(JOURNAL_CAPACITY as u64)).any(|k| match entry(k) {
-            (Some(index), Some(value)) => {
-                index == m && words.load(m).is_some_and(|now| now >= value)
-            }
-            _ => false,
-        })
-    });
-    if n as usize <= JOURNAL_CAPACITY && !completed {
+    if n as usize <= JOURNAL_CAPACITY {
         for k in 0..n {
             let index = words.load(journal + 1 + 2 * k);
             let value = words.load(journal + 2 + 2 * k);

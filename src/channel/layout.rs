@@ -5,16 +5,19 @@
 //!
 //! ```text
 //! 0      config: magic, capacity, arena bytes, next overflow id, flags
-//! 128    producer lock (robust mutex) and its journal;   768 tail (own cache lines)
-//! 896    consumer lock and its journal;                  1536 head (own cache lines)
+//! 768    tail: positions ever claimed by senders (own cache lines)
+//! 1536   head: positions ever taken by receivers (own cache lines)
 //! 1664   allocator lock; 1728 counters; 1792 futex words and their armed flags
 //! 1920   overflow table: 64 x (id, owner, length)
-//! 3456   per participant, one cache line each: taken, dropped, tasks done, leaving
+//! 3456   per participant, one cache line each: taken, dropped, tasks done, leaving, and the
+//!        record of the take in progress (taken before it, position)
 //! ...    allocator words (tags, links, owners, journal), ring slots, arena (page aligned)
 //! ```
+//!
+//! A ring slot is 128 bytes: its state word ([`SlotState`]), the descriptor (kind and length,
+//! location, overflow id) and up to [`INLINE_MAX`] bytes of inline payload.
 
 use super::alloc::AllocLayout;
-use super::journal::JOURNAL_CAPACITY;
 use crate::segment::MAX_PARTICIPANTS;
 use crate::sys;
 
@@ -45,11 +48,10 @@ pub(super) const C_ARENA_BYTES: u64 = 16;
 pub(super) const C_OVERFLOW_NEXT_ID: u64 = 24;
 /// The channel's flags word ([`FLAG_PERSISTENT`]); written once by the creator.
 pub(super) const C_FLAGS: u64 = 32;
-pub(super) const C_PRODUCER_LOCK: u64 = 128;
-pub(super) const C_PRODUCER_JOURNAL: u64 = 192;
+/// Positions ever claimed by senders; a hint senders move on with one CAS per claim (and help
+/// along when they find it behind), never ahead of a claimed slot.
 pub(super) const C_TAIL: u64 = 768;
-pub(super) const C_CONSUMER_LOCK: u64 = 896;
-pub(super) const C_CONSUMER_JOURNAL: u64 = 960;
+/// Positions ever taken by receivers; moved like `tail`.
 pub(super) const C_HEAD: u64 = 1536;
 pub(super) const C_ALLOC_LOCK: u64 = 1664;
 pub(super) const C_RETIRED: u64 = 1728;
@@ -78,13 +80,17 @@ pub(super) const P_TASKS_DONE: u64 = 2;
 /// Non-zero once its family began a normal detach: its reclaim then credits no task it took
 /// and left unfinished (see `Chan::retire_participant`).
 pub(super) const P_LEAVING: u64 = 3;
+/// The participant's `taken` count just before its take in progress (see `P_TAKE_POSITION`).
+pub(super) const P_TAKE_BASE: u64 = 4;
+/// Ring position + 1 of the participant's take in progress, 0 when none: with `P_TAKE_BASE`,
+/// what lets a reclaim finish the take of a receiver that died half-way exactly once.
+pub(super) const P_TAKE_POSITION: u64 = 5;
 
-const _: () = assert!(C_PRODUCER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_TAIL);
-const _: () = assert!(C_CONSUMER_JOURNAL + 8 * (1 + 2 * JOURNAL_CAPACITY as u64) <= C_HEAD);
 const _: () = assert!(sys::ROBUST_MUTEX_SIZE <= 64);
+const _: () = assert!(C_ALLOC_LOCK + sys::ROBUST_MUTEX_SIZE as u64 <= C_RETIRED);
 const _: () = assert!(C_RETIRED_TASKS + 8 <= C_WAIT_WORDS);
 const _: () = assert!(C_WAIT_WORDS + 8 * WAIT_KINDS <= C_OVERFLOW_TABLE);
-const _: () = assert!(8 * (P_LEAVING + 1) <= PARTICIPANT_STRIDE);
+const _: () = assert!(8 * (P_TAKE_POSITION + 1) <= PARTICIPANT_STRIDE);
 
 /// Flag: the channel never reports `Disconnected` (made with
 /// `ChannelConfig::with_disconnect(false)`). Zero, the channel of earlier versions, disconnects.
@@ -93,12 +99,108 @@ pub(super) const FLAG_PERSISTENT: u64 = 1;
 /// cannot know what that bit asks of it.
 pub(super) const KNOWN_FLAGS: u64 = FLAG_PERSISTENT;
 
-const _: () = assert!(C_FLAGS + 8 <= C_PRODUCER_LOCK);
+const _: () = assert!(C_FLAGS + 8 <= C_TAIL);
 
-// Descriptor kinds in a ring slot.
+// Descriptor kinds in a ring slot (the top 4 bits of its second word; the length below).
 pub(super) const DESC_INLINE: u64 = 1;
 pub(super) const DESC_ARENA: u64 = 2;
 pub(super) const DESC_OVERFLOW: u64 = 3;
+/// No message: what a reclaim writes into a slot whose sender died before describing it.
+/// Receivers take it like a message and count it received, dropped and its task done, since
+/// `tail` counted it sent.
+pub(super) const DESC_VOID: u64 = 4;
+/// Bits of a descriptor's second word that hold the payload length.
+pub(super) const DESC_LEN_BITS: u32 = 60;
+
+/// Where a slot is in its life: each lap of the ring takes it through
+/// `Empty → Writing → (Written →) Full → Taking → Empty` (of the next lap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// Free for the sender that claims its position.
+    Empty = 0,
+    /// Claimed by a sender (named in the state), which writes the descriptor.
+    Writing = 1,
+    /// Described, not yet handed to the ring: a reclaim of its dead sender publishes it.
+    Written = 2,
+    /// A message receivers may take.
+    Full = 3,
+    /// Claimed by a receiver (named in the state), which makes the payload its own.
+    Taking = 4,
+}
+
+/// Bits of a slot state that hold the position (positions wrap at 2^48: a position is
+/// compared only with others less than 2^47 apart).
+const POSITION_BITS: u32 = 48;
+const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
+/// Bits of a slot state that hold the participant (slot + 1, or 0 for none).
+const WHO_BITS: u32 = 12;
+const _: () = assert!((MAX_PARTICIPANTS as u64) < (1 << WHO_BITS));
+
+/// A ring slot's state word: `position (48 bits) | phase (4 bits) | participant (12 bits)`.
+///
+/// The position is the ring position the state belongs to: `Empty(p)` waits for the message of
+/// position `p`, the other phases hold it. One word, so that a single CAS both claims a slot
+/// and records who claimed it: a reclaim finds every slot a dead participant held from the
+/// slots alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SlotState(pub(super) u64);
+
+impl SlotState {
+    /// The state of `phase` for `position`, held by participant `slot` (`None` for no one).
+    pub(super) fn new(position: u64, phase: Phase, slot: Option<u32>) -> SlotState {
+        let who = slot.map_or(0, |s| u64::from(s) + 1) & ((1 << WHO_BITS) - 1);
+        SlotState(
+            (position & POSITION_MASK) << (64 - POSITION_BITS) | (phase as u64) << WHO_BITS | who,
+        )
+    }
+
+    /// The position's low 48 bits.
+    fn position_bits(self) -> u64 {
+        self.0 >> (64 - POSITION_BITS)
+    }
+
+    /// How far this state's position lies after `position` (negative: before it), for
+    /// positions less than 2^47 apart.
+    pub(super) fn lap_offset(self, position: u64) -> i64 {
+        let diff = self.position_bits().wrapping_sub(position) & POSITION_MASK;
+        // Sign-extend the 48-bit difference.
+        ((diff << (64 - POSITION_BITS)) as i64) >> (64 - POSITION_BITS)
+    }
+
+    /// Its phase, or `None` for a value no phase has (garbage).
+    pub(super) fn phase(self) -> Option<Phase> {
+        Some(match (self.0 >> WHO_BITS) & 0xf {
+            0 => Phase::Empty,
+            1 => Phase::Writing,
+            2 => Phase::Written,
+            3 => Phase::Full,
+            4 => Phase::Taking,
+            _ => return None,
+        })
+    }
+
+    /// The state of `phase` for the same position, held by no one.
+    pub(super) fn with_phase(self, phase: Phase) -> SlotState {
+        SlotState::new(self.position_bits(), phase, None)
+    }
+
+    /// The state of the slot freed for the next lap: `Empty` at this position + `ring_slots`.
+    pub(super) fn freed(self, ring_slots: u64) -> SlotState {
+        SlotState::new(
+            self.position_bits().wrapping_add(ring_slots),
+            Phase::Empty,
+            None,
+        )
+    }
+
+    /// The participant slot holding it, if any.
+    pub(super) fn holder(self) -> Option<u32> {
+        match self.0 & ((1 << WHO_BITS) - 1) {
+            0 => None,
+            who => Some(who as u32 - 1),
+        }
+    }
+}
 
 /// Where a payload lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

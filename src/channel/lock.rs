@@ -1,14 +1,11 @@
-//! The channel's three robust mutexes (producer, consumer, allocator): taking them, and
-//! finishing what a holder that died had committed to its journal.
+//! The channel's one robust mutex, the allocator lock: taking it, and finishing what a holder
+//! that died had committed to its journal. (The ring takes no lock: see `ring.rs`.)
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::journal::{replay_journal, Txn};
-use super::layout::{
-    C_ALLOC_LOCK, C_CONSUMER_JOURNAL, C_CONSUMER_LOCK, C_HEAD, C_PRODUCER_JOURNAL, C_PRODUCER_LOCK,
-    C_RECLAIM_EPOCH, C_TAIL, LOCK_SPIN_TRIES,
-};
+use super::layout::{C_ALLOC_LOCK, C_RECLAIM_EPOCH, C_RETIRED, LOCK_SPIN_TRIES};
 use super::view::Chan;
 use super::wait::ALL_WAITS;
 use crate::error::{Error, Result};
@@ -44,15 +41,6 @@ pub(crate) fn lock_deadline(deadline: Option<Instant>) -> Option<Instant> {
     deadline.map(|d| d.max(Instant::now() + LOCK_GRACE))
 }
 
-/// The name of the lock at `offset`, for errors.
-fn lock_name(offset: u64) -> &'static str {
-    match offset {
-        C_PRODUCER_LOCK => "producer",
-        C_CONSUMER_LOCK => "consumer",
-        _ => "allocator",
-    }
-}
-
 impl Chan {
     /// The process holding the lock at `offset` right now, if any (informative: read from the
     /// mutex word without taking it).
@@ -70,8 +58,8 @@ impl Chan {
         journal: u64,
         deadline: Option<Instant>,
     ) -> Result<Held<'_>> {
-        // SAFETY: the offset is one of the three mutexes of the fixed layout, inside the data
-        // area (the geometry puts it there).
+        // SAFETY: the offset is the allocator mutex of the fixed layout, inside the data area
+        // (the geometry puts it there).
         let ptr = unsafe { self.data.as_ptr().add(offset as usize) };
         let failed = |e| Error::from_io(self.name(), "pthread_mutex_lock", e);
         // Holders keep these locks for well under a microsecond, and glibc's robust mutexes
@@ -94,7 +82,7 @@ impl Chan {
             if outcome == LockOutcome::Busy {
                 return Err(Error::LockTimeout {
                     name: self.name().to_owned(),
-                    lock: lock_name(offset),
+                    lock: "allocator",
                     holder_pid: self.lock_holder(offset),
                     waited: started.elapsed(),
                 });
@@ -104,28 +92,18 @@ impl Chan {
             LockOutcome::Acquired => {}
             LockOutcome::OwnerDied => {
                 // The previous holder died inside its critical section: finish what it committed.
-                // The ring journals end with the write of `tail` or `head`; once that write has
-                // landed the whole operation has, and other locks' holders may since have moved
-                // the same chunk on (a consumer taking it): replaying would undo their work.
-                let marker = match offset {
-                    C_PRODUCER_LOCK => Some(C_TAIL / 8),
-                    C_CONSUMER_LOCK => Some(C_HEAD / 8),
-                    _ => None,
-                };
-                replay_journal(self, journal / 8, self.journal_span(), marker);
-                if offset == C_ALLOC_LOCK {
-                    // It may have died inside retire_participant with the epoch odd.
-                    let epoch = self.word(C_RECLAIM_EPOCH / 8);
-                    let value = epoch.load(Ordering::Acquire);
-                    epoch.store(value.wrapping_add(value % 2), Ordering::Release);
-                }
+                replay_journal(self, journal / 8, self.journal_span());
+                // It may have died inside retire_participant with the epoch odd.
+                let epoch = self.word(C_RECLAIM_EPOCH / 8);
+                let value = epoch.load(Ordering::Acquire);
+                epoch.store(value.wrapping_add(value % 2), Ordering::Release);
                 // The guard first: if marking fails, returning the error drops it, which unlocks
                 // (the mutex then reports itself unrecoverable instead of staying held for ever).
                 let held = Held { ptr, _chan: self };
                 // SAFETY: we hold the mutex (OwnerDied means acquired); it stays mapped.
                 unsafe { sys::robust_mutex_mark_consistent(ptr) }
                     .map_err(|e| Error::from_io(self.name(), "pthread_mutex_consistent", e))?;
-                // A replay may have moved `tail` or `head` or freed space: wake whoever waits
+                // A replay may have freed space or moved counts: wake whoever waits
                 // rather than leave them to their next timed re-check.
                 for on in ALL_WAITS {
                     self.notify(on);
@@ -143,17 +121,10 @@ impl Chan {
         Ok(Held { ptr, _chan: self })
     }
 
-    /// Words a journal may write: the control block's mutable words and the allocator.
+    /// Words a journal may write: the counters, the overflow table, the participant records
+    /// and the allocator (never the ring's words or `head` and `tail`, which no lock guards).
     pub(super) fn journal_span(&self) -> std::ops::Range<u64> {
-        C_TAIL / 8..self.geo.alloc.span().end
-    }
-
-    pub(super) fn lock_producer(&self, deadline: Option<Instant>) -> Result<Held<'_>> {
-        self.lock(C_PRODUCER_LOCK, C_PRODUCER_JOURNAL, deadline)
-    }
-
-    pub(super) fn lock_consumer(&self, deadline: Option<Instant>) -> Result<Held<'_>> {
-        self.lock(C_CONSUMER_LOCK, C_CONSUMER_JOURNAL, deadline)
+        C_RETIRED / 8..self.geo.alloc.span().end
     }
 
     pub(super) fn lock_alloc(&self, deadline: Option<Instant>) -> Result<Held<'_>> {

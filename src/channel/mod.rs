@@ -234,7 +234,7 @@ fn reclaim_hook(region: &Arc<Region>, slot: u32) -> bool {
     };
     // Bounded: a lock held by a stopped process leaves the slot for a later reclaim, rather
     // than freezing the attach or detach that runs this.
-    match chan.reclaim(slot, Some(Instant::now())) {
+    match chan.reclaim(slot, true, Some(Instant::now())) {
         Err(Error::LockTimeout { .. }) => false,
         _ => {
             chan.bump_membership();

@@ -9,7 +9,7 @@ use std::time::Instant;
 use super::journal::{Txn, Words};
 use super::layout::{
     C_RECLAIM_EPOCH, C_RETIRED, C_RETIRED_TASKS, OVERFLOW_SLOTS, P_DROPPED, P_LEAVING, P_TAKEN,
-    P_TASKS_DONE,
+    P_TAKE_BASE, P_TAKE_POSITION, P_TASKS_DONE,
 };
 use super::stats::Count;
 use super::view::Chan;
@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 impl Chan {
     /// Counts one message taken by `slot` as done.
     pub(crate) fn mark_done(&self, slot: u32) {
-        self.dropped(slot).fetch_add(1, Ordering::AcqRel);
-        self.notify(WaitOn::Done);
+        // SeqCst: orders the wake-up's armed-flag read after it.
+        self.dropped(slot).fetch_add(1, Ordering::SeqCst);
+        self.notify_fenced(WaitOn::Done);
     }
 
     /// Moves `slot`'s counts into the retired totals and zeroes them (on detach or reclaim).
@@ -57,7 +58,14 @@ impl Chan {
             C_RETIRED_TASKS / 8,
             retired_tasks.wrapping_add(tasks_done).wrapping_add(credit),
         );
-        for f in [P_TAKEN, P_DROPPED, P_TASKS_DONE, P_LEAVING] {
+        for f in [
+            P_TAKEN,
+            P_DROPPED,
+            P_TASKS_DONE,
+            P_LEAVING,
+            P_TAKE_BASE,
+            P_TAKE_POSITION,
+        ] {
             txn.set(field(f), 0);
         }
         let result = self.commit(txn, self.geo.alloc.journal * 8);
@@ -68,12 +76,15 @@ impl Chan {
         result
     }
 
-    /// Frees everything the dead participant `slot` held. Idempotent: an error (a lock not
-    /// free by `deadline`) leaves the rest for a later call.
-    pub(crate) fn reclaim(&self, slot: u32, deadline: Option<Instant>) -> Result<()> {
-        // Taking each lock replays any journal the dead participant left committed.
-        drop(self.lock_producer(deadline)?);
-        drop(self.lock_consumer(deadline)?);
+    /// Frees everything participant `slot` held, and retires its counts: for a dead one
+    /// (`dead`), first finishing what it left half-way on the ring ([`Chan::recover_ring`]);
+    /// for one detaching, whose family has nothing in progress, without that scan of the
+    /// ring. Idempotent: an error (a lock not free by `deadline`) leaves the rest for a later
+    /// call.
+    pub(crate) fn reclaim(&self, slot: u32, dead: bool, deadline: Option<Instant>) -> Result<()> {
+        if dead {
+            self.recover_ring(slot);
+        }
         let owner = slot as u64 + 1;
         let chunks = {
             let _held = self.lock_alloc(deadline)?;

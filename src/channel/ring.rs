@@ -1,21 +1,48 @@
-//! The ring of descriptors: publishing a message (producer lock) and taking the oldest one
-//! (consumer lock), each one journaled transaction whose last write (`tail`, `head`) makes it
-//! visible.
+//! The ring of descriptors, without a lock: senders claim the slot of the next position, write
+//! the descriptor and hand it over; receivers claim the oldest full slot, make its payload
+//! their own and free the slot for the next lap. And what a reclaim does for a participant that
+//! died half-way through either ([`Chan::recover_ring`]).
+//!
+//! Every step is one atomic write of the slot's state word ([`SlotState`]), which carries the
+//! position, the phase and the participant holding the slot. `tail` and `head` are hints that
+//! whoever finds them behind moves on; the slots are the truth. Per message and side: one CAS
+//! to claim, one CAS on the hint, one swap to hand the slot on (which orders the wake-up check
+//! that follows, so no extra fence), and a FUTEX_WAKE only when a waiter armed its word.
+//!
+//! Crash safety, step by step (the crash points of tests/crash_points.rs):
+//!
+//! | a sender dies after  | the slot is           | a reclaim                                  |
+//! |----------------------|-----------------------|--------------------------------------------|
+//! | claiming             | `Writing`, its own    | voids it: receivers skip it, counting it done |
+//! | describing           | `Writing`             | voids it; the sweep frees the chunk        |
+//! | marking it written   | `Written`             | hands the room to the ring and publishes it |
+//! | handing the room on  | `Written`             | publishes it                               |
+//!
+//! | a receiver dies after | the slot is           | a reclaim                                 |
+//! |-----------------------|-----------------------|-------------------------------------------|
+//! | claiming              | `Taking`, its own     | counts the message taken (once, by its record) and makes the room the dead one's, for the sweep to free; frees the slot |
+//! | owning the room       | `Taking`              | the same                                  |
+//! | counting it taken     | `Taking`              | frees the slot (the record says it counted) |
+//!
+//! Messages are taken in the order their senders claimed positions: a sender stopped between
+//! claim and hand-over holds up the receivers at its position (never other senders), until it
+//! resumes or dies and is reclaimed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::alloc::AllocLayout;
 use super::journal::{Txn, Words};
 use super::layout::{
-    Desc, InlineBuf, Place, C_CONSUMER_JOURNAL, C_CORRUPT_SKIPPED, C_HEAD, C_PRODUCER_JOURNAL,
-    C_TAIL, DESC_ARENA, DESC_INLINE, DESC_OVERFLOW, INLINE_MAX, OVERFLOW_SLOTS, P_TAKEN,
-    SLOT_BYTES,
+    Desc, InlineBuf, Phase, Place, SlotState, C_CORRUPT_SKIPPED, DESC_ARENA, DESC_INLINE,
+    DESC_LEN_BITS, DESC_OVERFLOW, DESC_VOID, INLINE_MAX, OVERFLOW_SLOTS, P_TAKEN, P_TAKE_BASE,
+    P_TAKE_POSITION, SLOT_BYTES,
 };
 use super::overflow::payload_lost;
 use super::view::Chan;
 use super::wait::WaitOn;
+use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::segment::Region;
 
@@ -25,6 +52,58 @@ pub(crate) struct Taken {
     pub(crate) desc: Desc,
     /// For an overflow payload: its segment, mapped, or why it could not be (for good).
     pub(crate) payload: Option<Result<Arc<Region>>>,
+}
+
+/// Serialises one process's takes on one channel view: a participant's record of its take in
+/// progress (`P_TAKE_BASE`, `P_TAKE_POSITION`) holds one take. A process-local flag, not a
+/// shared lock: a holder cannot die alone (its process dies with it), and a stopped holder
+/// stops only its own process.
+#[derive(Default)]
+pub(crate) struct TakeLock(AtomicBool);
+
+/// Holds the [`TakeLock`]; lets go on drop.
+pub(crate) struct TakeGuard<'a>(&'a AtomicBool);
+
+impl TakeLock {
+    fn lock(&self) -> TakeGuard<'_> {
+        let mut tries = 0u32;
+        while self.0.swap(true, Ordering::Acquire) {
+            // Held by another thread of this process for a take, well under a microsecond
+            // unless it is preempted: spin a little, then give the core away.
+            tries = tries.wrapping_add(1);
+            if tries < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        TakeGuard(&self.0)
+    }
+}
+
+impl Drop for TakeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Raw descriptor words, before any check.
+#[derive(Clone, Copy, Debug)]
+struct RawDesc {
+    kind: u64,
+    len: u64,
+    loc: u64,
+    id: u64,
+}
+
+/// What a receiver found at the head of the ring.
+enum AtHead {
+    /// A message to claim, in this state.
+    Full(SlotState),
+    /// Nothing yet: the message of this position is not handed over (or not sent).
+    NotReady,
+    /// Already taken: move the head on.
+    Taken,
 }
 
 impl Chan {
@@ -40,92 +119,225 @@ impl Chan {
     }
 
     fn slot_word(&self, position: u64, field: u64) -> &AtomicU64 {
-        // field < 4 keeps the word inside the slot's 32-byte descriptor.
+        debug_assert!(field < 4, "a descriptor has four words");
         let offset = self.slot_offset(position) + 8 * field;
         self.data
             .atomic_in(offset as usize)
             .expect("ring slot word in bounds")
     }
 
-    /// Publishes a descriptor (and inline bytes). `Ok(false)`: the ring is full.
+    /// The state word of the slot of `position`.
+    pub(super) fn slot_state(&self, position: u64) -> &AtomicU64 {
+        self.slot_word(position, 0)
+    }
+
+    /// Puts every slot in the state of its first lap, `Empty(index)` (before the segment is
+    /// marked ready).
+    pub(super) fn init_ring(&self) {
+        for index in 0..self.geo.ring_slots {
+            self.slot_state(index).store(
+                SlotState::new(index, Phase::Empty, None).0,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Most slots a claim looks at before it calls the ring corrupted: hints lag by at most
+    /// the number of claims racing, and garbage must not turn into an endless walk.
+    fn claim_bound(&self) -> u64 {
+        4 * self.geo.ring_slots + 1024
+    }
+
+    fn ring_slots_i64(&self) -> i64 {
+        self.geo.ring_slots as i64
+    }
+
+    fn ring_corrupted(&self, what: String) -> Error {
+        Error::corrupted(self.name(), what)
+    }
+
+    // ----- sending ---------------------------------------------------------------------------
+
+    /// Publishes a descriptor (and inline bytes) for participant `slot`. `Ok(false)`: the ring
+    /// is full.
     pub(crate) fn try_publish(
         &self,
+        slot: u32,
         place: Place,
         len: u64,
         inline: &[u8],
-        deadline: Option<Instant>,
     ) -> Result<bool> {
-        {
-            let _held = self.lock_producer(deadline)?;
-            let tail = self.tail().load(Ordering::Relaxed);
-            let mut head = self.head_seen.load(Ordering::Acquire);
-            if tail.wrapping_sub(head) >= self.geo.capacity {
-                head = self.head().load(Ordering::Acquire);
-                self.head_seen.store(head, Ordering::Release);
-            }
-            let queued = tail.wrapping_sub(head);
-            if queued > self.geo.capacity {
-                return Err(self.ring_corrupted(head, tail));
-            }
-            if queued == self.geo.capacity {
-                return Ok(false);
-            }
-            // The slot is invisible to consumers until `tail` moves past it.
-            let (kind, loc, id) = match place {
-                Place::Inline => {
-                    let n = inline.len().min(INLINE_MAX);
-                    // SAFETY: the slot's inline area is INLINE_MAX bytes at offset 32; n fits.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            inline.as_ptr(),
-                            self.slot_ptr(tail).add(32),
-                            n,
-                        )
-                    };
-                    (DESC_INLINE, 0, 0)
-                }
-                Place::Arena(chunk) => (DESC_ARENA, chunk, 0),
-                Place::Overflow { entry, id } => (DESC_OVERFLOW, entry, id),
-            };
-            self.slot_word(tail, 0).store(kind, Ordering::Relaxed);
-            self.slot_word(tail, 1).store(len, Ordering::Relaxed);
-            self.slot_word(tail, 2).store(loc, Ordering::Relaxed);
-            self.slot_word(tail, 3).store(id, Ordering::Relaxed);
-            let mut txn = Txn::<Chan, 4>::new(self);
-            match place {
-                Place::Inline => {}
-                Place::Arena(chunk) => txn.set(self.geo.alloc.owner_index(chunk), 0),
-                Place::Overflow { entry, .. } => txn.set(self.overflow_word(entry, 1), 0),
-            }
-            // Last: consumers read `tail` without this lock, so the chunk must belong to the
-            // ring before the slot becomes visible (they skip a chunk that is not queued).
-            txn.set(C_TAIL / 8, tail.wrapping_add(1));
-            self.commit(txn, C_PRODUCER_JOURNAL)?;
+        let Some(position) = self.claim_for_send(slot)? else {
+            return Ok(false);
+        };
+        crash_point!("send-claimed");
+        self.write_desc(position, place, len, inline);
+        crash_point!("send-described");
+        let state = self.slot_state(position);
+        if place != Place::Inline {
+            // From here a reclaim of a dead sender publishes the message instead of voiding
+            // it: the room is described, and handing it to the ring is all that is left.
+            state.store(
+                SlotState::new(position, Phase::Written, Some(slot)).0,
+                Ordering::Release,
+            );
+            crash_point!("send-written");
+            self.set_room_owner(place, 0);
+            crash_point!("send-handed");
         }
-        self.notify(WaitOn::NotEmpty);
+        // SeqCst: orders the armed-flag read of the wake-up after it (notify_fenced).
+        state.swap(
+            SlotState::new(position, Phase::Full, None).0,
+            Ordering::SeqCst,
+        );
+        self.notify_fenced(WaitOn::NotEmpty);
         Ok(true)
     }
 
-    fn ring_corrupted(&self, head: u64, tail: u64) -> Error {
-        Error::corrupted(
-            self.name(),
-            format!(
-                "ring head {head} and tail {tail} are more than {} apart",
-                self.geo.capacity
-            ),
-        )
+    /// Claims the slot of the next position for `slot`'s message: `Ok(None)` if the ring is
+    /// full.
+    fn claim_for_send(&self, slot: u32) -> Result<Option<u64>> {
+        let tail_word = self.tail();
+        let mut tail = tail_word.load(Ordering::Acquire);
+        for _ in 0..self.claim_bound() {
+            if !self.has_room_at(tail)? {
+                return Ok(None);
+            }
+            let word = self.slot_state(tail);
+            let state = SlotState(word.load(Ordering::Acquire));
+            let offset = state.lap_offset(tail);
+            match (offset, state.phase()) {
+                (0, Some(Phase::Empty)) => {
+                    let claimed = SlotState::new(tail, Phase::Writing, Some(slot));
+                    if word
+                        .compare_exchange(state.0, claimed.0, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        // A hint: whoever finds it behind moves it on.
+                        let _ = tail_word.compare_exchange(
+                            tail,
+                            tail.wrapping_add(1),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                        return Ok(Some(tail));
+                    }
+                    // Another sender got it: look again at the same position.
+                }
+                (0, Some(_)) | (1.., _) => {
+                    // Claimed already (this lap or beyond): help the hint on.
+                    let next = tail.wrapping_add(1);
+                    tail = match tail_word.compare_exchange(
+                        tail,
+                        next,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => next,
+                        Err(now) => now,
+                    };
+                }
+                (offset, Some(_)) if offset == -self.ring_slots_i64() => {
+                    // The previous lap's message is still there (being taken by a stopped
+                    // receiver): full for now.
+                    return Ok(None);
+                }
+                _ => {
+                    return Err(self.ring_corrupted(format!(
+                        "ring slot of position {tail} holds state {:#x}",
+                        state.0
+                    )))
+                }
+            }
+        }
+        Err(self.ring_corrupted(format!(
+            "no free ring slot found near tail {tail} after {} tries",
+            self.claim_bound()
+        )))
     }
 
-    /// Copies out and checks the descriptor at `position`.
+    /// Whether position `tail` is less than a capacity ahead of the head, helping a head left
+    /// behind (by a receiver that died or stopped after claiming) on the way.
+    fn has_room_at(&self, tail: u64) -> Result<bool> {
+        let capacity = self.geo.capacity;
+        if tail.wrapping_sub(self.head_seen.load(Ordering::Relaxed)) < capacity {
+            return Ok(true);
+        }
+        let head_word = self.head();
+        let mut head = head_word.load(Ordering::Acquire);
+        for _ in 0..self.claim_bound() {
+            self.head_seen.store(head, Ordering::Relaxed);
+            let queued = tail.wrapping_sub(head);
+            if queued < capacity {
+                return Ok(true);
+            }
+            if queued > 1 << 47 {
+                return Err(
+                    self.ring_corrupted(format!("ring head {head} is ahead of tail {tail}"))
+                );
+            }
+            match self.at_head(head)? {
+                AtHead::Taken => head = self.help_head(head),
+                AtHead::Full(_) | AtHead::NotReady => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Writes the descriptor (and the inline bytes) into the claimed slot of `position`.
+    fn write_desc(&self, position: u64, place: Place, len: u64, inline: &[u8]) {
+        let (kind, loc, id) = match place {
+            Place::Inline => {
+                let n = inline.len().min(INLINE_MAX);
+                // SAFETY: the slot's inline area is INLINE_MAX bytes at offset 32; n fits. The
+                // slot is ours (claimed): no receiver reads it before it is Full.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        inline.as_ptr(),
+                        self.slot_ptr(position).add(32),
+                        n,
+                    )
+                };
+                (DESC_INLINE, 0, 0)
+            }
+            Place::Arena(chunk) => (DESC_ARENA, chunk, 0),
+            Place::Overflow { entry, id } => (DESC_OVERFLOW, entry, id),
+        };
+        self.slot_word(position, 1)
+            .store(kind << DESC_LEN_BITS | len, Ordering::Relaxed);
+        self.slot_word(position, 2).store(loc, Ordering::Relaxed);
+        self.slot_word(position, 3).store(id, Ordering::Relaxed);
+    }
+
+    /// Sets the owner word of a room (0: the ring's; `slot + 1`: a participant's).
+    fn set_room_owner(&self, place: Place, owner: u64) {
+        match place {
+            Place::Inline => {}
+            Place::Arena(chunk) => self.store(self.geo.alloc.owner_index(chunk), owner),
+            Place::Overflow { entry, .. } => self.store(self.overflow_word(entry, 1), owner),
+        }
+    }
+
+    // ----- receiving -------------------------------------------------------------------------
+
+    fn raw_desc(&self, position: u64) -> RawDesc {
+        let kind_len = self.slot_word(position, 1).load(Ordering::Relaxed);
+        RawDesc {
+            kind: kind_len >> DESC_LEN_BITS,
+            len: kind_len & ((1 << DESC_LEN_BITS) - 1),
+            loc: self.slot_word(position, 2).load(Ordering::Relaxed),
+            id: self.slot_word(position, 3).load(Ordering::Relaxed),
+        }
+    }
+
+    /// Copies out and checks the descriptor at `position` (the caller read the slot's state
+    /// with Acquire, after the sender's hand-over). `None`: a void slot, or garbage.
     fn read_desc(&self, position: u64, inline: &mut InlineBuf) -> Option<Desc> {
-        let kind = self.slot_word(position, 0).load(Ordering::Relaxed);
-        let len = self.slot_word(position, 1).load(Ordering::Relaxed);
-        let loc = self.slot_word(position, 2).load(Ordering::Relaxed);
-        let id = self.slot_word(position, 3).load(Ordering::Relaxed);
+        let RawDesc { kind, len, loc, id } = self.raw_desc(position);
         let place = match kind {
             DESC_INLINE if len <= INLINE_MAX as u64 => {
                 // SAFETY: the inline area is INLINE_MAX bytes at offset 32 of the slot; the
-                // producer finished writing it before publishing `tail` (Acquire by caller).
+                // sender finished writing it before handing the slot over.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         self.slot_ptr(position).add(32),
@@ -161,84 +373,265 @@ impl Chan {
         Some(Desc { place, len })
     }
 
-    /// Takes the oldest message for participant `slot`. `Ok(None)`: the ring is empty.
+    /// What the slot of position `head` holds for a receiver.
+    fn at_head(&self, head: u64) -> Result<AtHead> {
+        let state = SlotState(self.slot_state(head).load(Ordering::Acquire));
+        let offset = state.lap_offset(head);
+        Ok(match (offset, state.phase()) {
+            (0, Some(Phase::Full)) => AtHead::Full(state),
+            (0, Some(Phase::Empty | Phase::Writing | Phase::Written)) => AtHead::NotReady,
+            (0, Some(Phase::Taking)) | (1.., Some(_)) => AtHead::Taken,
+            // The previous lap's message is still being taken: this one is not sent yet.
+            (offset, Some(_)) if offset == -self.ring_slots_i64() => AtHead::NotReady,
+            _ => {
+                return Err(self.ring_corrupted(format!(
+                    "ring slot of position {head} holds state {:#x}",
+                    state.0
+                )))
+            }
+        })
+    }
+
+    /// Moves the head hint from `head` on by one (if nobody did); returns the head now.
+    fn help_head(&self, head: u64) -> u64 {
+        let next = head.wrapping_add(1);
+        match self
+            .head()
+            .compare_exchange(head, next, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => next,
+            Err(now) => now,
+        }
+    }
+
+    /// Takes the oldest message for participant `slot`. `Ok(None)`: the ring is empty (or its
+    /// oldest message is still being written).
     ///
     /// An overflow payload is opened before the message is taken: if that fails for a reason
-    /// that may pass (out of descriptors or memory, a lock), the message stays queued and the
-    /// error is returned. A payload that is gone for good (removed, corrupted) is taken, so
-    /// that it does not block the ring, and its error comes back in [`Taken::payload`].
-    pub(crate) fn try_take(
-        &self,
-        slot: u32,
-        inline: &mut InlineBuf,
-        deadline: Option<Instant>,
-    ) -> Result<Option<Taken>> {
-        let mut skipped = false;
-        let taken = {
-            let _held = self.lock_consumer(deadline)?;
-            loop {
-                let head = self.head().load(Ordering::Relaxed);
-                let mut tail = self.tail_seen.load(Ordering::Acquire);
-                if tail.wrapping_sub(head).wrapping_sub(1) >= self.geo.capacity {
-                    // Looks empty (or the copy is stale beyond belief): read the real tail.
-                    tail = self.tail().load(Ordering::Acquire);
-                    self.tail_seen.store(tail, Ordering::Release);
+    /// that may pass (out of descriptors or memory), the message stays queued and the error is
+    /// returned. A payload that is gone for good (removed, corrupted) is taken, so that it does
+    /// not block the ring, and its error comes back in [`Taken::payload`].
+    pub(crate) fn try_take(&self, slot: u32, inline: &mut InlineBuf) -> Result<Option<Taken>> {
+        let _one_take = self.take_lock.lock();
+        let taken_word = self.word(self.participant_index(slot, P_TAKEN));
+        let base_word = self.word(self.participant_index(slot, P_TAKE_BASE));
+        let position_word = self.word(self.participant_index(slot, P_TAKE_POSITION));
+        let mut head = self.head().load(Ordering::Acquire);
+        for _ in 0..self.claim_bound() {
+            let state = match self.at_head(head)? {
+                AtHead::Full(state) => state,
+                AtHead::NotReady => return Ok(None),
+                AtHead::Taken => {
+                    head = self.help_head(head);
+                    continue;
                 }
-                if head == tail {
-                    break None;
-                }
-                if tail.wrapping_sub(head) > self.geo.capacity {
-                    // Without this check a garbage head would be walked towards tail forever.
-                    return Err(self.ring_corrupted(head, tail));
-                }
-                let desc = self.read_desc(head, inline);
-                let mut txn = Txn::<Chan, 4>::new(self);
-                let Some(desc) = desc else {
-                    // Garbage in the slot: skip it rather than wedge every consumer behind it.
-                    txn.set(C_HEAD / 8, head.wrapping_add(1));
-                    self.commit(txn, C_CONSUMER_JOURNAL)?;
+            };
+            // The record first (released by the claim): a reclaim that finds the slot claimed
+            // by us knows from it whether `taken` already counts the message.
+            let base = taken_word.load(Ordering::Relaxed);
+            base_word.store(base, Ordering::Relaxed);
+            position_word.store(head.wrapping_add(1), Ordering::Relaxed);
+            let word = self.slot_state(head);
+            let claimed = SlotState::new(head, Phase::Taking, Some(slot));
+            if word
+                .compare_exchange(state.0, claimed.0, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue; // another receiver took it: look again
+            }
+            crash_point!("take-claimed");
+            self.help_head(head);
+            let freed = claimed.freed(self.geo.ring_slots);
+            let Some(desc) = self.read_desc(head, inline) else {
+                // Void (its sender died before describing it) or garbage: skipped rather than
+                // wedging every receiver behind it, and counted received, dropped and its
+                // task done, since `tail` counted it sent.
+                if self.raw_desc(head).kind != DESC_VOID {
                     self.word(C_CORRUPT_SKIPPED / 8)
                         .fetch_add(1, Ordering::Relaxed);
-                    skipped = true;
-                    continue;
-                };
-                let payload = match desc.place {
-                    Place::Overflow { id, .. } => match self.open_overflow(id, desc.len) {
-                        Ok(region) => Some(Ok(region)),
-                        Err(e) if payload_lost(&e) => Some(Err(e)),
-                        Err(e) => {
-                            // Left queued; slots skipped before it still freed room.
-                            if skipped {
-                                self.notify(WaitOn::NotFull);
-                            }
-                            return Err(e);
-                        }
-                    },
-                    _ => None,
-                };
-                let taken_index = self.participant_index(slot, P_TAKEN);
-                txn.set(
-                    taken_index,
-                    txn.get(taken_index).unwrap_or(0).wrapping_add(1),
-                );
-                match desc.place {
-                    Place::Inline => {}
-                    Place::Arena(chunk) => {
-                        txn.set(self.geo.alloc.owner_index(chunk), slot as u64 + 1)
-                    }
-                    Place::Overflow { entry, .. } => {
-                        txn.set(self.overflow_word(entry, 1), slot as u64 + 1)
-                    }
                 }
-                // Last, as in try_publish: `head` is the commit marker replay looks at.
-                txn.set(C_HEAD / 8, head.wrapping_add(1));
-                self.commit(txn, C_CONSUMER_JOURNAL)?;
-                break Some(Taken { desc, payload });
-            }
-        };
-        if taken.is_some() || skipped {
-            self.notify(WaitOn::NotFull);
+                taken_word.store(base.wrapping_add(1), Ordering::Release);
+                word.swap(freed.0, Ordering::SeqCst);
+                position_word.store(0, Ordering::Release);
+                self.notify_fenced(WaitOn::NotFull);
+                self.mark_done(slot);
+                // A task count that cannot get the allocator lock now is lost: one task left
+                // unfinished, for a void slot met while a stopped process holds that lock.
+                let _ = self.task_done(slot, Some(Instant::now()));
+                head = head.wrapping_add(1);
+                continue;
+            };
+            let payload = match desc.place {
+                Place::Overflow { id, .. } => match self.open_overflow(id, desc.len) {
+                    Ok(region) => Some(Ok(region)),
+                    Err(e) if payload_lost(&e) => Some(Err(e)),
+                    Err(e) => {
+                        // Left queued for a later try: the slot back to Full, and the head
+                        // back to it (other receivers may have moved it on; they walk
+                        // forward again over what they took).
+                        word.swap(state.0, Ordering::SeqCst);
+                        self.head().fetch_min(head, Ordering::AcqRel);
+                        position_word.store(0, Ordering::Release);
+                        self.notify_fenced(WaitOn::NotEmpty);
+                        return Err(e);
+                    }
+                },
+                _ => None,
+            };
+            self.set_room_owner(desc.place, u64::from(slot) + 1);
+            crash_point!("take-owned");
+            taken_word.store(base.wrapping_add(1), Ordering::Release);
+            crash_point!("take-counted");
+            word.swap(freed.0, Ordering::SeqCst);
+            position_word.store(0, Ordering::Release);
+            self.notify_fenced(WaitOn::NotFull);
+            return Ok(Some(Taken { desc, payload }));
         }
-        Ok(taken)
+        Err(self.ring_corrupted(format!(
+            "no message found near head {head} after {} tries",
+            self.claim_bound()
+        )))
+    }
+
+    // ----- recovery --------------------------------------------------------------------------
+
+    /// Finishes what the dead participant `slot` left half-way on the ring (see the tables at
+    /// the top of this file), before the sweep frees what it owned. Takes no lock: every change
+    /// is a CAS on a slot the dead one held, so it races safely with live senders and
+    /// receivers helping the hints on. The caller (a reclaim) holds the membership lock, so no
+    /// other reclaim of `slot` runs at once.
+    pub(crate) fn recover_ring(&self, slot: u32) {
+        self.recover_take(slot);
+        let owner = u64::from(slot) + 1;
+        for index in 0..self.geo.ring_slots {
+            let word = self.slot_state(index);
+            let state = SlotState(word.load(Ordering::Acquire));
+            if state.holder() != Some(slot) {
+                continue;
+            }
+            let full = state.with_phase(Phase::Full);
+            match state.phase() {
+                Some(Phase::Writing) => {
+                    // Not described, or not all of it: a message nobody can read.
+                    self.slot_word(index, 1)
+                        .store(DESC_VOID << DESC_LEN_BITS, Ordering::Relaxed);
+                    let _ =
+                        word.compare_exchange(state.0, full.0, Ordering::SeqCst, Ordering::Relaxed);
+                }
+                Some(Phase::Written) => {
+                    // Described: hand its room to the ring, if it is the dead sender's (or
+                    // handed already), and publish it; void it if the description does not
+                    // check out.
+                    let place = self.described_room(index, owner);
+                    if let Some(place) = place {
+                        self.set_room_owner(place, 0);
+                    }
+                    let mut scratch = InlineBuf([0; INLINE_MAX]);
+                    if place.is_none() || self.read_desc(index, &mut scratch).is_none() {
+                        if let Some(place) = place {
+                            self.set_room_owner(place, owner); // the sweep frees it
+                        }
+                        self.slot_word(index, 1)
+                            .store(DESC_VOID << DESC_LEN_BITS, Ordering::Relaxed);
+                    }
+                    let _ =
+                        word.compare_exchange(state.0, full.0, Ordering::SeqCst, Ordering::Relaxed);
+                }
+                Some(Phase::Taking) => {
+                    // A take its record does not name (recover_take finished that one): only
+                    // garbage makes this. Free the slot, so that it does not block the ring.
+                    self.finish_dead_take(index, state, slot, false);
+                }
+                _ => {}
+            }
+        }
+        self.help_tail_past_claimed();
+        self.notify(WaitOn::NotEmpty);
+        self.notify(WaitOn::NotFull);
+    }
+
+    /// The room a `Written` slot describes, if it is a well-formed one the dead sender
+    /// (`owner`) owns or has handed to the ring.
+    fn described_room(&self, position: u64, owner: u64) -> Option<Place> {
+        let RawDesc { kind, loc, id, .. } = self.raw_desc(position);
+        let (place, owner_word) = match kind {
+            DESC_INLINE => return Some(Place::Inline),
+            DESC_ARENA if loc < self.geo.alloc.pages => {
+                (Place::Arena(loc), self.geo.alloc.owner_index(loc))
+            }
+            DESC_OVERFLOW if loc < OVERFLOW_SLOTS => (
+                Place::Overflow { entry: loc, id },
+                self.overflow_word(loc, 1),
+            ),
+            _ => return None,
+        };
+        let held = self.load(owner_word)?;
+        (held == owner || held == 0).then_some(place)
+    }
+
+    /// Finishes the take the dead participant `slot` recorded as in progress, if its slot is
+    /// still claimed by it.
+    fn recover_take(&self, slot: u32) {
+        let position_word = self.word(self.participant_index(slot, P_TAKE_POSITION));
+        let recorded = position_word.load(Ordering::Acquire);
+        if recorded != 0 {
+            let position = recorded.wrapping_sub(1);
+            let state = SlotState(self.slot_state(position).load(Ordering::Acquire));
+            if state == SlotState::new(position, Phase::Taking, Some(slot)) {
+                self.finish_dead_take(position, state, slot, true);
+            }
+        }
+        position_word.store(0, Ordering::Release);
+    }
+
+    /// Finishes a take of the dead participant `slot` at `position` (claimed, in `state`):
+    /// counts it taken if `recorded` and its record says it did not yet, makes the room its
+    /// own for the sweep to free, and frees the slot. The message is lost with its receiver,
+    /// as one taken by a receiver that died holding it.
+    fn finish_dead_take(&self, position: u64, state: SlotState, slot: u32, recorded: bool) {
+        let taken_word = self.word(self.participant_index(slot, P_TAKEN));
+        if recorded {
+            let base = self
+                .word(self.participant_index(slot, P_TAKE_BASE))
+                .load(Ordering::Acquire);
+            if taken_word.load(Ordering::Acquire) == base {
+                taken_word.store(base.wrapping_add(1), Ordering::Release);
+            }
+        }
+        let mut scratch = InlineBuf([0; INLINE_MAX]);
+        if let Some(desc) = self.read_desc(position, &mut scratch) {
+            // Still the ring's: the dead receiver had not made it its own yet.
+            self.set_room_owner(desc.place, u64::from(slot) + 1);
+        }
+        let _ = self.slot_state(position).compare_exchange(
+            state.0,
+            state.freed(self.geo.ring_slots).0,
+            Ordering::SeqCst,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Moves the tail hint past positions already claimed (a sender that died between its
+    /// claim and its CAS on the hint leaves it behind).
+    fn help_tail_past_claimed(&self) {
+        let tail_word = self.tail();
+        for _ in 0..self.claim_bound() {
+            let tail = tail_word.load(Ordering::Acquire);
+            let state = SlotState(self.slot_state(tail).load(Ordering::Acquire));
+            let claimed = match (state.lap_offset(tail), state.phase()) {
+                (0, Some(Phase::Empty)) => false,
+                (0, Some(_)) | (1.., Some(_)) => true,
+                _ => false,
+            };
+            if !claimed {
+                return;
+            }
+            let _ = tail_word.compare_exchange(
+                tail,
+                tail.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
     }
 }

@@ -4,8 +4,8 @@ use std::sync::atomic::Ordering;
 
 use super::journal::Words;
 use super::layout::{
-    ARENA_PAGE, C_ALLOC_LOCK, C_CONSUMER_LOCK, C_CORRUPT_SKIPPED, C_PRODUCER_LOCK, C_RECLAIM_EPOCH,
-    C_RETIRED, C_RETIRED_TASKS, OVERFLOW_SLOTS, P_DROPPED, P_TASKS_DONE,
+    ARENA_PAGE, C_ALLOC_LOCK, C_CORRUPT_SKIPPED, C_RECLAIM_EPOCH, C_RETIRED, C_RETIRED_TASKS,
+    OVERFLOW_SLOTS, P_DROPPED, P_TASKS_DONE,
 };
 use super::view::Chan;
 
@@ -42,12 +42,9 @@ pub struct ChannelStats {
     pub unfinished_tasks: u64,
     /// Ring descriptors skipped because they did not validate (a sign of corruption).
     pub corrupt_skipped: u64,
-    /// The process holding the producer lock right now, if any. Holders keep the channel's
-    /// locks for well under a microsecond: one that shows here again and again is stopped.
-    pub producer_lock_holder: Option<u32>,
-    /// The process holding the consumer lock right now, if any.
-    pub consumer_lock_holder: Option<u32>,
-    /// The process holding the allocator lock right now, if any.
+    /// The process holding the channel's one lock, the allocator's, right now, if any.
+    /// Holders keep it for well under a microsecond: one that shows here again and again is
+    /// stopped. (The ring takes no lock.)
     pub allocator_lock_holder: Option<u32>,
 }
 
@@ -149,8 +146,6 @@ impl Chan {
             done_total: self.done_total(),
             tasks_done_total: self.tasks_done_total(),
             corrupt_skipped: self.corrupt_skipped(),
-            producer_lock_holder: self.lock_holder(C_PRODUCER_LOCK),
-            consumer_lock_holder: self.lock_holder(C_CONSUMER_LOCK),
             allocator_lock_holder: self.lock_holder(C_ALLOC_LOCK),
             ..Default::default()
         };

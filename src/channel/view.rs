@@ -1,27 +1,27 @@
 //! [`Chan`]: one process's view of one channel segment, and its access to the shared words.
 //!
 //! The operations on the channel live beside this file, one concern each: `ring.rs` (publish
-//! and take descriptors), `arena.rs` (payload chunks), `overflow.rs` (payloads larger than the
-//! arena), `lock.rs` (the three robust mutexes and journal replay), `wait.rs` (spinning, futex
-//! sleeps and wake-ups), `reclaim.rs` (what a detaching or dead participant leaves), `stats.rs`
-//! (figures for inspection) and `tasks.rs` (the task count of `task_done` and `join_tasks`).
+//! and take descriptors, and finish what a dead participant left half-way), `arena.rs` (payload
+//! chunks), `overflow.rs` (payloads larger than the arena), `lock.rs` (the allocator's robust
+//! mutex and journal replay), `wait.rs` (spinning, futex sleeps and wake-ups), `reclaim.rs`
+//! (what a detaching or dead participant leaves), `stats.rs` (figures for inspection) and
+//! `tasks.rs` (the task count of `task_done` and `join_tasks`).
 //!
-//! Three robust mutexes split the work so a producer and a consumer never contend on one lock:
-//! producers serialise on the producer lock to write a slot and advance `tail`; consumers on the
-//! consumer lock to read a slot and advance `head`; both take the allocator lock only to allocate
-//! or free arena chunks. Every change that must be atomic across a crash (advancing `tail` and
-//! handing the chunk to the ring; advancing `head` and handing the chunk to the taker) goes through
-//! that lock's redo journal, which the next holder replays when the lock reports its owner dead.
+//! The ring takes no lock: senders and receivers claim slots with one CAS on the slot's state
+//! word, which names the claimer, so a reclaim finds and finishes what a dead one held (see
+//! `ring.rs`). Only allocating and freeing arena chunks, and counting tasks, take the allocator
+//! lock, whose redo journal the next holder replays when the lock reports its owner dead.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::journal::Words;
 use super::layout::{
-    Geometry, CHANNEL_MAGIC, C_ALLOC_LOCK, C_ARENA_BYTES, C_CAPACITY, C_CONSUMER_LOCK, C_FLAGS,
-    C_HEAD, C_MAGIC, C_MEMBERSHIP_EPOCH, C_OVERFLOW_NEXT_ID, C_PARTICIPANTS, C_PRODUCER_LOCK,
-    C_TAIL, FLAG_PERSISTENT, KNOWN_FLAGS, PARTICIPANT_STRIDE, P_DROPPED, P_TASKS_DONE,
+    Geometry, CHANNEL_MAGIC, C_ALLOC_LOCK, C_ARENA_BYTES, C_CAPACITY, C_FLAGS, C_HEAD, C_MAGIC,
+    C_MEMBERSHIP_EPOCH, C_OVERFLOW_NEXT_ID, C_PARTICIPANTS, C_TAIL, FLAG_PERSISTENT, KNOWN_FLAGS,
+    PARTICIPANT_STRIDE, P_DROPPED, P_TASKS_DONE,
 };
+use super::ring::TakeLock;
 use crate::error::{Error, Result};
 use crate::segment::{Region, Role};
 use crate::sys;
@@ -37,11 +37,12 @@ pub(crate) struct Chan {
     /// ([`sys::Window::atomic_in`]), and the byte ranges that are not words (inline payloads,
     /// arena chunks, mutexes) from its start, by offsets the geometry keeps in bounds.
     pub(super) data: sys::Window,
-    /// This process's last reading of `head` (producers) and `tail` (consumers): each side
-    /// rereads the other's index, a cache line the other core writes, only when its copy says
-    /// the ring is full (or empty).
+    /// This process's last reading of `head`: a sender rereads it, a cache line the receivers'
+    /// core writes, only when its copy says the ring is full.
     pub(super) head_seen: AtomicU64,
-    pub(super) tail_seen: AtomicU64,
+    /// Serialises this process's takes: a participant records one take in progress at a time
+    /// (see `ring.rs`).
+    pub(super) take_lock: TakeLock,
 }
 
 // SAFETY: `data` is a window on the mapping that `region` keeps alive; all shared state is reached
@@ -76,12 +77,11 @@ impl Chan {
         chan.word(C_OVERFLOW_NEXT_ID / 8)
             .store(1, Ordering::Relaxed);
         geo.alloc.init(&chan);
-        for lock in [C_PRODUCER_LOCK, C_CONSUMER_LOCK, C_ALLOC_LOCK] {
-            // SAFETY: the offset lies inside the data area (Geometry puts it there), is 64-byte
-            // aligned, and nobody can use the mutex before the segment is marked initialised.
-            unsafe { sys::robust_mutex_init(chan.data.as_ptr().add(lock as usize)) }
-                .map_err(|e| Error::from_io(region.name(), "pthread_mutex_init", e))?;
-        }
+        chan.init_ring();
+        // SAFETY: the offset lies inside the data area (Geometry puts it there), is 64-byte
+        // aligned, and nobody can use the mutex before the segment is marked initialised.
+        unsafe { sys::robust_mutex_init(chan.data.as_ptr().add(C_ALLOC_LOCK as usize)) }
+            .map_err(|e| Error::from_io(region.name(), "pthread_mutex_init", e))?;
         chan.word(C_MAGIC / 8)
             .store(CHANNEL_MAGIC, Ordering::Release);
         Ok(())
@@ -96,7 +96,7 @@ impl Chan {
             geo,
             flags,
             head_seen: AtomicU64::new(0),
-            tail_seen: AtomicU64::new(0),
+            take_lock: TakeLock::default(),
         }
     }
 
@@ -199,14 +199,16 @@ impl Chan {
         self.geo.capacity as usize
     }
 
-    /// Messages in the ring right now.
+    /// Messages in the ring right now (positions claimed by senders and not yet taken, so a
+    /// message being written counts).
     pub(crate) fn len(&self) -> usize {
         let head = self.head().load(Ordering::Acquire);
         let tail = self.tail().load(Ordering::Acquire);
         tail.saturating_sub(head).min(self.geo.capacity) as usize
     }
 
-    /// Messages ever published.
+    /// Messages ever sent: positions claimed, so a message being written counts (it is either
+    /// published or, if its sender dies, voided and counted done by the receiver that takes it).
     pub(crate) fn sent_total(&self) -> u64 {
         self.tail().load(Ordering::Acquire)
     }

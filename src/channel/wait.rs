@@ -77,6 +77,13 @@ impl Chan {
     /// last wake-up.
     pub(crate) fn notify(&self, on: WaitOn) {
         fence(Ordering::SeqCst);
+        self.notify_fenced(on);
+    }
+
+    /// [`Chan::notify`] for a caller whose last write of the condition was a SeqCst
+    /// read-modify-write, which already orders the armed-flag read after it (a sleeper stores
+    /// its flag, fences, then re-checks the condition: one of the two sees the other).
+    pub(crate) fn notify_fenced(&self, on: WaitOn) {
         let armed = self.armed(on);
         if armed.load(Ordering::Relaxed) != 0 && armed.swap(0, Ordering::SeqCst) != 0 {
             self.wait_word(on).fetch_add(1, Ordering::SeqCst);
@@ -85,10 +92,11 @@ impl Chan {
     }
 
     /// A word that changes when what `on` waits for may have happened: spinning threads watch
-    /// it and run their full (locked) attempt only when it moved.
+    /// it and run their full attempt only when it moved.
     pub(super) fn progress(&self, on: WaitOn) -> &AtomicU64 {
         match on {
-            WaitOn::NotEmpty => self.tail(),
+            // The state of the slot the next message will be in.
+            WaitOn::NotEmpty => self.slot_state(self.head().load(Ordering::Acquire)),
             WaitOn::NotFull | WaitOn::Done => self.head(),
             WaitOn::Space => self.word(self.geo.alloc.free_pages),
             // Moves only when a participant retires; a `task_done` shows in no single word,
@@ -130,7 +138,7 @@ impl Chan {
             return Err(WaitError::Timeout); // try_ forms: one attempt, no spinning
         }
         // Spin: watch a progress word with one PAUSE per poll (about 25 ns here) and run the
-        // locked attempt only when it moved, or every 64 polls for conditions it does not show.
+        // attempt only when it moved, or every 64 polls for conditions it does not show.
         let start = Instant::now();
         let progress = self.progress(on);
         let mut seen = progress.load(Ordering::Acquire);

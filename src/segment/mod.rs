@@ -68,7 +68,13 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// retired-tasks word, and the futex words a fifth kind (which moved the armed flags). A
 /// version-3 process would neither move nor reclaim the task counts, and would look for the
 /// armed flags where they no longer are.
-pub(crate) const LAYOUT_VERSION: u32 = 4;
+///
+/// 5 since a channel's ring takes no lock: each slot starts with a state word (position,
+/// phase, holder) that senders and receivers claim by CAS, the producer and consumer mutexes
+/// and their journals are gone, and participant records hold the take in progress. A version-4
+/// process would take the ring's locks, which nobody else takes, and read descriptors where
+/// state words now are.
+pub(crate) const LAYOUT_VERSION: u32 = 5;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;
 /// Bytes of the header at offset 0.

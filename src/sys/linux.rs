@@ -219,6 +219,17 @@ pub(crate) fn effective_uid() -> u32 {
 }
 
 /// The id of this process.
+/// Kills this process with SIGKILL, as `kill -9` from outside would (for crash points).
+#[cfg(feature = "crash-points")]
+pub(crate) fn kill_self() -> ! {
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+        .expect("kill(2) of our own pid");
+    // The kernel delivers it on the way back from the call; nothing of ours runs after.
+    loop {
+        std::thread::yield_now();
+    }
+}
+
 pub(crate) fn process_id() -> u32 {
     rustix::process::getpid().as_raw_nonzero().get() as u32
 }

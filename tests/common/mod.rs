@@ -27,7 +27,13 @@ pub fn unique_name(tag: &str) -> String {
 
 /// Starts this test binary again as child `role` with `args`.
 pub fn spawn_child(role: &str, args: &[&str]) -> Child {
+    spawn_child_with_env(role, args, &[])
+}
+
+/// [`spawn_child`], with extra environment variables for the child.
+pub fn spawn_child_with_env(role: &str, args: &[&str], env: &[(&str, &str)]) -> Child {
     Command::new(std::env::current_exe().expect("current_exe"))
+        .envs(env.iter().copied())
         .args([
             "--exact",
             "child_entry",

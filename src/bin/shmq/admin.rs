@@ -88,14 +88,8 @@ fn lock_holders(info: &SegmentInfo) -> Vec<(&'static str, u32)> {
         held.push(("membership", pid));
     }
     if let Some(c) = &info.channel {
-        for (lock, holder) in [
-            ("producer", c.producer_lock_holder),
-            ("consumer", c.consumer_lock_holder),
-            ("allocator", c.allocator_lock_holder),
-        ] {
-            if let Some(pid) = holder {
-                held.push((lock, pid));
-            }
+        if let Some(pid) = c.allocator_lock_holder {
+            held.push(("allocator", pid));
         }
     }
     held

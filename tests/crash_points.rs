@@ -1,0 +1,200 @@
+//! Deaths at every step of the lock-free ring: a sender or a receiver kills itself (SIGKILL,
+//! through the `crash-points` feature and `SHMQ_CRASH_AT`) right after each step of a send or a
+//! take, for each kind of payload (inline, arena chunk, overflow segment), and the survivor
+//! checks what the tables of src/channel/ring.rs promise:
+//!
+//! - a sender that dies before marking its slot written loses that message; one that dies
+//!   after delivers it; every message before it arrives once, intact and in order;
+//! - a receiver that dies mid-take loses that message alone; the next receiver gets the rest;
+//! - afterwards the ring keeps working for several laps past the slot, the arena is whole
+//!   again, nothing counts as in flight, and nothing is left in /dev/shm.
+//!
+//! Run with `cargo test --features crash-points --test crash_points` (./run-tests does).
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::time::Duration;
+
+use common::channel::{assert_gone, check_pattern, fill_pattern, KIB};
+use common::{child_dispatch, spawn_child_with_env, unique_name, wait_exit};
+use shmq::{channel, ChannelConfig, Receiver, RecvTimeoutError, Sender};
+
+/// Ring capacity of the trials' channels: room for every message a trial sends.
+const CAPACITY: usize = 32;
+/// Arena of the trials' channels; overflow payloads are larger.
+const ARENA: usize = 256 * KIB;
+/// Messages a receiver trial queues before its receiver starts.
+const QUEUED: u64 = 12;
+/// Bound for one wait of a trial (a death, a message): turns a hang into a failure.
+const BOUND: Duration = Duration::from_secs(30);
+
+/// The steps of a send, in order, whether a death there still delivers the message, and
+/// whether inline payloads pass there (they are never marked written: no room to hand over).
+const SEND_POINTS: [(&str, bool, bool); 4] = [
+    ("send-claimed", false, true),
+    ("send-described", false, true),
+    ("send-written", true, false),
+    ("send-handed", true, false),
+];
+/// The steps of a take, in order (the message being taken is lost with its receiver).
+const TAKE_POINTS: [&str; 3] = ["take-claimed", "take-owned", "take-counted"];
+
+/// Payload kinds: inline in the slot, an arena chunk, an overflow segment.
+const SIZES: [(&str, usize); 3] = [("inline", 64), ("arena", 8 * KIB), ("overflow", 320 * KIB)];
+
+#[test]
+#[ignore = "entry point of child processes; run by the tests in this file"]
+fn child_entry() {
+    child_dispatch(|role, args| {
+        let (name, size) = (&args[0], args[1].parse::<usize>().expect("size"));
+        match role {
+            "sender" => {
+                let tx = Sender::open(name).expect("open sender");
+                common::signal_parent("ready");
+                for seq in 0..CAPACITY as u64 {
+                    let mut bytes = vec![0; size];
+                    fill_pattern(&mut bytes, seq);
+                    tx.send(&bytes).expect("send");
+                }
+            }
+            "receiver" => {
+                let rx = Receiver::open(name).expect("open receiver");
+                for seq in 0..QUEUED {
+                    let message = rx.recv_timeout(BOUND).expect("recv");
+                    assert!(check_pattern(&message, seq), "message {seq} corrupted");
+                }
+            }
+            other => panic!("unknown role {other}"),
+        }
+        // Reaching here means the crash point was never passed: the parent fails the trial.
+    });
+}
+
+fn config() -> ChannelConfig {
+    ChannelConfig::default()
+        .with_capacity(CAPACITY)
+        .with_arena_bytes(ARENA)
+}
+
+/// Runs the child `role` on channel `name` with its death armed at pass `pass` of `point`,
+/// and waits for it to die of it.
+fn run_until_death(role: &str, name: &str, size: usize, point: &str, pass: u64) {
+    let armed = format!("{point}#{pass}");
+    let mut child = spawn_child_with_env(
+        role,
+        &[name, &size.to_string()],
+        &[("SHMQ_CRASH_AT", &armed)],
+    );
+    let status = wait_exit(&mut child, BOUND);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "{role} armed at {armed} was not killed there: {status}"
+    );
+}
+
+/// Receives until the channel reports no sender (or `BOUND` passes, a failure), checking each
+/// message; returns the sequence numbers in the order received.
+fn receive_all(rx: &Receiver, size: usize, first: u64) -> Vec<u64> {
+    let mut got = Vec::new();
+    loop {
+        match rx.recv_timeout(BOUND) {
+            Ok(message) => {
+                let seq = first + got.len() as u64;
+                assert_eq!(message.len(), size, "message {seq}: length");
+                assert!(
+                    check_pattern(&message, seq),
+                    "message {seq}: corrupted or out of order"
+                );
+                got.push(seq);
+            }
+            Err(RecvTimeoutError::Disconnected) => return got,
+            Err(e) => panic!("receive after {} messages: {e:?}", got.len()),
+        }
+    }
+}
+
+/// The ring still works for three laps past wherever the death left it, and then nothing is
+/// in flight and the arena is whole.
+fn check_ring_recovered(name: &str, rx: &Receiver, size: usize, what: &str) {
+    let tx = Sender::open(name).expect("open a fresh sender");
+    for seq in 0..3 * CAPACITY as u64 {
+        let mut bytes = vec![0; size];
+        fill_pattern(&mut bytes, 1000 + seq);
+        tx.send_timeout(&bytes, BOUND)
+            .unwrap_or_else(|e| panic!("{what}: send {seq} after the death: {e:?}"));
+        let message = rx
+            .recv_timeout(BOUND)
+            .unwrap_or_else(|e| panic!("{what}: receive {seq} after the death: {e:?}"));
+        assert!(
+            check_pattern(&message, 1000 + seq),
+            "{what}: message {seq} corrupted"
+        );
+    }
+    let stats = rx.stats();
+    assert_eq!(stats.messages_in_flight, 0, "{what}: {stats:?}");
+    assert_eq!(stats.queued, 0, "{what}: {stats:?}");
+    assert_eq!(
+        stats.arena_free_bytes, stats.arena_bytes,
+        "{what}: {stats:?}"
+    );
+    assert_eq!(stats.overflow_payloads, 0, "{what}: {stats:?}");
+    assert_eq!(stats.corrupt_skipped, 0, "{what}: {stats:?}");
+}
+
+#[test]
+fn a_sender_killed_at_each_step_loses_at_most_its_message() {
+    for (point, delivered, inline_passes) in SEND_POINTS {
+        for (kind, size) in SIZES {
+            if kind == "inline" && !inline_passes {
+                continue;
+            }
+            for pass in [1, 3] {
+                let what = format!("sender killed at {point}#{pass}, {kind} payloads");
+                let name = unique_name("cp-send");
+                let (tx, rx) = channel(&name, config()).expect("create channel");
+                drop(tx); // the child is the only sender: its death disconnects
+                run_until_death("sender", &name, size, point, pass);
+                let got = receive_all(&rx, size, 0);
+                // Passes before the armed one sent whole messages; the armed one is delivered
+                // only from where the tables say.
+                let expected = pass - 1 + u64::from(delivered);
+                assert_eq!(got.len() as u64, expected, "{what}: received {got:?}");
+                check_ring_recovered(&name, &rx, size, &what);
+                drop(rx);
+                assert_gone(&name);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_receiver_killed_at_each_step_loses_only_the_message_it_was_taking() {
+    for point in TAKE_POINTS {
+        for (kind, size) in SIZES {
+            for pass in [1, 4] {
+                let what = format!("receiver killed at {point}#{pass}, {kind} payloads");
+                let name = unique_name("cp-take");
+                let (tx, rx) = channel(&name, config()).expect("create channel");
+                for seq in 0..QUEUED {
+                    let mut bytes = vec![0; size];
+                    fill_pattern(&mut bytes, seq);
+                    tx.send(&bytes).expect("queue");
+                }
+                run_until_death("receiver", &name, size, point, pass);
+                // The dead one finished `pass - 1` messages and lost the one it was taking.
+                drop(tx);
+                let got = receive_all(&rx, size, pass);
+                assert_eq!(
+                    got,
+                    (pass..QUEUED).collect::<Vec<_>>(),
+                    "{what}: received {got:?}"
+                );
+                check_ring_recovered(&name, &rx, size, &what);
+                drop(rx);
+                assert_gone(&name);
+            }
+        }
+    }
+}
