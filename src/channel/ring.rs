@@ -28,7 +28,7 @@
 //! claim and hand-over holds up the receivers at its position (never other senders), until it
 //! resumes or dies and is reclaimed.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +45,7 @@ use super::wait::WaitOn;
 use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::segment::Region;
+use crate::sys;
 
 /// A message taken off the ring.
 pub(crate) struct Taken {
@@ -55,19 +56,39 @@ pub(crate) struct Taken {
 }
 
 /// Serialises one process's takes on one channel view: a participant's record of its take in
-/// progress (`P_TAKE_BASE`, `P_TAKE_POSITION`) holds one take. A process-local flag, not a
+/// progress (`P_TAKE_BASE`, `P_TAKE_POSITION`) holds one take. A process-local word, not a
 /// shared lock: a holder cannot die alone (its process dies with it), and a stopped holder
-/// stops only its own process.
+/// stops only its own process. It holds the holder's fork generation + 1 (0: free), so that a
+/// child forked while a parent's thread held it takes it over instead of waiting for a thread
+/// that does not exist in the child.
 #[derive(Default)]
-pub(crate) struct TakeLock(AtomicBool);
+pub(crate) struct TakeLock(AtomicU64);
 
 /// Holds the [`TakeLock`]; lets go on drop.
-pub(crate) struct TakeGuard<'a>(&'a AtomicBool);
+pub(crate) struct TakeGuard<'a>(&'a AtomicU64);
 
 impl TakeLock {
     fn lock(&self) -> TakeGuard<'_> {
+        let me = sys::fork_generation().wrapping_add(1);
         let mut tries = 0u32;
-        while self.0.swap(true, Ordering::Acquire) {
+        loop {
+            match self
+                .0
+                .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                // Held in the process we were forked from: nobody here will let go.
+                Err(held)
+                    if held != me
+                        && self
+                            .0
+                            .compare_exchange(held, me, Ordering::Acquire, Ordering::Relaxed)
+                            .is_ok() =>
+                {
+                    break
+                }
+                Err(_) => {}
+            }
             // Held by another thread of this process for a take, well under a microsecond
             // unless it is preempted: spin a little, then give the core away.
             tries = tries.wrapping_add(1);
@@ -83,7 +104,7 @@ impl TakeLock {
 
 impl Drop for TakeGuard<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.store(0, Ordering::Release);
     }
 }
 
@@ -267,14 +288,15 @@ impl Chan {
         let mut head = head_word.load(Ordering::Acquire);
         for _ in 0..self.claim_bound() {
             self.head_seen.store(head, Ordering::Relaxed);
-            let queued = tail.wrapping_sub(head);
-            if queued < capacity {
+            let queued = tail.wrapping_sub(head) as i64;
+            if queued < capacity as i64 {
+                // A head ahead of a tail hint left behind (by a reclaim that voided the
+                // dead sender's slot before moving `tail`): the claim walks the tail on.
+                if queued < -(self.claim_bound() as i64) {
+                    return Err(self
+                        .ring_corrupted(format!("ring head {head} is far ahead of tail {tail}")));
+                }
                 return Ok(true);
-            }
-            if queued > 1 << 47 {
-                return Err(
-                    self.ring_corrupted(format!("ring head {head} is ahead of tail {tail}"))
-                );
             }
             match self.at_head(head)? {
                 AtHead::Taken => head = self.help_head(head),
@@ -501,6 +523,9 @@ impl Chan {
     /// receivers helping the hints on. The caller (a reclaim) holds the membership lock, so no
     /// other reclaim of `slot` runs at once.
     pub(crate) fn recover_ring(&self, slot: u32) {
+        // First past the dead one's claims, so that `head` (once receivers take what is
+        // published or voided below) does not pass `tail`.
+        self.help_tail_past_claimed();
         self.recover_take(slot);
         let owner = u64::from(slot) + 1;
         for index in 0..self.geo.ring_slots {
