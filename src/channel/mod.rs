@@ -198,6 +198,8 @@ mod overflow;
 mod receiver;
 mod reclaim;
 mod ring;
+#[cfg(test)]
+mod ring_model;
 mod sender;
 mod stats;
 mod tasks;

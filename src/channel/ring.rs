@@ -217,7 +217,7 @@ impl Chan {
 
     /// Claims the slot of the next position for `slot`'s message: `Ok(None)` if the ring is
     /// full.
-    fn claim_for_send(&self, slot: u32) -> Result<Option<u64>> {
+    pub(super) fn claim_for_send(&self, slot: u32) -> Result<Option<u64>> {
         let tail_word = self.tail();
         let mut tail = tail_word.load(Ordering::Acquire);
         for _ in 0..self.claim_bound() {
@@ -307,7 +307,7 @@ impl Chan {
     }
 
     /// Writes the descriptor (and the inline bytes) into the claimed slot of `position`.
-    fn write_desc(&self, position: u64, place: Place, len: u64, inline: &[u8]) {
+    pub(super) fn write_desc(&self, position: u64, place: Place, len: u64, inline: &[u8]) {
         let (kind, loc, id) = match place {
             Place::Inline => {
                 let n = inline.len().min(INLINE_MAX);
