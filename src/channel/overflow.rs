@@ -129,9 +129,10 @@ impl Chan {
     }
 
     /// Opens overflow payload `id` of a `len`-byte message. The mapping is not prefaulted: this
-    /// runs under the consumer lock, and the receiver prefaults it after letting go. Nor does
-    /// it wait for an unfinished payload (a published one is finished; one that is not was
-    /// replaced by garbage), which would hold the consumer lock for seconds.
+    /// runs while the receiver holds its claim of the ring slot (and its process's take lock),
+    /// and the receiver prefaults it after letting go. Nor does it wait for an unfinished
+    /// payload (a published one is finished; one that is not was replaced by garbage), which
+    /// would hold that claim for seconds.
     pub(crate) fn open_overflow(&self, id: u64, len: u64) -> Result<Arc<Region>> {
         let name = self.overflow_name(id);
         let region = Region::open_finished(&name, Kind::Overflow, false)?;
