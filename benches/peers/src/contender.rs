@@ -1,0 +1,108 @@
+//! The two contenders, what a measurement of either gives, and the dispatch from a cell to
+//! the contender's code on each side.
+
+use crate::cell::Cell;
+use crate::drive::StreamResult;
+use crate::error::BoxResult;
+use crate::plan::Plan;
+use crate::process::Peer;
+use crate::usage::Usage;
+use crate::{iceoryx2_side, shmq_side};
+
+/// A library under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contender {
+    /// This crate's library.
+    Shmq,
+    /// iceoryx2's ipc publish-subscribe.
+    Iceoryx2,
+}
+
+/// What one contender measured in one cell.
+#[derive(Clone, Debug)]
+pub enum Measurement {
+    /// Payload bytes per second (median repetition).
+    Throughput {
+        /// Bytes per second.
+        bytes_per_second: f64,
+    },
+    /// One-way latency, half of each round trip.
+    Latency {
+        /// Median, nanoseconds.
+        median_ns: f64,
+        /// 99th percentile, nanoseconds.
+        p99_ns: f64,
+    },
+    /// Messages per second (median repetition), with what receiving them cost the kernel.
+    Rate {
+        /// Messages per second.
+        messages_per_second: f64,
+        /// The receiver's counters over the measured repetitions.
+        receiver_usage: Usage,
+        /// Messages of the measured repetitions.
+        messages: u64,
+    },
+}
+
+impl Measurement {
+    /// The measurement of stream cell `cell` from its repetitions.
+    pub fn of_stream(cell: Cell, result: &StreamResult, plan: &Plan) -> Measurement {
+        let seconds = result.median_seconds();
+        let messages = plan.messages_per_repetition as f64;
+        match cell {
+            Cell::Rate { .. } => Measurement::Rate {
+                messages_per_second: messages / seconds,
+                receiver_usage: result.receiver_usage,
+                messages: result.messages,
+            },
+            _ => Measurement::Throughput {
+                bytes_per_second: messages * cell.payload() as f64 / seconds,
+            },
+        }
+    }
+}
+
+/// How a contender's parent side starts its child once its channels or services exist: the
+/// child is running, attached and ready for the first message when it returns.
+pub type StartChild<'a> = &'a dyn Fn() -> BoxResult<Peer>;
+
+impl Contender {
+    /// Both, in table column order.
+    pub const ALL: [Contender; 2] = [Contender::Shmq, Contender::Iceoryx2];
+
+    /// The name on the command line and in the table.
+    pub fn id(self) -> &'static str {
+        match self {
+            Contender::Shmq => "shmq",
+            Contender::Iceoryx2 => "iceoryx2",
+        }
+    }
+
+    /// The contender named `id`.
+    pub fn parse(id: &str) -> Option<Contender> {
+        Contender::ALL.into_iter().find(|c| c.id() == id)
+    }
+
+    /// Parent side: creates the channels or services of `cell` under names starting with
+    /// `base`, starts the child and sends (or pings) as `plan` says.
+    pub fn measure(
+        self,
+        cell: Cell,
+        plan: &Plan,
+        base: &str,
+        start_child: StartChild<'_>,
+    ) -> BoxResult<Measurement> {
+        match self {
+            Contender::Shmq => shmq_side::measure(cell, plan, base, start_child),
+            Contender::Iceoryx2 => iceoryx2_side::measure(cell, plan, base, start_child),
+        }
+    }
+
+    /// Child side: attaches to what the parent made and receives (or echoes) as `plan` says.
+    pub fn serve(self, cell: Cell, plan: &Plan, base: &str) -> BoxResult<()> {
+        match self {
+            Contender::Shmq => shmq_side::serve(cell, plan, base),
+            Contender::Iceoryx2 => iceoryx2_side::serve(cell, plan, base),
+        }
+    }
+}

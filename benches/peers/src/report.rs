@@ -1,0 +1,191 @@
+//! The markdown the run prints: a header with the commit and the time, the table of cells
+//! (shmq | iceoryx2 | ratio), and the receiver's page faults and context switches per message
+//! of the rate cells.
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::cell::Cell;
+use crate::contender::Measurement;
+
+/// One row of the table: a cell and what each contender measured (`None`: not run or failed).
+pub struct Row {
+    /// The cell.
+    pub cell: Cell,
+    /// shmq's measurement.
+    pub shmq: Option<Measurement>,
+    /// iceoryx2's measurement.
+    pub iceoryx2: Option<Measurement>,
+}
+
+/// The commit of the source tree, `git rev-parse --short HEAD`, marked `+dirty` when the tree
+/// has uncommitted changes; `unknown` outside a git checkout.
+pub fn commit() -> String {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(hash) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => format!("{hash}+dirty"),
+            _ => hash,
+        },
+        None => "unknown".to_owned(),
+    }
+}
+
+/// Now as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The proleptic Gregorian date of `days` since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The value of `measurement` that the table shows, with its kind (for the ratio).
+fn figures(measurement: &Measurement) -> Vec<(&'static str, f64)> {
+    match measurement {
+        Measurement::Throughput { bytes_per_second } => vec![("", *bytes_per_second)],
+        Measurement::Latency { median_ns, p99_ns } => {
+            vec![(" median", *median_ns), (" p99", *p99_ns)]
+        }
+        Measurement::Rate {
+            messages_per_second,
+            ..
+        } => vec![("", *messages_per_second)],
+    }
+}
+
+fn format_value(measurement: &Measurement, value: f64) -> String {
+    match measurement {
+        Measurement::Throughput { .. } => format!("{:.2} GB/s", value / 1e9),
+        Measurement::Latency { .. } if value >= 10_000.0 => format!("{:.1} µs", value / 1e3),
+        Measurement::Latency { .. } => format!("{value:.0} ns"),
+        Measurement::Rate { .. } => format!("{:.2} M msg/s", value / 1e6),
+    }
+}
+
+/// The whole report as markdown.
+pub fn render(rows: &[Row], commit: &str, time: &str, quick: bool) -> String {
+    let mut out = String::new();
+    out.push_str("## shmq against iceoryx2 (benches/peers)\n\n");
+    out.push_str(&format!(
+        "commit {commit}, {time}{}, two processes\n\n",
+        if quick {
+            ", --quick (smoke test counts)"
+        } else {
+            ""
+        }
+    ));
+    out.push_str(
+        "shmq/iceoryx2 above 1 means shmq is faster for GB/s and msg/s; for latency, below 1 \
+         means shmq is faster.\n\n",
+    );
+    out.push_str("| cell | shmq | iceoryx2 | shmq/iceoryx2 |\n|---|---:|---:|---:|\n");
+    for row in rows {
+        let shmq = row.shmq.as_ref().map(figures).unwrap_or_default();
+        let iceoryx2 = row.iceoryx2.as_ref().map(figures).unwrap_or_default();
+        let count = shmq.len().max(iceoryx2.len()).max(1);
+        for i in 0..count {
+            let suffix = shmq
+                .get(i)
+                .or_else(|| iceoryx2.get(i))
+                .map(|f| f.0)
+                .unwrap_or("");
+            let cellval = |m: &Option<Measurement>, f: &[(&str, f64)]| match (m, f.get(i)) {
+                (Some(m), Some((_, v))) => format_value(m, *v),
+                _ => "failed".to_owned(),
+            };
+            let ratio = match (shmq.get(i), iceoryx2.get(i)) {
+                (Some((_, a)), Some((_, b))) if *b > 0.0 => format!("{:.2}", a / b),
+                _ => "-".to_owned(),
+            };
+            out.push_str(&format!(
+                "| {}{suffix} | {} | {} | {ratio} |\n",
+                row.cell,
+                cellval(&row.shmq, &shmq),
+                cellval(&row.iceoryx2, &iceoryx2)
+            ));
+        }
+    }
+    let usage_rows: Vec<String> = rows
+        .iter()
+        .flat_map(|row| {
+            [("shmq", &row.shmq), ("iceoryx2", &row.iceoryx2)]
+                .into_iter()
+                .filter_map(move |(who, m)| match m {
+                    Some(Measurement::Rate {
+                        receiver_usage,
+                        messages,
+                        ..
+                    }) => {
+                        let per = |count: u64| count as f64 / *messages as f64;
+                        Some(format!(
+                            "| {} | {who} | {messages} | {:.6} | {:.6} | {:.6} | {:.6} |\n",
+                            row.cell,
+                            per(receiver_usage.minor_faults + receiver_usage.major_faults),
+                            per(receiver_usage.voluntary_switches),
+                            per(receiver_usage.involuntary_switches),
+                            per(receiver_usage.voluntary_switches
+                                + receiver_usage.involuntary_switches),
+                        ))
+                    }
+                    _ => None,
+                })
+        })
+        .collect();
+    if !usage_rows.is_empty() {
+        out.push_str(
+            "\nReceiver per message (getrusage RUSAGE_SELF in the child, over the measured \
+             repetitions):\n\n",
+        );
+        out.push_str(
+            "| cell | contender | messages | page faults | voluntary switches | involuntary \
+             switches | all switches |\n|---|---|---:|---:|---:|---:|---:|\n",
+        );
+        for row in usage_rows {
+            out.push_str(&row);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_424), (2025, 12, 2));
+    }
+}
