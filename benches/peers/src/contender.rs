@@ -2,6 +2,7 @@
 //! the contender's code on each side.
 
 use crate::cell::Cell;
+use crate::cleanup::Names;
 use crate::drive::StreamResult;
 use crate::error::BoxResult;
 use crate::plan::Plan;
@@ -83,26 +84,26 @@ impl Contender {
         Contender::ALL.into_iter().find(|c| c.id() == id)
     }
 
-    /// Parent side: creates the channels or services of `cell` under names starting with
-    /// `base`, starts the child and sends (or pings) as `plan` says.
+    /// Parent side: creates the channels or services of `cell` under `names`, starts the
+    /// child and sends (or pings) as `plan` says.
     pub fn measure(
         self,
         cell: Cell,
         plan: &Plan,
-        base: &str,
+        names: &Names,
         start_child: StartChild<'_>,
     ) -> BoxResult<Measurement> {
         match self {
-            Contender::Shmq => shmq_side::measure(cell, plan, base, start_child),
-            Contender::Iceoryx2 => iceoryx2_side::measure(cell, plan, base, start_child),
+            Contender::Shmq => shmq_side::measure(cell, plan, names, start_child),
+            Contender::Iceoryx2 => iceoryx2_side::measure(cell, plan, names, start_child),
         }
     }
 
     /// Child side: attaches to what the parent made and receives (or echoes) as `plan` says.
-    pub fn serve(self, cell: Cell, plan: &Plan, base: &str) -> BoxResult<()> {
+    pub fn serve(self, cell: Cell, plan: &Plan, names: &Names) -> BoxResult<()> {
         match self {
-            Contender::Shmq => shmq_side::serve(cell, plan, base),
-            Contender::Iceoryx2 => iceoryx2_side::serve(cell, plan, base),
+            Contender::Shmq => shmq_side::serve(cell, plan, names),
+            Contender::Iceoryx2 => iceoryx2_side::serve(cell, plan, names),
         }
     }
 }

@@ -14,6 +14,7 @@ use iceoryx2::sample::Sample;
 use iceoryx2::service::port_factory::publish_subscribe::PortFactory;
 
 use crate::cell::{Cell, Waiting, Write};
+use crate::cleanup::{self, Names};
 use crate::contender::{Measurement, StartChild};
 use crate::drive::{self, READY};
 use crate::error::{BoxResult, Context};
@@ -27,10 +28,22 @@ type DataPublisher = Publisher<ipc::Service, [u8], ()>;
 type DataSubscriber = Subscriber<ipc::Service, [u8], ()>;
 type DataSample = Sample<ipc::Service, [u8], ()>;
 
-/// The node of this process. Signal handling is off: the benchmark ends its child itself,
-/// and iceoryx2's handler would only turn SIGTERM into a flag nobody reads here.
-fn node() -> BoxResult<Node<ipc::Service>> {
+/// The configuration of run `run`'s private iceoryx2 domain: iceoryx2's defaults with a
+/// file prefix of the run's own (see the cleanup module), so that everything it creates can
+/// be told apart from other iceoryx2 users' files and removed at the end of the run.
+fn domain(run: &str) -> BoxResult<Config> {
+    let mut config = Config::default();
+    config.global.prefix =
+        FileName::new(cleanup::iceoryx2_prefix(run).as_bytes()).context("naming a domain")?;
+    Ok(config)
+}
+
+/// The node of this process, in run `run`'s domain. Signal handling is off: the benchmark
+/// ends its child itself, and iceoryx2's handler would only turn SIGTERM into a flag nobody
+/// reads here.
+fn node(run: &str) -> BoxResult<Node<ipc::Service>> {
     NodeBuilder::new()
+        .config(&domain(run)?)
         .signal_handling_mode(SignalHandlingMode::Disabled)
         .create::<ipc::Service>()
         .context("creating an iceoryx2 node")
@@ -261,10 +274,11 @@ impl ReceivingEnd {
 pub fn measure(
     cell: Cell,
     plan: &Plan,
-    base: &str,
+    names: &Names,
     start_child: StartChild<'_>,
 ) -> BoxResult<Measurement> {
-    let node = node()?;
+    let node = node(&names.run)?;
+    let base = &names.measurement;
     let len = cell.payload();
     let write = cell.write();
     let forward = sending_end(&node, base, FORWARD, cell, plan, true)?;
@@ -302,8 +316,9 @@ pub fn measure(
 }
 
 /// Child side of `cell` for iceoryx2.
-pub fn serve(cell: Cell, plan: &Plan, base: &str) -> BoxResult<()> {
-    let node = node()?;
+pub fn serve(cell: Cell, plan: &Plan, names: &Names) -> BoxResult<()> {
+    let node = node(&names.run)?;
+    let base = &names.measurement;
     let len = cell.payload();
     let forward = receiving_end(&node, base, FORWARD, cell, plan, false)?;
     match cell {
@@ -327,11 +342,14 @@ pub fn serve(cell: Cell, plan: &Plan, base: &str) -> BoxResult<()> {
     }
 }
 
-/// Removes what dead iceoryx2 nodes left (of a run that was killed, or whose child failed):
-/// iceoryx2 cleans stale resources only when asked. Returns how many dead nodes were cleaned.
-pub fn remove_dead_nodes() -> usize {
+/// Asks iceoryx2 to remove what dead nodes of run `run`'s domain left (a child that failed):
+/// iceoryx2 cleans stale resources only when asked. Returns how many dead nodes it cleaned.
+pub fn remove_dead_nodes(run: &str) -> usize {
+    let Ok(config) = domain(run) else {
+        return 0;
+    };
     let mut cleaned = 0;
-    let _ = Node::<ipc::Service>::list(Config::global_config(), |state| {
+    let _ = Node::<ipc::Service>::list(&config, |state| {
         if let NodeState::Dead(view) = state {
             if view.try_remove_stale_resources().is_ok() {
                 cleaned += 1;

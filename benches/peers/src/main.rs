@@ -26,7 +26,7 @@ mod usage;
 use std::time::Duration;
 
 use cell::Cell;
-use cleanup::{SegmentSweeper, Snapshot};
+use cleanup::{Names, ShmqSweeper};
 use contender::{Contender, Measurement};
 use drive::READY;
 use error::BoxResult;
@@ -58,10 +58,10 @@ fn child_main(args: &[String]) -> BoxResult<()> {
     process::die_with_parent();
     let args = ChildArgs::parse(args)?;
     let plan = Plan::new(args.cell, args.quick);
-    args.contender.serve(args.cell, &plan, &args.base_name)
+    args.contender.serve(args.cell, &plan, &args.names)
 }
 
-/// The run: every selected cell for both contenders, then the table.
+/// The run: every selected cell for both contenders, then the table and what the run left.
 fn parent_main(args: &[String]) -> BoxResult<()> {
     let options = Options::parse(args)?;
     if options.list {
@@ -70,12 +70,14 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
         }
         return Ok(());
     }
-    let _sweeper = SegmentSweeper;
-    let stale = iceoryx2_side::remove_dead_nodes();
-    if stale > 0 {
-        eprintln!("shmq-peers: removed the stale resources of {stale} dead iceoryx2 node(s)");
+    let _sweeper = ShmqSweeper;
+    let run = cleanup::run_id();
+    for path in cleanup::remove_dead_runs() {
+        eprintln!(
+            "shmq-peers: removed {} (left by a run that was killed)",
+            path.display()
+        );
     }
-    let before = Snapshot::take();
     let commit = report::commit();
     let started = report::utc_now();
     let mut rows = Vec::new();
@@ -88,7 +90,11 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
         };
         for contender in Contender::ALL {
             eprintln!("shmq-peers: {} {} ...", contender.id(), cell.id());
-            match measure(contender, cell, index, options.quick) {
+            let names = Names {
+                run: run.clone(),
+                measurement: format!("{run}-{index}-{}", contender.id()),
+            };
+            match measure(contender, cell, &names, options.quick) {
                 Ok(m) => match contender {
                     Contender::Shmq => row.shmq = Some(m),
                     Contender::Iceoryx2 => row.iceoryx2 = Some(m),
@@ -105,31 +111,54 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
         "{}",
         report::render(&rows, &commit, &started, options.quick)
     );
-    cleanup::remove_own_shmq_segments();
-    iceoryx2_side::remove_dead_nodes();
-    let left = Snapshot::take().new_since(&before);
-    if left.is_empty() {
-        println!("\nShared memory and iceoryx2 files left by this run: none.");
-    } else {
-        println!("\nShared memory and iceoryx2 files left by this run:");
-        for path in &left {
-            println!("- {}", path.display());
-        }
-    }
+    print!("{}", report_leftovers(&run));
     if failures > 0 {
         return Err(format!("{failures} measurement(s) failed").into());
     }
     Ok(())
 }
 
-/// One contender in one cell: its channels or services under a name unique to this run,
-/// cell and contender, and a child that receives.
-fn measure(contender: Contender, cell: Cell, index: usize, quick: bool) -> BoxResult<Measurement> {
+/// After every measurement's processes are gone: asks iceoryx2 to clean up after dead nodes
+/// of the run's domain, lists what the run still has in /dev/shm and /tmp/iceoryx2 (what the
+/// libraries left after their own cleanup), removes it, and says what it removed.
+fn report_leftovers(run: &str) -> String {
+    let dead_nodes = iceoryx2_side::remove_dead_nodes(run);
+    let left = cleanup::run_files(run);
+    let removed = cleanup::remove_run_files(run);
+    let still = cleanup::run_files(run);
+    let mut out = String::from("\nFiles of this run after both libraries dropped everything");
+    if dead_nodes > 0 {
+        out.push_str(&format!(
+            " (and iceoryx2 cleaned {dead_nodes} dead node(s))"
+        ));
+    }
+    if left.is_empty() {
+        out.push_str(": none.\n");
+    } else {
+        out.push_str(":\n\n");
+        for path in &left {
+            let fate = if removed.contains(path) {
+                "removed by the benchmark"
+            } else {
+                "could not be removed"
+            };
+            out.push_str(&format!("- {} ({fate})\n", path.display()));
+        }
+    }
+    if !still.is_empty() {
+        out.push_str(&format!("{} file(s) of this run remain.\n", still.len()));
+    }
+    out
+}
+
+/// One contender in one cell: its channels or services under `names`, and a child that
+/// receives.
+fn measure(contender: Contender, cell: Cell, names: &Names, quick: bool) -> BoxResult<Measurement> {
     let plan = Plan::new(cell, quick);
     let args = ChildArgs {
         contender,
         cell,
-        base_name: format!("{}-{index}-{}", cleanup::run_base(), contender.id()),
+        names: names.clone(),
         quick,
     };
     let start_child = || -> BoxResult<Peer> {
@@ -137,8 +166,8 @@ fn measure(contender: Contender, cell: Cell, index: usize, quick: bool) -> BoxRe
         peer.expect(READY)?;
         Ok(peer)
     };
-    let measurement = contender.measure(cell, &plan, &args.base_name, &start_child);
+    let measurement = contender.measure(cell, &plan, names, &start_child);
     // A failed measurement may leave its channels behind (a killed child's, for one).
-    cleanup::remove_own_shmq_segments();
+    cleanup::remove_shmq_objects(&names.run);
     measurement
 }

@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::cell::Cell;
+use crate::cleanup::Names;
 use crate::contender::Contender;
 use crate::error::{BoxResult, Context};
 
@@ -26,8 +27,8 @@ pub struct ChildArgs {
     pub contender: Contender,
     /// The cell being measured.
     pub cell: Cell,
-    /// The unique base of the channel or service names of this measurement.
-    pub base_name: String,
+    /// The names of this measurement.
+    pub names: Names,
     /// Whether the run is `--quick`.
     pub quick: bool,
 }
@@ -38,7 +39,8 @@ impl ChildArgs {
         let mut args = vec![
             self.contender.id().to_owned(),
             self.cell.id(),
-            self.base_name.clone(),
+            self.names.run.clone(),
+            self.names.measurement.clone(),
         ];
         if self.quick {
             args.push("--quick".to_owned());
@@ -48,14 +50,19 @@ impl ChildArgs {
 
     /// Parses what [`to_args`](Self::to_args) wrote.
     pub fn parse(args: &[String]) -> BoxResult<ChildArgs> {
-        let [contender, cell, base_name, rest @ ..] = args else {
-            return Err(format!("child arguments {args:?}: expected contender cell name").into());
+        let [contender, cell, run, measurement, rest @ ..] = args else {
+            return Err(
+                format!("child arguments {args:?}: expected contender cell run name").into(),
+            );
         };
         Ok(ChildArgs {
             contender: Contender::parse(contender)
                 .ok_or_else(|| format!("unknown contender {contender:?}"))?,
             cell: Cell::parse(cell).ok_or_else(|| format!("unknown cell {cell:?}"))?,
-            base_name: base_name.clone(),
+            names: Names {
+                run: run.clone(),
+                measurement: measurement.clone(),
+            },
             quick: rest.iter().any(|a| a == "--quick"),
         })
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use shmq::{ChannelConfig, Message, Receiver, Sender, TryRecvError};
 
 use crate::cell::{Cell, Waiting, Write};
+use crate::cleanup::Names;
 use crate::contender::{Measurement, StartChild};
 use crate::drive::{self, READY};
 use crate::error::{BoxResult, Context};
@@ -105,9 +106,10 @@ impl StreamSender {
 pub fn measure(
     cell: Cell,
     plan: &Plan,
-    base: &str,
+    names: &Names,
     start_child: StartChild<'_>,
 ) -> BoxResult<Measurement> {
+    let base = &names.measurement;
     let waiting = cell.waiting();
     let len = cell.payload();
     let (sender, forward_receiver) =
@@ -148,7 +150,8 @@ pub fn measure(
 }
 
 /// Child side of `cell` for shmq.
-pub fn serve(cell: Cell, plan: &Plan, base: &str) -> BoxResult<()> {
+pub fn serve(cell: Cell, plan: &Plan, names: &Names) -> BoxResult<()> {
+    let base = &names.measurement;
     let waiting = cell.waiting();
     let len = cell.payload();
     let receiver = Receiver::open(&forward_name(base)).context("opening a channel")?;
