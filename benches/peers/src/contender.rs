@@ -56,9 +56,10 @@ impl Measurement {
                 receiver_usage: result.receiver_usage,
                 messages: result.messages,
             },
-            _ => Measurement::Throughput {
-                bytes_per_second: messages * cell.payload() as f64 / seconds,
+            Cell::Throughput { payload, .. } => Measurement::Throughput {
+                bytes_per_second: messages * payload as f64 / seconds,
             },
+            Cell::Latency { .. } => unreachable!("a latency cell is a ping-pong, not a stream"),
         }
     }
 }

@@ -71,7 +71,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
-/// The value of `measurement` that the table shows, with its kind (for the ratio).
+/// The figures of `measurement` that the table shows, one row each, with the suffix of the
+/// row's name: throughput and rate have one, latency two (median and p99).
 fn figures(measurement: &Measurement) -> Vec<(&'static str, f64)> {
     match measurement {
         Measurement::Throughput { bytes_per_second } => vec![("", *bytes_per_second)],
@@ -85,6 +86,7 @@ fn figures(measurement: &Measurement) -> Vec<(&'static str, f64)> {
     }
 }
 
+/// A figure of `measurement` with its unit.
 fn format_value(measurement: &Measurement, value: f64) -> String {
     match measurement {
         Measurement::Throughput { .. } => format!("{:.2} GB/s", value / 1e9),
@@ -94,10 +96,55 @@ fn format_value(measurement: &Measurement, value: f64) -> String {
     }
 }
 
+/// The rows of one cell in the main table (two for latency).
+fn cell_rows(row: &Row) -> String {
+    let shmq = row.shmq.as_ref().map(figures).unwrap_or_default();
+    let iceoryx2 = row.iceoryx2.as_ref().map(figures).unwrap_or_default();
+    let shown = |m: &Option<Measurement>, f: &[(&str, f64)], i: usize| match (m, f.get(i)) {
+        (Some(m), Some(&(_, value))) => format_value(m, value),
+        _ => "failed".to_owned(),
+    };
+    let mut out = String::new();
+    for i in 0..shmq.len().max(iceoryx2.len()).max(1) {
+        let suffix = shmq.get(i).or(iceoryx2.get(i)).map_or("", |f| f.0);
+        let ratio = match (shmq.get(i), iceoryx2.get(i)) {
+            (Some((_, a)), Some((_, b))) if *b > 0.0 => format!("{:.2}", a / b),
+            _ => "-".to_owned(),
+        };
+        out.push_str(&format!(
+            "| {}{suffix} | {} | {} | {ratio} |\n",
+            row.cell,
+            shown(&row.shmq, &shmq, i),
+            shown(&row.iceoryx2, &iceoryx2, i)
+        ));
+    }
+    out
+}
+
+/// The receiver's counters per message of one contender in a rate cell; `None` for other
+/// cells.
+fn usage_row(cell: Cell, who: &str, measurement: &Option<Measurement>) -> Option<String> {
+    let Some(Measurement::Rate {
+        receiver_usage: usage,
+        messages,
+        ..
+    }) = measurement
+    else {
+        return None;
+    };
+    let per = |count: u64| count as f64 / *messages as f64;
+    Some(format!(
+        "| {cell} | {who} | {messages} | {:.6} | {:.6} | {:.6} | {:.6} |\n",
+        per(usage.minor_faults + usage.major_faults),
+        per(usage.voluntary_switches),
+        per(usage.involuntary_switches),
+        per(usage.voluntary_switches + usage.involuntary_switches),
+    ))
+}
+
 /// The whole report as markdown.
 pub fn render(rows: &[Row], commit: &str, time: &str, quick: bool) -> String {
-    let mut out = String::new();
-    out.push_str("## shmq against iceoryx2 (benches/peers)\n\n");
+    let mut out = String::from("## shmq against iceoryx2 (benches/peers)\n\n");
     out.push_str(&format!(
         "commit {commit}, {time}{}, two processes\n\n",
         if quick {
@@ -112,69 +159,28 @@ pub fn render(rows: &[Row], commit: &str, time: &str, quick: bool) -> String {
     );
     out.push_str("| cell | shmq | iceoryx2 | shmq/iceoryx2 |\n|---|---:|---:|---:|\n");
     for row in rows {
-        let shmq = row.shmq.as_ref().map(figures).unwrap_or_default();
-        let iceoryx2 = row.iceoryx2.as_ref().map(figures).unwrap_or_default();
-        let count = shmq.len().max(iceoryx2.len()).max(1);
-        for i in 0..count {
-            let suffix = shmq
-                .get(i)
-                .or_else(|| iceoryx2.get(i))
-                .map(|f| f.0)
-                .unwrap_or("");
-            let cellval = |m: &Option<Measurement>, f: &[(&str, f64)]| match (m, f.get(i)) {
-                (Some(m), Some((_, v))) => format_value(m, *v),
-                _ => "failed".to_owned(),
-            };
-            let ratio = match (shmq.get(i), iceoryx2.get(i)) {
-                (Some((_, a)), Some((_, b))) if *b > 0.0 => format!("{:.2}", a / b),
-                _ => "-".to_owned(),
-            };
-            out.push_str(&format!(
-                "| {}{suffix} | {} | {} | {ratio} |\n",
-                row.cell,
-                cellval(&row.shmq, &shmq),
-                cellval(&row.iceoryx2, &iceoryx2)
-            ));
-        }
+        out.push_str(&cell_rows(row));
     }
-    let usage_rows: Vec<String> = rows
+    let usage: Vec<String> = rows
         .iter()
         .flat_map(|row| {
-            [("shmq", &row.shmq), ("iceoryx2", &row.iceoryx2)]
-                .into_iter()
-                .filter_map(move |(who, m)| match m {
-                    Some(Measurement::Rate {
-                        receiver_usage,
-                        messages,
-                        ..
-                    }) => {
-                        let per = |count: u64| count as f64 / *messages as f64;
-                        Some(format!(
-                            "| {} | {who} | {messages} | {:.6} | {:.6} | {:.6} | {:.6} |\n",
-                            row.cell,
-                            per(receiver_usage.minor_faults + receiver_usage.major_faults),
-                            per(receiver_usage.voluntary_switches),
-                            per(receiver_usage.involuntary_switches),
-                            per(receiver_usage.voluntary_switches
-                                + receiver_usage.involuntary_switches),
-                        ))
-                    }
-                    _ => None,
-                })
+            [
+                usage_row(row.cell, "shmq", &row.shmq),
+                usage_row(row.cell, "iceoryx2", &row.iceoryx2),
+            ]
         })
+        .flatten()
         .collect();
-    if !usage_rows.is_empty() {
+    if !usage.is_empty() {
         out.push_str(
             "\nReceiver per message (getrusage RUSAGE_SELF in the child, over the measured \
-             repetitions):\n\n",
+             repetitions; a futex wait that sleeps is one voluntary switch):\n\n",
         );
         out.push_str(
             "| cell | contender | messages | page faults | voluntary switches | involuntary \
              switches | all switches |\n|---|---|---:|---:|---:|---:|---:|\n",
         );
-        for row in usage_rows {
-            out.push_str(&row);
-        }
+        out.extend(usage);
     }
     out
 }
