@@ -33,7 +33,7 @@ use error::BoxResult;
 use options::Options;
 use plan::Plan;
 use process::{ChildArgs, Peer, CHILD_COMMAND};
-use report::Row;
+use report::{Row, RunInfo};
 
 /// The longest a measurement of one contender in one cell may take before the watchdog
 /// calls it hung: generous, a full cell takes a few seconds.
@@ -80,6 +80,7 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
     }
     let commit = report::commit();
     let started = report::utc_now();
+    let load_at_start = report::load_average();
     let mut rows = Vec::new();
     let mut failures = 0;
     for (index, &cell) in options.cells.iter().enumerate() {
@@ -107,10 +108,15 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
         }
         rows.push(row);
     }
-    print!(
-        "{}",
-        report::render(&rows, &commit, &started, options.quick)
-    );
+    let info = RunInfo {
+        commit,
+        started,
+        ended: report::utc_now(),
+        load_at_start,
+        load_at_end: report::load_average(),
+        quick: options.quick,
+    };
+    print!("{}", report::render(&rows, &info));
     print!("{}", report_leftovers(&run));
     if failures > 0 {
         return Err(format!("{failures} measurement(s) failed").into());

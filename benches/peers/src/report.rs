@@ -41,6 +41,20 @@ pub fn commit() -> String {
     }
 }
 
+/// The 1, 5 and 15 minute load averages now (/proc/loadavg): other work on the machine shows
+/// in every figure, and a 2-core machine with busy-polling on both sides has no core to spare.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Now as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc_now() -> String {
     let secs = SystemTime::now()
@@ -142,16 +156,34 @@ fn usage_row(cell: Cell, who: &str, measurement: &Option<Measurement>) -> Option
     ))
 }
 
+/// When and where a run happened: the header of the report.
+pub struct RunInfo {
+    /// See [`commit`].
+    pub commit: String,
+    /// When the run started, see [`utc_now`].
+    pub started: String,
+    /// When it ended.
+    pub ended: String,
+    /// [`load_average`] at the start.
+    pub load_at_start: String,
+    /// [`load_average`] at the end.
+    pub load_at_end: String,
+    /// Whether the run was `--quick`.
+    pub quick: bool,
+}
+
 /// The whole report as markdown.
-pub fn render(rows: &[Row], commit: &str, time: &str, quick: bool) -> String {
+pub fn render(rows: &[Row], info: &RunInfo) -> String {
     let mut out = String::from("## shmq against iceoryx2 (benches/peers)\n\n");
+    let quick = if info.quick {
+        ", --quick (smoke test counts)"
+    } else {
+        ""
+    };
     out.push_str(&format!(
-        "commit {commit}, {time}{}, two processes\n\n",
-        if quick {
-            ", --quick (smoke test counts)"
-        } else {
-            ""
-        }
+        "commit {}, {} to {}{quick}, two processes; load average {} at the start, {} at the \
+         end\n\n",
+        info.commit, info.started, info.ended, info.load_at_start, info.load_at_end,
     ));
     out.push_str(
         "shmq/iceoryx2 above 1 means shmq is faster for GB/s and msg/s; for latency, below 1 \
