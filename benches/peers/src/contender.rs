@@ -26,6 +26,8 @@ pub enum Measurement {
     Throughput {
         /// Bytes per second.
         bytes_per_second: f64,
+        /// The slowest and the fastest measured repetition, bytes per second.
+        range: (f64, f64),
     },
     /// One-way latency, half of each round trip.
     Latency {
@@ -38,6 +40,8 @@ pub enum Measurement {
     Rate {
         /// Messages per second.
         messages_per_second: f64,
+        /// The slowest and the fastest measured repetition, messages per second.
+        range: (f64, f64),
         /// The receiver's counters over the measured repetitions.
         receiver_usage: Usage,
         /// Messages of the measured repetitions.
@@ -48,18 +52,26 @@ pub enum Measurement {
 impl Measurement {
     /// The measurement of stream cell `cell` from its repetitions.
     pub fn of_stream(cell: Cell, result: &StreamResult, plan: &Plan) -> Measurement {
-        let seconds = result.median_seconds();
-        let messages = plan.messages_per_repetition as f64;
+        let units = match cell {
+            Cell::Rate { .. } => 1.0,
+            Cell::Throughput { payload, .. } => payload as f64,
+            Cell::Latency { .. } => unreachable!("a latency cell is a ping-pong, not a stream"),
+        };
+        let per_second = |seconds: f64| plan.messages_per_repetition as f64 * units / seconds;
+        let median = per_second(result.median_seconds());
+        let (fastest, slowest) = result.extreme_seconds();
+        let range = (per_second(slowest), per_second(fastest));
         match cell {
             Cell::Rate { .. } => Measurement::Rate {
-                messages_per_second: messages / seconds,
+                messages_per_second: median,
+                range,
                 receiver_usage: result.receiver_usage,
                 messages: result.messages,
             },
-            Cell::Throughput { payload, .. } => Measurement::Throughput {
-                bytes_per_second: messages * payload as f64 / seconds,
+            _ => Measurement::Throughput {
+                bytes_per_second: median,
+                range,
             },
-            Cell::Latency { .. } => unreachable!("a latency cell is a ping-pong, not a stream"),
         }
     }
 }

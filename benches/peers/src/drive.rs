@@ -34,6 +34,13 @@ impl StreamResult {
     pub fn median_seconds(&self) -> f64 {
         stats::median(&mut self.seconds.clone()).unwrap_or(f64::NAN)
     }
+
+    /// Seconds of the fastest and of the slowest repetition.
+    pub fn extreme_seconds(&self) -> (f64, f64) {
+        let fastest = self.seconds.iter().copied().fold(f64::INFINITY, f64::min);
+        let slowest = self.seconds.iter().copied().fold(0.0, f64::max);
+        (fastest, slowest)
+    }
 }
 
 /// Parent side of a stream: runs every repetition of `plan`, `send(seq)` sending message

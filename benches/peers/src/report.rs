@@ -85,28 +85,45 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// One figure of a row: the suffix of the row's name, the value, the range of repetitions.
+type Figure = (&'static str, f64, Option<(f64, f64)>);
+
 /// The figures of `measurement` that the table shows, one row each, with the suffix of the
-/// row's name: throughput and rate have one, latency two (median and p99).
-fn figures(measurement: &Measurement) -> Vec<(&'static str, f64)> {
+/// row's name and, for the median of repetitions, the range of the repetitions: throughput
+/// and rate have one row, latency two (median and p99).
+fn figures(measurement: &Measurement) -> Vec<Figure> {
     match measurement {
-        Measurement::Throughput { bytes_per_second } => vec![("", *bytes_per_second)],
+        Measurement::Throughput {
+            bytes_per_second,
+            range,
+        } => vec![("", *bytes_per_second, Some(*range))],
         Measurement::Latency { median_ns, p99_ns } => {
-            vec![(" median", *median_ns), (" p99", *p99_ns)]
+            vec![(" median", *median_ns, None), (" p99", *p99_ns, None)]
         }
         Measurement::Rate {
             messages_per_second,
+            range,
             ..
-        } => vec![("", *messages_per_second)],
+        } => vec![("", *messages_per_second, Some(*range))],
     }
 }
 
-/// A figure of `measurement` with its unit.
-fn format_value(measurement: &Measurement, value: f64) -> String {
-    match measurement {
-        Measurement::Throughput { .. } => format!("{:.2} GB/s", value / 1e9),
-        Measurement::Latency { .. } if value >= 10_000.0 => format!("{:.1} µs", value / 1e3),
-        Measurement::Latency { .. } => format!("{value:.0} ns"),
-        Measurement::Rate { .. } => format!("{:.2} M msg/s", value / 1e6),
+/// A figure of `measurement` with its unit, and the range of the repetitions if given.
+fn format_value(measurement: &Measurement, value: f64, range: Option<(f64, f64)>) -> String {
+    let (scale, unit, digits) = match measurement {
+        Measurement::Throughput { .. } => (1e9, "GB/s", 2),
+        Measurement::Latency { .. } if value >= 10_000.0 => (1e3, "µs", 1),
+        Measurement::Latency { .. } => (1.0, "ns", 0),
+        Measurement::Rate { .. } => (1e6, "M msg/s", 2),
+    };
+    let shown = format!("{:.digits$} {unit}", value / scale);
+    match range {
+        Some((low, high)) => format!(
+            "{shown} ({:.digits$}-{:.digits$})",
+            low / scale,
+            high / scale
+        ),
+        None => shown,
     }
 }
 
@@ -114,15 +131,15 @@ fn format_value(measurement: &Measurement, value: f64) -> String {
 fn cell_rows(row: &Row) -> String {
     let shmq = row.shmq.as_ref().map(figures).unwrap_or_default();
     let iceoryx2 = row.iceoryx2.as_ref().map(figures).unwrap_or_default();
-    let shown = |m: &Option<Measurement>, f: &[(&str, f64)], i: usize| match (m, f.get(i)) {
-        (Some(m), Some(&(_, value))) => format_value(m, value),
+    let shown = |m: &Option<Measurement>, f: &[Figure], i: usize| match (m, f.get(i)) {
+        (Some(m), Some(&(_, value, range))) => format_value(m, value, range),
         _ => "failed".to_owned(),
     };
     let mut out = String::new();
     for i in 0..shmq.len().max(iceoryx2.len()).max(1) {
         let suffix = shmq.get(i).or(iceoryx2.get(i)).map_or("", |f| f.0);
         let ratio = match (shmq.get(i), iceoryx2.get(i)) {
-            (Some((_, a)), Some((_, b))) if *b > 0.0 => format!("{:.2}", a / b),
+            (Some((_, a, _)), Some((_, b, _))) if *b > 0.0 => format!("{:.2}", a / b),
             _ => "-".to_owned(),
         };
         out.push_str(&format!(
@@ -186,7 +203,8 @@ pub fn render(rows: &[Row], info: &RunInfo) -> String {
         info.commit, info.started, info.ended, info.load_at_start, info.load_at_end,
     ));
     out.push_str(
-        "shmq/iceoryx2 above 1 means shmq is faster for GB/s and msg/s; for latency, below 1 \
+        "GB/s and msg/s: median of the measured repetitions (slowest-fastest in brackets); \
+         shmq/iceoryx2 above 1 means shmq is faster. Latency: half the round trip; below 1 \
          means shmq is faster.\n\n",
     );
     out.push_str("| cell | shmq | iceoryx2 | shmq/iceoryx2 |\n|---|---:|---:|---:|\n");
