@@ -64,6 +64,10 @@ fn child_main(args: &[String]) -> BoxResult<()> {
 /// The run: every selected cell for both contenders, then the table and what the run left.
 fn parent_main(args: &[String]) -> BoxResult<()> {
     let options = Options::parse(args)?;
+    if options.help {
+        println!("{}", options::USAGE);
+        return Ok(());
+    }
     if options.list {
         for cell in Cell::all() {
             println!("{}", cell.id());

@@ -12,6 +12,8 @@ pub struct Options {
     pub cells: Vec<Cell>,
     /// Print the cell ids and exit.
     pub list: bool,
+    /// Print [`USAGE`] and exit.
+    pub help: bool,
 }
 
 /// The usage text of `--help`.
@@ -30,6 +32,7 @@ impl Options {
     pub fn parse(args: &[String]) -> BoxResult<Options> {
         let mut quick = false;
         let mut list = false;
+        let mut help = false;
         let mut selections: Vec<String> = Vec::new();
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -40,7 +43,7 @@ impl Options {
                     let value = args.next().ok_or("--cells needs a value")?;
                     selections.extend(value.split(',').map(str::to_owned));
                 }
-                "-h" | "--help" => return Err(USAGE.into()),
+                "-h" | "--help" => help = true,
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
             }
         }
@@ -57,6 +60,11 @@ impl Options {
                 .filter(|c| selections.iter().any(|s| c.id().starts_with(s.as_str())))
                 .collect()
         };
-        Ok(Options { quick, cells, list })
+        Ok(Options {
+            quick,
+            cells,
+            list,
+            help,
+        })
     }
 }
