@@ -117,11 +117,29 @@ pub fn remove_dead_runs() -> Vec<PathBuf> {
     remove_all(files_where(dead))
 }
 
+/// Removes `files`, and each iceoryx2 node or service directory that removing them left
+/// empty: those directories are named by node id, without the domain's prefix, so they are
+/// known to be the run's only by the files they held. iceoryx2's own top directories
+/// (`nodes`, `services`), shared by every iceoryx2 user, stay.
 fn remove_all(files: BTreeSet<PathBuf>) -> Vec<PathBuf> {
-    files
+    let shared_dirs = [
+        Path::new(ICEORYX2_DIR).to_path_buf(),
+        Path::new(ICEORYX2_DIR).join("nodes"),
+        Path::new(ICEORYX2_DIR).join("services"),
+    ];
+    let removed: Vec<PathBuf> = files
         .into_iter()
         .filter(|path| std::fs::remove_file(path).is_ok())
-        .collect()
+        .collect();
+    for path in &removed {
+        if let Some(dir) = path.parent() {
+            if dir.starts_with(ICEORYX2_DIR) && !shared_dirs.iter().any(|d| d == dir) {
+                // Fails, harmlessly, while the directory holds files of another run.
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+    removed
 }
 
 /// Cleans up after a failure, just before the process exits: every file of this run (its
