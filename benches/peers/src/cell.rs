@@ -98,6 +98,7 @@ pub fn size_label(bytes: usize) -> String {
     }
 }
 
+/// Parses what [`size_label`] writes.
 fn parse_size(text: &str) -> Option<usize> {
     let (digits, shift) = if let Some(d) = text.strip_suffix("MiB") {
         (d, 20)

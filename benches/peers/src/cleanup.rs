@@ -72,6 +72,7 @@ fn files_where(keep: impl Fn(&str) -> bool) -> BTreeSet<PathBuf> {
     files
 }
 
+/// Adds to `files` every file under `dir`, at any depth, whose name satisfies `keep`.
 fn list_tree(dir: &Path, keep: &impl Fn(&str) -> bool, files: &mut BTreeSet<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

@@ -126,6 +126,7 @@ pub fn serve_ping_pong(plan: &Plan, mut echo: impl FnMut(u64) -> BoxResult<()>) 
     report(&format!("{DONE} {} {}", monotonic_ns(), usage.to_fields()))
 }
 
+/// The end time and the counters of a `done` report.
 fn parse_done(fields: &[String]) -> BoxResult<(u64, Usage)> {
     let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
     let bad = || format!("malformed report {fields:?}");

@@ -23,9 +23,13 @@ use crate::plan::Plan;
 use crate::process::report;
 use crate::stats;
 
+/// A publish-subscribe service of byte slices, as both contenders move bytes.
 type Data = PortFactory<ipc::Service, [u8], ()>;
+/// The publisher of a [`Data`] service.
 type DataPublisher = Publisher<ipc::Service, [u8], ()>;
+/// The subscriber of a [`Data`] service.
 type DataSubscriber = Subscriber<ipc::Service, [u8], ()>;
+/// A received sample of a [`Data`] service.
 type DataSample = Sample<ipc::Service, [u8], ()>;
 
 /// The configuration of run `run`'s private iceoryx2 domain: iceoryx2's defaults with a
@@ -109,6 +113,8 @@ fn publisher(service: &Data, len: usize) -> BoxResult<DataPublisher> {
         .context("creating an iceoryx2 publisher")
 }
 
+/// The subscriber of a data service, its buffer as deep as the service allows (shmq's ring
+/// capacity, see [`data_service`]).
 fn subscriber(service: &Data, plan: &Plan) -> BoxResult<DataSubscriber> {
     service
         .subscriber_builder()

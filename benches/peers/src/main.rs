@@ -41,6 +41,7 @@ fn measurement_deadline(quick: bool) -> Duration {
     Duration::from_secs(if quick { 120 } else { 600 })
 }
 
+/// Runs a measurement child when started with the hidden subcommand, else the whole run.
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.split_first() {

@@ -52,10 +52,12 @@ fn sample_offsets(len: usize) -> impl Iterator<Item = usize> {
     (0..count).map(move |k| WORD + (k * inner_words / count) * WORD)
 }
 
+/// Writes `value` little-endian at byte `offset`.
 fn put_word(buf: &mut [u8], offset: usize, value: u64) {
     buf[offset..offset + WORD].copy_from_slice(&value.to_le_bytes());
 }
 
+/// Reads the little-endian word at byte `offset`.
 fn get_word(buf: &[u8], offset: usize) -> u64 {
     let mut word = [0u8; WORD];
     word.copy_from_slice(&buf[offset..offset + WORD]);

@@ -150,6 +150,7 @@ impl Drop for Peer {
     }
 }
 
+/// The child, even if a thread panicked while holding it (the handle stays usable).
 fn lock(child: &Mutex<Child>) -> std::sync::MutexGuard<'_, Child> {
     child
         .lock()
