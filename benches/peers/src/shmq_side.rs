@@ -1,0 +1,178 @@
+//! shmq's side of every cell: channels sized like iceoryx2's services, the sender writing in
+//! place (`loan`) or copying (`send`), the receiver blocking (`recv`) or spinning
+//! (`try_recv`).
+
+use std::hint::spin_loop;
+use std::time::Duration;
+
+use shmq::{ChannelConfig, Message, Receiver, Sender, TryRecvError};
+
+use crate::cell::{Cell, Waiting, Write};
+use crate::cleanup::Names;
+use crate::contender::{Measurement, StartChild};
+use crate::drive::{self, READY};
+use crate::error::{BoxResult, Context};
+use crate::pattern;
+use crate::plan::Plan;
+use crate::process::report;
+use crate::stats;
+
+/// shmq lays payloads above 96 bytes out in 4 KiB pages.
+const ARENA_PAGE: usize = 4096;
+
+/// The channel a stream (or a ping) travels on, from parent to child.
+fn forward_name(base: &str) -> String {
+    format!("{base}-fwd")
+}
+
+/// The channel a pong travels on, from child to parent.
+fn backward_name(base: &str) -> String {
+    format!("{base}-back")
+}
+
+/// The channel configuration of a cell, sized as its iceoryx2 service is:
+/// - ring capacity = `plan.queue_depth`, iceoryx2's `subscriber_max_buffer_size`;
+/// - arena = room for `queue_depth + 2` payloads: the queued ones, the one the receiver holds
+///   while checking it and the one the sender is filling, which is what iceoryx2 preallocates
+///   with one subscriber, one borrowed sample and one loaned sample;
+/// - blocking back-pressure is shmq's only behaviour when full (it never overwrites), as
+///   iceoryx2's `RetryUntilDelivered` with safe overflow off.
+fn config(cell: Cell, plan: &Plan) -> ChannelConfig {
+    let payload_pages = cell.payload().div_ceil(ARENA_PAGE).max(1);
+    ChannelConfig::default()
+        .with_capacity(plan.queue_depth)
+        .with_arena_bytes((plan.queue_depth + 2) * payload_pages * ARENA_PAGE)
+}
+
+/// Busy waiting: blocking calls never sleep (shmq spins before it sleeps; `Duration::MAX`
+/// spins for ever). Default waiting keeps shmq's default spin.
+fn apply_waiting_to_sender(sender: &Sender, waiting: Waiting) {
+    if waiting == Waiting::Busy {
+        sender.set_spin(Duration::MAX);
+    }
+}
+
+/// The next message: a blocking `recv`, or a `try_recv` loop when busy.
+fn receive(receiver: &Receiver, waiting: Waiting) -> BoxResult<Message> {
+    match waiting {
+        Waiting::Default => receiver.recv().context("shmq recv"),
+        Waiting::Busy => loop {
+            match receiver.try_recv() {
+                Ok(message) => return Ok(message),
+                Err(TryRecvError::Empty) => spin_loop(),
+                Err(e) => return Err(format!("shmq try_recv: {e:?}").into()),
+            }
+        },
+    }
+}
+
+/// Sends message `seq` of a stream, written as the cell says.
+struct StreamSender {
+    sender: Sender,
+    write: Write,
+    len: usize,
+    /// The prepared private buffer a copying sender copies from.
+    private: Vec<u8>,
+}
+
+impl StreamSender {
+    fn new(sender: Sender, write: Write, len: usize) -> StreamSender {
+        let mut private = vec![0u8; len];
+        pattern::fill(&mut private, 0);
+        StreamSender {
+            sender,
+            write,
+            len,
+            private,
+        }
+    }
+
+    fn send(&mut self, seq: u64) -> BoxResult<()> {
+        match self.write {
+            Write::Loan => {
+                let mut loan = self.sender.loan(self.len).context("shmq loan")?;
+                pattern::fill(&mut loan, seq);
+                loan.send().context("shmq loan send")
+            }
+            Write::CopyIn => {
+                pattern::stamp(&mut self.private, seq);
+                self.sender.send(&self.private).context("shmq send")
+            }
+        }
+    }
+}
+
+/// Parent side of `cell` for shmq.
+pub fn measure(
+    cell: Cell,
+    plan: &Plan,
+    names: &Names,
+    start_child: StartChild<'_>,
+) -> BoxResult<Measurement> {
+    let base = &names.measurement;
+    let waiting = cell.waiting();
+    let len = cell.payload();
+    let (sender, forward_receiver) =
+        shmq::channel(&forward_name(base), config(cell, plan)).context("creating a channel")?;
+    apply_waiting_to_sender(&sender, waiting);
+    match cell {
+        Cell::Throughput { .. } | Cell::Rate { .. } => {
+            let mut peer = start_child()?;
+            // The child has its own receiver now; ours only kept the channel connected.
+            drop(forward_receiver);
+            let mut stream = StreamSender::new(sender, cell.write(), len);
+            let result = drive::drive_stream(&mut peer, plan, |seq| stream.send(seq))?;
+            peer.finish()?;
+            Ok(Measurement::of_stream(cell, &result, plan))
+        }
+        Cell::Latency { .. } => {
+            let (backward_sender, receiver) =
+                shmq::channel(&backward_name(base), config(cell, plan))
+                    .context("creating a channel")?;
+            let mut peer = start_child()?;
+            drop((forward_receiver, backward_sender));
+            let mut ping = vec![0u8; len];
+            pattern::fill(&mut ping, 0);
+            let mut one_way = drive::drive_ping_pong(&mut peer, plan, |seq| {
+                pattern::stamp(&mut ping, seq);
+                sender.send(&ping).context("shmq send")?;
+                let pong = receive(&receiver, waiting)?;
+                pattern::verify(&pong, seq, len)?;
+                Ok(())
+            })?;
+            peer.finish()?;
+            Ok(Measurement::Latency {
+                median_ns: stats::median(&mut one_way).unwrap_or(f64::NAN),
+                p99_ns: stats::quantile(&mut one_way, 0.99).unwrap_or(f64::NAN),
+            })
+        }
+    }
+}
+
+/// Child side of `cell` for shmq.
+pub fn serve(cell: Cell, plan: &Plan, names: &Names) -> BoxResult<()> {
+    let base = &names.measurement;
+    let waiting = cell.waiting();
+    let len = cell.payload();
+    let receiver = Receiver::open(&forward_name(base)).context("opening a channel")?;
+    match cell {
+        Cell::Throughput { .. } | Cell::Rate { .. } => {
+            report(READY)?;
+            drive::serve_stream(plan, |seq| {
+                let message = receive(&receiver, waiting)?;
+                pattern::verify(&message, seq, len)?;
+                Ok(())
+            })
+        }
+        Cell::Latency { .. } => {
+            let sender = Sender::open(&backward_name(base)).context("opening a channel")?;
+            apply_waiting_to_sender(&sender, waiting);
+            report(READY)?;
+            drive::serve_ping_pong(plan, |seq| {
+                let ping = receive(&receiver, waiting)?;
+                pattern::verify(&ping, seq, len)?;
+                sender.send(&ping).context("shmq send")
+            })
+        }
+    }
+}
