@@ -6,7 +6,7 @@
 //! ```text
 //! 0      config: magic, capacity, arena bytes, next overflow id, flags
 //! 768    tail: positions ever claimed by senders (own cache lines)
-//! 1536   head: positions ever taken by receivers (own cache lines)
+//! 1536   head: positions taken by receivers, published every few takes (own cache lines)
 //! 1664   allocator lock; 1728 counters; 1792 futex words and their armed flags
 //! 1920   overflow table: 64 x (id, owner, length)
 //! 3456   per participant, one cache line each: taken, dropped, tasks done, leaving, and the
@@ -51,7 +51,8 @@ pub(super) const C_FLAGS: u64 = 32;
 /// Positions ever claimed by senders; a hint senders move on with one CAS per claim (and help
 /// along when they find it behind), never ahead of a claimed slot.
 pub(super) const C_TAIL: u64 = 768;
-/// Positions ever taken by receivers; moved like `tail`.
+/// Positions taken by receivers: a hint they publish every few takes (`fetch_max`), never
+/// ahead of a slot not yet taken; senders and `len()` walk on from it over taken slots.
 pub(super) const C_HEAD: u64 = 1536;
 pub(super) const C_ALLOC_LOCK: u64 = 1664;
 pub(super) const C_RETIRED: u64 = 1728;
@@ -60,6 +61,9 @@ pub(super) const C_MEMBERSHIP_EPOCH: u64 = 1744;
 pub(super) const C_CORRUPT_SKIPPED: u64 = 1752;
 /// Tasks (`task_done` calls, and what reclaims credit the dead) of participants that have gone.
 pub(super) const C_RETIRED_TASKS: u64 = 1760;
+/// Times a receiver moved `head` back (a take left queued for a later try): receivers then
+/// start their next take from the shared head instead of their own hint.
+pub(super) const C_HEAD_REWINDS: u64 = 1768;
 /// `WAIT_KINDS` u32 sequence words, then `WAIT_KINDS` u32 armed flags.
 pub(super) const C_WAIT_WORDS: u64 = 1792;
 /// Things a blocked call may wait for, each with a futex sequence word and an armed flag.
@@ -88,7 +92,8 @@ pub(super) const P_TAKE_POSITION: u64 = 5;
 
 const _: () = assert!(sys::ROBUST_MUTEX_SIZE <= 64);
 const _: () = assert!(C_ALLOC_LOCK + sys::ROBUST_MUTEX_SIZE as u64 <= C_RETIRED);
-const _: () = assert!(C_RETIRED_TASKS + 8 <= C_WAIT_WORDS);
+const _: () = assert!(C_RETIRED_TASKS + 8 <= C_HEAD_REWINDS);
+const _: () = assert!(C_HEAD_REWINDS + 8 <= C_WAIT_WORDS);
 const _: () = assert!(C_WAIT_WORDS + 8 * WAIT_KINDS <= C_OVERFLOW_TABLE);
 const _: () = assert!(8 * (P_TAKE_POSITION + 1) <= PARTICIPANT_STRIDE);
 

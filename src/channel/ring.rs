@@ -4,10 +4,13 @@
 //! died half-way through either ([`Chan::recover_ring`]).
 //!
 //! Every step is one atomic write of the slot's state word ([`SlotState`]), which carries the
-//! position, the phase and the participant holding the slot. `tail` and `head` are hints that
-//! whoever finds them behind moves on; the slots are the truth. Per message and side: one CAS
-//! to claim, one CAS on the hint, one swap to hand the slot on (which orders the wake-up check
-//! that follows, so no extra fence), and a FUTEX_WAKE only when a waiter armed its word.
+//! position, the phase and the participant holding the slot. `tail` and `head` are hints; the
+//! slots are the truth. Senders move `tail` on with one CAS per claim, and whoever finds it
+//! behind helps it on. Receivers publish `head` every few takes and keep a process-local hint
+//! (see [`Chan::publish_head`]); a sender that finds `head` a capacity behind walks on over the
+//! taken slots. Per message and side: one CAS to claim, a CAS on a hint (senders; receivers one
+//! in a few), one swap to hand the slot on (which orders the wake-up check that follows, so no
+//! extra fence), and a FUTEX_WAKE only when a waiter armed its word.
 //!
 //! Crash safety, step by step (the crash points of tests/crash_points.rs):
 //!
@@ -35,9 +38,9 @@ use std::time::Instant;
 use super::alloc::AllocLayout;
 use super::journal::{Txn, Words};
 use super::layout::{
-    Desc, InlineBuf, Phase, Place, SlotState, C_CORRUPT_SKIPPED, DESC_ARENA, DESC_INLINE,
-    DESC_LEN_BITS, DESC_OVERFLOW, DESC_VOID, INLINE_MAX, OVERFLOW_SLOTS, P_TAKEN, P_TAKE_BASE,
-    P_TAKE_POSITION, SLOT_BYTES,
+    Desc, InlineBuf, Phase, Place, SlotState, C_CORRUPT_SKIPPED, C_HEAD_REWINDS, DESC_ARENA,
+    DESC_INLINE, DESC_LEN_BITS, DESC_OVERFLOW, DESC_VOID, INLINE_MAX, OVERFLOW_SLOTS, P_TAKEN,
+    P_TAKE_BASE, P_TAKE_POSITION, SLOT_BYTES,
 };
 use super::overflow::payload_lost;
 use super::view::Chan;
@@ -46,6 +49,18 @@ use crate::crash_point;
 use crate::error::{Error, Result};
 use crate::segment::Region;
 use crate::sys;
+
+/// `Chan::take_hint` before this process's first take: start from the shared head.
+pub(super) const NO_HINT: u64 = u64::MAX;
+
+/// The later of two positions (compared by difference, as positions wrap).
+fn later(a: u64, b: u64) -> u64 {
+    if (b.wrapping_sub(a) as i64) > 0 {
+        b
+    } else {
+        a
+    }
+}
 
 /// A message taken off the ring.
 pub(crate) struct Taken {
@@ -277,15 +292,17 @@ impl Chan {
         )))
     }
 
-    /// Whether position `tail` is less than a capacity ahead of the head, helping a head left
-    /// behind (by a receiver that died or stopped after claiming) on the way.
+    /// Whether position `tail` is less than a capacity ahead of the head. The shared `head`
+    /// lags (receivers publish it every few takes, see [`Chan::publish_head`]): a sender that
+    /// finds it a capacity behind walks on over the slots already taken, by their states,
+    /// and keeps what it found in its process-local copy, without writing the shared word.
     fn has_room_at(&self, tail: u64) -> Result<bool> {
         let capacity = self.geo.capacity;
-        if tail.wrapping_sub(self.head_seen.load(Ordering::Relaxed)) < capacity {
+        let seen = self.head_seen.load(Ordering::Relaxed);
+        if tail.wrapping_sub(seen) < capacity {
             return Ok(true);
         }
-        let head_word = self.head();
-        let mut head = head_word.load(Ordering::Acquire);
+        let mut head = later(seen, self.head().load(Ordering::Acquire));
         for _ in 0..self.claim_bound() {
             self.head_seen.store(head, Ordering::Relaxed);
             let queued = tail.wrapping_sub(head) as i64;
@@ -299,7 +316,7 @@ impl Chan {
                 return Ok(true);
             }
             match self.at_head(head)? {
-                AtHead::Taken => head = self.help_head(head),
+                AtHead::Taken => head = head.wrapping_add(1),
                 AtHead::Full(_) | AtHead::NotReady => return Ok(false),
             }
         }
@@ -414,16 +431,51 @@ impl Chan {
         })
     }
 
-    /// Moves the head hint from `head` on by one (if nobody did); returns the head now.
-    fn help_head(&self, head: u64) -> u64 {
-        let next = head.wrapping_add(1);
-        match self
-            .head()
-            .compare_exchange(head, next, Ordering::AcqRel, Ordering::Acquire)
-        {
-            Ok(_) => next,
-            Err(now) => now,
+    /// Where this process's next take looks first: the later of its own hint and the shared
+    /// head (other processes' receivers may have gone far ahead), unless a receiver moved the
+    /// shared head back since (a take left queued, see `try_take`): then the shared head.
+    pub(super) fn take_start(&self) -> u64 {
+        let shared = self.head().load(Ordering::Acquire);
+        let rewinds = self.word(C_HEAD_REWINDS / 8).load(Ordering::Acquire);
+        let hint = self.take_hint.load(Ordering::Relaxed);
+        if rewinds != self.rewinds_seen.load(Ordering::Relaxed) || hint == NO_HINT {
+            self.rewinds_seen.store(rewinds, Ordering::Relaxed);
+            return shared;
         }
+        later(hint, shared)
+    }
+
+    /// Publishes `head` (positions up to it are taken) to the shared word every
+    /// [`Chan::head_publish_every`] positions, and keeps it as this process's hint. The shared
+    /// word is what senders read when their copy says the ring is full: writing it on every
+    /// take would move its cache line between the cores twice per message.
+    fn publish_head(&self, head: u64) {
+        self.take_hint.store(head, Ordering::Relaxed);
+        if head.is_multiple_of(self.head_publish_every()) {
+            self.head().fetch_max(head, Ordering::AcqRel);
+        }
+    }
+
+    /// How many takes apart receivers publish `head`: a quarter of the capacity, from 1 to 16,
+    /// so that a sender waiting for room sees it move while the ring still has most of it.
+    pub(super) fn head_publish_every(&self) -> u64 {
+        (self.geo.capacity / 4)
+            .clamp(1, 16)
+            .next_power_of_two()
+            .min(16)
+    }
+
+    /// The exact number of positions taken: the shared head, walked on over the slots already
+    /// taken (it lags by up to [`Chan::head_publish_every`] positions).
+    pub(super) fn head_now(&self) -> u64 {
+        let mut head = self.head().load(Ordering::Acquire);
+        for _ in 0..self.claim_bound() {
+            match self.at_head(head) {
+                Ok(AtHead::Taken) => head = head.wrapping_add(1),
+                _ => break,
+            }
+        }
+        head
     }
 
     /// Takes the oldest message for participant `slot`. `Ok(None)`: the ring is empty (or its
@@ -438,13 +490,16 @@ impl Chan {
         let taken_word = self.word(self.participant_index(slot, P_TAKEN));
         let base_word = self.word(self.participant_index(slot, P_TAKE_BASE));
         let position_word = self.word(self.participant_index(slot, P_TAKE_POSITION));
-        let mut head = self.head().load(Ordering::Acquire);
+        let mut head = self.take_start();
         for _ in 0..self.claim_bound() {
             let state = match self.at_head(head)? {
                 AtHead::Full(state) => state,
-                AtHead::NotReady => return Ok(None),
+                AtHead::NotReady => {
+                    self.take_hint.store(head, Ordering::Relaxed);
+                    return Ok(None);
+                }
                 AtHead::Taken => {
-                    head = self.help_head(head);
+                    head = head.wrapping_add(1);
                     continue;
                 }
             };
@@ -462,7 +517,7 @@ impl Chan {
                 continue; // another receiver took it: look again
             }
             crash_point!("take-claimed");
-            self.help_head(head);
+            self.publish_head(head.wrapping_add(1));
             let freed = claimed.freed(self.geo.ring_slots);
             let Some(desc) = self.read_desc(head, inline) else {
                 // Void (its sender died before describing it) or garbage: skipped rather than
@@ -490,9 +545,12 @@ impl Chan {
                     Err(e) => {
                         // Left queued for a later try: the slot back to Full, and the head
                         // back to it (other receivers may have moved it on; they walk
-                        // forward again over what they took).
+                        // forward again over what they took). Counting the rewind makes
+                        // every receiver start its next take from the shared head.
                         word.swap(state.0, Ordering::SeqCst);
                         self.head().fetch_min(head, Ordering::AcqRel);
+                        self.word(C_HEAD_REWINDS / 8).fetch_add(1, Ordering::AcqRel);
+                        self.take_hint.store(head, Ordering::Relaxed);
                         position_word.store(0, Ordering::Release);
                         self.notify_fenced(WaitOn::NotEmpty);
                         return Err(e);

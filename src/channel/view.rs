@@ -21,7 +21,7 @@ use super::layout::{
     C_MEMBERSHIP_EPOCH, C_OVERFLOW_NEXT_ID, C_PARTICIPANTS, C_TAIL, FLAG_PERSISTENT, KNOWN_FLAGS,
     PARTICIPANT_STRIDE, P_DROPPED, P_TASKS_DONE,
 };
-use super::ring::TakeLock;
+use super::ring::{TakeLock, NO_HINT};
 use crate::error::{Error, Result};
 use crate::segment::{Region, Role};
 use crate::sys;
@@ -40,6 +40,11 @@ pub(crate) struct Chan {
     /// This process's last reading of `head`: a sender rereads it, a cache line the receivers'
     /// core writes, only when its copy says the ring is full.
     pub(super) head_seen: AtomicU64,
+    /// Where this process's receivers look first for the next message (`ring::NO_HINT`:
+    /// nowhere yet), so that a take reads the shared `head` only when another receiver moved
+    /// it back; and the count of such rewinds it last saw.
+    pub(super) take_hint: AtomicU64,
+    pub(super) rewinds_seen: AtomicU64,
     /// Serialises this process's takes: a participant records one take in progress at a time
     /// (see `ring.rs`).
     pub(super) take_lock: TakeLock,
@@ -96,6 +101,8 @@ impl Chan {
             geo,
             flags,
             head_seen: AtomicU64::new(0),
+            take_hint: AtomicU64::new(NO_HINT),
+            rewinds_seen: AtomicU64::new(0),
             take_lock: TakeLock::default(),
         }
     }
@@ -202,7 +209,7 @@ impl Chan {
     /// Messages in the ring right now (positions claimed by senders and not yet taken, so a
     /// message being written counts).
     pub(crate) fn len(&self) -> usize {
-        let head = self.head().load(Ordering::Acquire);
+        let head = self.head_now();
         let tail = self.tail().load(Ordering::Acquire);
         tail.saturating_sub(head).min(self.geo.capacity) as usize
     }

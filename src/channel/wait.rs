@@ -96,7 +96,7 @@ impl Chan {
     pub(super) fn progress(&self, on: WaitOn) -> &AtomicU64 {
         match on {
             // The state of the slot the next message will be in.
-            WaitOn::NotEmpty => self.slot_state(self.head().load(Ordering::Acquire)),
+            WaitOn::NotEmpty => self.slot_state(self.take_start()),
             WaitOn::NotFull | WaitOn::Done => self.head(),
             WaitOn::Space => self.word(self.geo.alloc.free_pages),
             // Moves only when a participant retires; a `task_done` shows in no single word,
@@ -138,7 +138,9 @@ impl Chan {
             return Err(WaitError::Timeout); // try_ forms: one attempt, no spinning
         }
         // Spin: watch a progress word with one PAUSE per poll (about 25 ns here) and run the
-        // attempt only when it moved, or every 64 polls for conditions it does not show.
+        // attempt only when it moved, or every 64 polls for conditions it does not show. (A
+        // sender waiting for room watches `head`, which receivers publish every few takes:
+        // it resumes when a run of slots is free, not at each one.)
         let start = Instant::now();
         let progress = self.progress(on);
         let mut seen = progress.load(Ordering::Acquire);
