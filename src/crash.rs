@@ -2,9 +2,10 @@
 //! check that what it leaves half-done is finished or undone by the survivors.
 //!
 //! Compiled in only with the `crash-points` feature (tests/crash_points.rs); without it,
-//! [`crash_point!`] expands to nothing. With it, `SHMQ_CRASH_AT=<point>#<n>` in the environment
-//! makes the `n`-th pass (counting from 1) through the point named `<point>` send SIGKILL to
-//! the process: no unwinding, no destructor, as a `kill -9` from outside would.
+//! [`crash_point!`](crate::crash_point) expands to nothing. With it,
+//! `SHMQ_CRASH_AT=<point>#<n>` in the environment makes the `n`-th pass (counting from 1)
+//! through the point named `<point>` send SIGKILL to the process: no unwinding, no
+//! destructor, as a `kill -9` from outside would.
 
 #[cfg(feature = "crash-points")]
 mod armed {
