@@ -95,6 +95,27 @@ def keep_for_child(handle: Any) -> None:
         _keep_with_popen(popen, [handle])
 
 
+_kept_for_children: dict[int, int] = {}
+"""How many children's Popens keep each handle (by ``id``; a kept handle is alive, so its id is
+not reused while counted)."""
+
+
+def kept_for_child(handle: Any) -> bool:
+    """Whether a child being started, or running, keeps ``handle`` alive: closing it in this
+    process must then only let go of it, not detach it, or the segment may vanish before the
+    child registers its inherited copy."""
+    return id(handle) in _kept_for_children
+
+
+def _count_kept(handles: list[Any], step: int) -> None:
+    for handle in handles:
+        count = _kept_for_children.get(id(handle), 0) + step
+        if count > 0:
+            _kept_for_children[id(handle)] = count
+        else:
+            _kept_for_children.pop(id(handle), None)
+
+
 def _keep_with_popen(popen: Any, handles: list[Any]) -> None:
     """Keeps ``handles`` alive until the child of ``popen`` (a multiprocessing Popen) is known
     to have ended, or the Popen (that is, its ``Process``) is gone."""
@@ -106,20 +127,22 @@ def _keep_with_popen(popen: Any, handles: list[Any]) -> None:
     if kept is None:
         kept = state["_shmq_kept"] = []
         original_poll = getattr(popen, "poll", None)
-        if original_poll is None:  # kept as long as the Popen, then
-            kept.extend(handles)
+        if original_poll is None:  # kept as long as the Popen, then (not counted: closing
+            kept.extend(handles)  # still detaches, as before)
             return
 
         # Process.join(), .exitcode and .is_alive() all ask the Popen's poll(): once it reports
         # an exit code, the child needs nothing any more.
         def poll(*args: Any, **kwargs: Any) -> Any:
             code = original_poll(*args, **kwargs)
-            if code is not None:
+            if code is not None and kept:
+                _count_kept(kept, -1)
                 kept.clear()
             return code
 
         popen.poll = poll
     kept.extend(handles)
+    _count_kept(handles, 1)
 
 
 def _handles_in(obj: Any, depth: int = 2) -> list[Any]:

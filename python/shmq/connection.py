@@ -65,7 +65,7 @@ from collections.abc import Callable
 from multiprocessing import BufferTooShort, reduction
 from typing import Any, TypeVar
 
-from . import _channels, _pickle, _tracker
+from . import _channels, _handles, _pickle, _tracker
 from .queues import capacity_from
 from ._errors import AlreadyExistsError, NotFoundError
 from ._shmq import Channel, ReceivedMessage, attach_receiver, receive_message
@@ -260,6 +260,11 @@ class Connection:
             self.close()
         raise OSError("bad message length")
 
+    def _shmq_handles(self) -> list[Any]:
+        """The channels a child being forked with this connection among its arguments must
+        find alive (see :mod:`shmq._handles`)."""
+        return [chan for chan in (self._rx, self._tx) if chan is not None]
+
     # --- properties -------------------------------------------------------------------------
 
     @property
@@ -299,11 +304,15 @@ class Connection:
         if _lingering:
             _sweep()
         try:
+            # A channel a child being started keeps (it was among the Process's arguments) is
+            # only let go of here: the child's Popen holds it until the child is seen to exit,
+            # so that the channel outlives this close until the child has registered its
+            # inherited copy (else a message sent to it meanwhile could vanish with it).
             rx, self._rx = self._rx, None
-            if rx is not None:
+            if rx is not None and not _handles.kept_for_child(rx):
                 rx.close()
             tx, self._tx = self._tx, None
-            if tx is not None:
+            if tx is not None and not _handles.kept_for_child(tx):
                 _retire_sender(tx, self._reach.shared())
         finally:
             _close(fd)
