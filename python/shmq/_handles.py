@@ -96,8 +96,9 @@ def keep_for_child(handle: Any) -> None:
 
 
 _kept_for_children: dict[int, int] = {}
-"""How many children's Popens keep each handle (by ``id``; a kept handle is alive, so its id is
-not reused while counted)."""
+"""How many children's Popens keep each handle, by ``id``: a kept handle is alive, so its id is
+not reused while counted. Every count a Popen adds it takes back once its child is seen to
+exit, or when the Popen itself goes (a ``Process`` dropped without a join)."""
 
 
 def kept_for_child(handle: Any) -> bool:
@@ -107,13 +108,15 @@ def kept_for_child(handle: Any) -> bool:
     return id(handle) in _kept_for_children
 
 
-def _count_kept(handles: list[Any], step: int) -> None:
-    for handle in handles:
-        count = _kept_for_children.get(id(handle), 0) + step
+def _uncount_kept(ids: list[int]) -> None:
+    """Takes back the counts of ``ids`` (once: the list is emptied)."""
+    for key in ids:
+        count = _kept_for_children.get(key, 0) - 1
         if count > 0:
-            _kept_for_children[id(handle)] = count
+            _kept_for_children[key] = count
         else:
-            _kept_for_children.pop(id(handle), None)
+            _kept_for_children.pop(key, None)
+    ids.clear()
 
 
 def _keep_with_popen(popen: Any, handles: list[Any]) -> None:
@@ -126,23 +129,27 @@ def _keep_with_popen(popen: Any, handles: list[Any]) -> None:
     kept = state.get("_shmq_kept")
     if kept is None:
         kept = state["_shmq_kept"] = []
+        ids: list[int] = []
+        state["_shmq_kept_ids"] = ids
+        # The ids only (the handles would outlive the Popen in the finalizer's arguments).
+        weakref.finalize(popen, _uncount_kept, ids)
         original_poll = getattr(popen, "poll", None)
-        if original_poll is None:  # kept as long as the Popen, then (not counted: closing
-            kept.extend(handles)  # still detaches, as before)
-            return
+        if original_poll is not None:
+            # Process.join(), .exitcode and .is_alive() all ask the Popen's poll(): once it
+            # reports an exit code, the child needs nothing any more.
+            def poll(*args: Any, **kwargs: Any) -> Any:
+                code = original_poll(*args, **kwargs)
+                if code is not None and kept:
+                    _uncount_kept(ids)
+                    kept.clear()
+                return code
 
-        # Process.join(), .exitcode and .is_alive() all ask the Popen's poll(): once it reports
-        # an exit code, the child needs nothing any more.
-        def poll(*args: Any, **kwargs: Any) -> Any:
-            code = original_poll(*args, **kwargs)
-            if code is not None and kept:
-                _count_kept(kept, -1)
-                kept.clear()
-            return code
-
-        popen.poll = poll
+            popen.poll = poll
     kept.extend(handles)
-    _count_kept(handles, 1)
+    ids = state["_shmq_kept_ids"]
+    for handle in handles:
+        ids.append(id(handle))
+        _kept_for_children[id(handle)] = _kept_for_children.get(id(handle), 0) + 1
 
 
 def _handles_in(obj: Any, depth: int = 2) -> list[Any]:

@@ -772,6 +772,28 @@ def test_reader_that_opens_after_the_sender_closed(
     report_r.close()
 
 
+def keep_nothing(a: shmq.Connection) -> None:
+    pass
+
+
+def test_what_a_forked_child_keeps_is_counted_until_it_is_seen_to_exit() -> None:
+    from shmq import _handles
+
+    a, b = shmq.Pipe()
+    channels = a._shmq_handles()
+    child = multiprocessing.get_context("fork").Process(target=keep_nothing, args=(a,))
+    child.start()
+    try:
+        assert all(_handles.kept_for_child(chan) for chan in channels)
+        a.close()  # only lets go: the channels stay alive with the child's Popen
+    finally:
+        child.join(HANG)
+    assert child.exitcode == 0
+    assert not any(_handles.kept_for_child(chan) for chan in channels)
+    del channels
+    b.close()
+
+
 def test_two_children_connected_by_a_pipe_the_parent_closed(
     ctx: multiprocessing.context.BaseContext, reaper: list[Any]
 ) -> None:
