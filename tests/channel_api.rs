@@ -137,6 +137,41 @@ fn zero_length_messages() {
     assert_gone(&name);
 }
 
+/// Chunks given back without the lock come back to the allocator: by their hints, or, when more
+/// returns came between two allocations than the hints hold (256), by a walk of the arena when
+/// an allocation finds no room. Either way the whole arena is one loan's again.
+#[test]
+fn chunks_given_back_are_reused_even_past_the_return_hints() {
+    for messages in [3u64, 300] {
+        let name = common::unique_name("ch-returns");
+        let page = PAGE as usize;
+        let arena = 400 * page;
+        let (tx, rx) = shmq::channel(&name, config(512, arena)).expect("create");
+        for seq in 0..messages {
+            let mut bytes = vec![0u8; page];
+            fill_pattern(&mut bytes, seq);
+            tx.try_send(&bytes).expect("queue");
+        }
+        let held: Vec<_> = (0..messages)
+            .map(|_| rx.try_recv().expect("receive"))
+            .collect();
+        assert_eq!(
+            rx.free_arena_bytes(),
+            (400 - messages) * PAGE,
+            "{messages} held"
+        );
+        drop(held); // every return with no allocation between them
+        assert_eq!(rx.free_arena_bytes(), arena as u64, "{messages} returned");
+        let mut whole = tx.try_loan(arena).expect("loan the whole arena");
+        whole.fill(1);
+        assert_eq!(tx.free_arena_bytes(), 0);
+        drop(whole);
+        assert_eq!(tx.free_arena_bytes(), arena as u64);
+        drop((tx, rx));
+        assert_gone(&name);
+    }
+}
+
 #[test]
 fn dropped_loan_gives_memory_back() {
     let name = common::unique_name("ch-loan-drop");

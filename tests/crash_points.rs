@@ -198,3 +198,34 @@ fn a_receiver_killed_at_each_step_loses_only_the_message_it_was_taking() {
         }
     }
 }
+
+/// A receiver killed while giving back an arena chunk without the lock (after marking it
+/// returned, before counting the return): every message it received was delivered whole, the
+/// next receiver gets the rest, and the chunk is freed (by the sweep of the dead receiver, or
+/// by the allocator that next runs out of room), so the arena is whole again.
+#[test]
+fn a_receiver_killed_giving_back_a_chunk_leaves_the_arena_whole() {
+    let (_, size) = SIZES[1];
+    for pass in [1, 4] {
+        let what = format!("receiver killed at return-marked#{pass}");
+        let name = unique_name("cp-return");
+        let (tx, rx) = channel(&name, config()).expect("create channel");
+        for seq in 0..QUEUED {
+            let mut bytes = vec![0; size];
+            fill_pattern(&mut bytes, seq);
+            tx.send(&bytes).expect("queue");
+        }
+        run_until_death("receiver", &name, size, "return-marked", pass);
+        // The dead one checked `pass` messages and died giving back the last one's chunk.
+        drop(tx);
+        let got = receive_all(&rx, size, pass);
+        assert_eq!(
+            got,
+            (pass..QUEUED).collect::<Vec<_>>(),
+            "{what}: received {got:?}"
+        );
+        check_ring_recovered(&name, &rx, size, &what);
+        drop(rx);
+        assert_gone(&name);
+    }
+}

@@ -6,7 +6,8 @@
 //! merges with the free ones. Free runs form a doubly linked list (`link[i]` at the run's first
 //! page); allocation is first fit and cuts the chunk from the end of the run it takes, so that
 //! the run stays in the list. Each chunk's first page also has an `owner` word: the participant
-//! responsible for freeing it if it dies (0 while the chunk sits in the ring).
+//! responsible for freeing it if it dies (0 while the chunk sits in the ring), with the
+//! [`RETURNED`] bit once that participant has given it back without the lock (see `arena.rs`).
 //!
 //! Every operation computes its writes into a [`Txn`] (journal.rs) and commits them through the
 //! allocator lock's journal, so a process that dies mid-operation leaves nothing half-written.
@@ -20,6 +21,9 @@ pub(crate) const ARENA_PAGE: u64 = 4096;
 const USED: u64 = 1 << 63;
 const LEN_MASK: u64 = (1 << 40) - 1;
 const NONE: u64 = 0;
+/// Owner-word bit of a chunk its owner (the participant in the low bits) has given back: free
+/// for whoever holds the allocator lock to free, and owned by nobody else meanwhile.
+pub(crate) const RETURNED: u64 = 1 << 62;
 
 use super::journal::{Txn, Words, JOURNAL_CAPACITY};
 

@@ -382,9 +382,11 @@ impl Endpoint {
         }
     }
 
-    /// Gives back room this participant owns (an unsent loan, or a received message). Bounded
-    /// in time: if the allocator lock is not free within the lock grace (a stopped holder), the
-    /// room is kept for a later release, or for the sweep of this slot when the family goes.
+    /// Gives back room this participant owns (an unsent loan, or a received message). An
+    /// arena chunk goes back without a lock (see arena.rs). An overflow payload's release is
+    /// bounded in time: if the allocator lock is not free within the lock grace (a stopped
+    /// holder), it is kept for a later release, or for the sweep of this slot when the family
+    /// goes.
     /// Room inherited from a parent process is the parent's, and is left alone.
     pub(super) fn release(&self, reserved: &Reserved) {
         if !reserved.owner.is_ours() {
@@ -407,11 +409,12 @@ impl Endpoint {
 
     fn free(&self, reserved: &Reserved) -> Result<()> {
         let slot = reserved.owner.slot;
-        let deadline = Some(Instant::now());
         match &reserved.room {
-            Room::Arena { chunk, .. } => self.chan.free_chunk(*chunk, slot, deadline),
+            // No lock: the next allocator out of room frees it (see arena.rs).
+            Room::Arena { chunk, .. } => self.chan.return_chunk(*chunk, slot),
             Room::Overflow { entry, id, .. } => {
-                self.chan.release_overflow(*entry, *id, slot, deadline)
+                self.chan
+                    .release_overflow(*entry, *id, slot, Some(Instant::now()))
             }
         }
     }
@@ -568,17 +571,42 @@ impl Endpoint {
                 None => Ok(Step::Disconnected),
             }
         })?;
-        Ok(self.message(taken, inline, owner, deadline)?)
+        Ok(self.message(taken, inline, owner)?)
+    }
+
+    /// Receives the oldest message if one is ready, without waiting: one attempt, and no
+    /// clock read unless a lock is found busy (`try_recv` in a polling loop is a hot path).
+    pub(super) fn try_receive(self: &Arc<Self>) -> Result<Message, Stopped> {
+        let owner = self.owner_now()?;
+        let mut inline = InlineBuf([0; INLINE_MAX]);
+        self.release_deferred();
+        let taken = match self.chan.try_take(owner.slot, &mut inline)? {
+            Some(taken) => taken,
+            None if !self.peer_gone() => return Err(Stopped::Deadline(None)),
+            // Every sender is gone; anything they published before dying is still delivered.
+            None => match self.chan.try_take(owner.slot, &mut inline)? {
+                Some(taken) => taken,
+                None => return Err(Stopped::Disconnected),
+            },
+        };
+        Ok(self.message(taken, inline, owner)?)
+    }
+
+    /// [`Endpoint::owner`] for a call that does not wait: the deadline of now (plus the lock
+    /// grace) is read from the clock only in a forked child's first call.
+    fn owner_now(&self) -> Result<Owner> {
+        let generation = sys::fork_generation();
+        if self.fork_generation.load(Ordering::Acquire) == generation {
+            return Ok(Owner {
+                slot: self.slot.load(Ordering::Relaxed),
+                fork_generation: generation,
+            });
+        }
+        self.register_in_child(generation, Some(Instant::now()))
     }
 
     /// Turns a taken message into a [`Message`] that reads the payload in place.
-    fn message(
-        self: &Arc<Self>,
-        taken: Taken,
-        inline: InlineBuf,
-        owner: Owner,
-        deadline: Option<Instant>,
-    ) -> Result<Message> {
+    fn message(self: &Arc<Self>, taken: Taken, inline: InlineBuf, owner: Owner) -> Result<Message> {
         let Taken { desc, payload } = taken;
         let room = match desc.place {
             Place::Inline => {
@@ -605,15 +633,15 @@ impl Endpoint {
                 }
                 // The payload is gone for good (try_take leaves it queued otherwise): report
                 // it, and count the message done, and its task, since no receiver can ever
-                // have it. (A task count that cannot get the allocator lock by the deadline is
-                // lost: one task left unfinished, for the rare payload lost while a stopped
-                // process holds that lock.)
+                // have it. (A task count that cannot get the allocator lock within the lock
+                // grace is lost: one task left unfinished, for the rare payload lost while a
+                // stopped process holds that lock, as for a void slot in try_take.)
                 lost => {
                     let _ = self
                         .chan
                         .release_overflow(entry, id, owner.slot, Some(Instant::now()));
                     self.chan.mark_done(owner.slot);
-                    let _ = self.chan.task_done(owner.slot, deadline);
+                    let _ = self.chan.task_done(owner.slot, Some(Instant::now()));
                     return Err(match lost {
                         Some(Err(e)) => e,
                         _ => Error::corrupted(self.chan.name(), "overflow payload not opened"),

@@ -5,13 +5,15 @@
 //!
 //! ```text
 //! 0      config: magic, capacity, arena bytes, next overflow id, flags
+//! 384    arena returns: chunks given back without the lock; the count at the last scavenge
 //! 768    tail: positions ever claimed by senders (own cache lines)
 //! 1536   head: positions taken by receivers, published every few takes (own cache lines)
 //! 1664   allocator lock; 1728 counters; 1792 futex words and their armed flags
 //! 1920   overflow table: 64 x (id, owner, length)
 //! 3456   per participant, one cache line each: taken, dropped, tasks done, leaving, and the
 //!        record of the take in progress (taken before it, position)
-//! ...    allocator words (tags, links, owners, journal), ring slots, arena (page aligned)
+//! ...    return hints (`RETURN_HINTS` words), allocator words (tags, links, owners, journal),
+//!        ring slots, arena (page aligned)
 //! ```
 //!
 //! A ring slot is 128 bytes: its state word ([`SlotState`]), the descriptor (kind and length,
@@ -48,6 +50,23 @@ pub(super) const C_ARENA_BYTES: u64 = 16;
 pub(super) const C_OVERFLOW_NEXT_ID: u64 = 24;
 /// The channel's flags word ([`FLAG_PERSISTENT`]); written once by the creator.
 pub(super) const C_FLAGS: u64 = 32;
+/// Arena chunks given back without the allocator lock (marked [`RETURNED`] in their owner
+/// word, see `arena.rs`), plus frees under the lock: moves whenever arena space may have come
+/// back. Its own cache lines, apart from `tail` and the words every call reads, since every
+/// drop of a received arena message bumps it.
+///
+/// [`RETURNED`]: super::alloc::RETURNED
+pub(super) const C_ARENA_RETURNS: u64 = 384;
+/// [`C_ARENA_RETURNS`] as the last scavenge of returned chunks read it before its walk
+/// (written under the allocator lock): an allocator that runs out of room walks the chunks
+/// again only if returns came since.
+pub(super) const C_ARENA_SCAVENGED_AT: u64 = 392;
+/// Non-zero when a scavenge passed over a return it could not find in the hints (not written
+/// yet, or overwritten): the next allocator out of room walks every chunk instead.
+pub(super) const C_ARENA_HINTS_MISSED: u64 = 400;
+/// Entries of the return hints: the chunk of return `n` is written at entry `n % RETURN_HINTS`
+/// (see `arena.rs`), so that an allocator frees what came back without walking the arena.
+pub(super) const RETURN_HINTS: u64 = 256;
 /// Positions ever claimed by senders; a hint senders move on with one CAS per claim (and help
 /// along when they find it behind), never ahead of a claimed slot.
 pub(super) const C_TAIL: u64 = 768;
@@ -104,7 +123,8 @@ pub(super) const FLAG_PERSISTENT: u64 = 1;
 /// cannot know what that bit asks of it.
 pub(super) const KNOWN_FLAGS: u64 = FLAG_PERSISTENT;
 
-const _: () = assert!(C_FLAGS + 8 <= C_TAIL);
+const _: () = assert!(C_FLAGS + 8 <= C_ARENA_RETURNS);
+const _: () = assert!(C_ARENA_HINTS_MISSED + 8 + 256 <= C_TAIL);
 
 // Descriptor kinds in a ring slot (the top 4 bits of its second word; the length below).
 pub(super) const DESC_INLINE: u64 = 1;
@@ -238,6 +258,8 @@ pub(crate) struct Geometry {
     pub(crate) arena_bytes: u64,
     pub(crate) participants: u64,
     pub(crate) alloc: AllocLayout,
+    /// Byte offset of the return hints.
+    pub(crate) return_hints: u64,
     pub(crate) ring_offset: u64,
     pub(crate) arena_offset: u64,
     pub(crate) data_len: u64,
@@ -257,9 +279,10 @@ impl Geometry {
         if !arena_bytes.is_multiple_of(ARENA_PAGE) || pages > MAX_ARENA_PAGES {
             return None;
         }
-        let alloc_base_bytes = participants
+        let return_hints = participants
             .checked_mul(PARTICIPANT_STRIDE)?
             .checked_add(C_PARTICIPANTS)?;
+        let alloc_base_bytes = return_hints.checked_add(RETURN_HINTS * 8)?;
         // With at most 2^32 pages and 1024 participants, the allocator's word offsets stay far
         // below 2^64: AllocLayout::at adds them up unchecked.
         let alloc = AllocLayout::at(alloc_base_bytes / 8, pages);
@@ -275,6 +298,7 @@ impl Geometry {
             arena_bytes,
             participants,
             alloc,
+            return_hints,
             ring_offset,
             arena_offset,
             data_len,

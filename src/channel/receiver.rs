@@ -67,7 +67,7 @@ impl Receiver {
 
     /// Receives a message if one is waiting.
     pub fn try_recv(&self) -> Result<Message, TryRecvError> {
-        self.ep.receive(Some(Instant::now())).map_err(to_try_recv)
+        self.ep.try_receive().map_err(to_try_recv)
     }
 
     /// Receives a message, waiting at most `timeout`.

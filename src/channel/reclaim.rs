@@ -87,7 +87,10 @@ impl Chan {
         }
         let owner = slot as u64 + 1;
         let chunks = {
-            let _held = self.lock_alloc(deadline)?;
+            let held = self.lock_alloc(deadline)?;
+            // What was given back (by this participant or any other) first: a returner may
+            // have died between marking a chunk and counting the return.
+            self.free_all_returned(&held)?;
             self.geo
                 .alloc
                 .chunks(self)

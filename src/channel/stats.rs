@@ -125,9 +125,11 @@ impl Chan {
         self.count_consistent(Count::Messages)
     }
 
-    /// Pages of the arena free right now.
+    /// Bytes of the arena free right now: free pages, and pages given back by receivers that
+    /// no allocator has needed yet (see `arena.rs`).
     pub(crate) fn free_arena_bytes(&self) -> u64 {
-        self.geo.alloc.free_page_count(self) * ARENA_PAGE
+        let free = self.geo.alloc.free_page_count(self) + self.returned_pages();
+        free.min(self.geo.alloc.pages) * ARENA_PAGE
     }
 
     /// Descriptors skipped because they did not validate.

@@ -10,7 +10,9 @@
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::layout::{C_MEMBERSHIP_EPOCH, C_RETIRED_TASKS, C_WAIT_WORDS, WAIT_KINDS};
+use super::layout::{
+    C_ARENA_RETURNS, C_MEMBERSHIP_EPOCH, C_RETIRED_TASKS, C_WAIT_WORDS, WAIT_KINDS,
+};
 use super::view::Chan;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -98,7 +100,9 @@ impl Chan {
             // The state of the slot the next message will be in.
             WaitOn::NotEmpty => self.slot_state(self.take_start()),
             WaitOn::NotFull | WaitOn::Done => self.head(),
-            WaitOn::Space => self.word(self.geo.alloc.free_pages),
+            // Room comes back mostly by returns without the lock (frees under it, rarer,
+            // are caught by the attempt every 64 polls).
+            WaitOn::Space => self.word(C_ARENA_RETURNS / 8),
             // Moves only when a participant retires; a `task_done` shows in no single word,
             // and the spin's attempt every 64 polls catches it.
             WaitOn::Tasks => self.word(C_RETIRED_TASKS / 8),

@@ -74,7 +74,7 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// and their journals are gone, and participant records hold the take in progress. A version-4
 /// process would take the ring's locks, which nobody else takes, and read descriptors where
 /// state words now are.
-pub(crate) const LAYOUT_VERSION: u32 = 5;
+pub(crate) const LAYOUT_VERSION: u32 = 6;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;
 /// Bytes of the header at offset 0.
