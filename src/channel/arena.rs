@@ -2,12 +2,15 @@
 //! (no lock), and freeing the ones given back.
 //!
 //! A receiver that drops an arena message does not take the allocator lock, which its senders
-//! need for every allocation: it marks the chunk [`RETURNED`] in its owner word with one CAS
-//! and counts the return (`C_ARENA_RETURNS`). Whoever next holds the lock and finds no room
-//! frees every returned chunk in one walk ([`Chan::scavenge_returned`]); so does the sweep of a
-//! departing or dead participant. A chunk marked returned is nobody's to use: the mark is the
-//! one word a return writes, so a returner killed before or after it leaves the chunk either
-//! its own (the sweep of its slot frees it) or returned (the next scavenge frees it).
+//! need for every allocation: it marks the chunk [`RETURNED`] in its owner word with one CAS,
+//! counts the return (`C_ARENA_RETURNS`) and writes the chunk into the return hints
+//! ([`Chan::return_chunk`]). Every allocation, under the lock, first frees what came back since
+//! the last one by the hints; an allocation that finds no room after returns the hints missed
+//! walks every chunk for returned ones ([`Chan::free_all_returned`]), and so does the sweep of
+//! a departing or dead participant. A chunk marked returned is nobody's to use: the mark is the
+//! one write of a return that matters, so a returner killed before or after it leaves the chunk
+//! either its own (the sweep of its slot frees it) or returned (a walk frees it); the count and
+//! the hint only say where to look.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
