@@ -143,6 +143,36 @@ fn check_ring_recovered(name: &str, rx: &Receiver, size: usize, what: &str) {
     assert_eq!(stats.corrupt_skipped, 0, "{what}: {stats:?}");
 }
 
+/// Queues `QUEUED` messages of `size` bytes, runs a receiver armed to die at pass `pass` of
+/// `point`, and checks that another receiver then gets messages `pass..QUEUED` (the dead one
+/// had `pass` of them, the last lost or delivered with it) and that the ring recovers.
+fn kill_a_receiver_of_queued_messages(
+    prefix: &str,
+    size: usize,
+    point: &str,
+    pass: u64,
+    what: &str,
+) {
+    let name = unique_name(prefix);
+    let (tx, rx) = channel(&name, config()).expect("create channel");
+    for seq in 0..QUEUED {
+        let mut bytes = vec![0; size];
+        fill_pattern(&mut bytes, seq);
+        tx.send(&bytes).expect("queue");
+    }
+    run_until_death("receiver", &name, size, point, pass);
+    drop(tx);
+    let got = receive_all(&rx, size, pass);
+    assert_eq!(
+        got,
+        (pass..QUEUED).collect::<Vec<_>>(),
+        "{what}: received {got:?}"
+    );
+    check_ring_recovered(&name, &rx, size, what);
+    drop(rx);
+    assert_gone(&name);
+}
+
 #[test]
 fn a_sender_killed_at_each_step_loses_at_most_its_message() {
     for (point, delivered, inline_passes) in SEND_POINTS {
@@ -174,26 +204,9 @@ fn a_receiver_killed_at_each_step_loses_only_the_message_it_was_taking() {
     for point in TAKE_POINTS {
         for (kind, size) in SIZES {
             for pass in [1, 4] {
-                let what = format!("receiver killed at {point}#{pass}, {kind} payloads");
-                let name = unique_name("cp-take");
-                let (tx, rx) = channel(&name, config()).expect("create channel");
-                for seq in 0..QUEUED {
-                    let mut bytes = vec![0; size];
-                    fill_pattern(&mut bytes, seq);
-                    tx.send(&bytes).expect("queue");
-                }
-                run_until_death("receiver", &name, size, point, pass);
                 // The dead one finished `pass - 1` messages and lost the one it was taking.
-                drop(tx);
-                let got = receive_all(&rx, size, pass);
-                assert_eq!(
-                    got,
-                    (pass..QUEUED).collect::<Vec<_>>(),
-                    "{what}: received {got:?}"
-                );
-                check_ring_recovered(&name, &rx, size, &what);
-                drop(rx);
-                assert_gone(&name);
+                let what = format!("receiver killed at {point}#{pass}, {kind} payloads");
+                kill_a_receiver_of_queued_messages("cp-take", size, point, pass, &what);
             }
         }
     }
@@ -207,25 +220,8 @@ fn a_receiver_killed_at_each_step_loses_only_the_message_it_was_taking() {
 fn a_receiver_killed_giving_back_a_chunk_leaves_the_arena_whole() {
     let (_, size) = SIZES[1];
     for pass in [1, 4] {
-        let what = format!("receiver killed at return-marked#{pass}");
-        let name = unique_name("cp-return");
-        let (tx, rx) = channel(&name, config()).expect("create channel");
-        for seq in 0..QUEUED {
-            let mut bytes = vec![0; size];
-            fill_pattern(&mut bytes, seq);
-            tx.send(&bytes).expect("queue");
-        }
-        run_until_death("receiver", &name, size, "return-marked", pass);
         // The dead one checked `pass` messages and died giving back the last one's chunk.
-        drop(tx);
-        let got = receive_all(&rx, size, pass);
-        assert_eq!(
-            got,
-            (pass..QUEUED).collect::<Vec<_>>(),
-            "{what}: received {got:?}"
-        );
-        check_ring_recovered(&name, &rx, size, &what);
-        drop(rx);
-        assert_gone(&name);
+        let what = format!("receiver killed at return-marked#{pass}");
+        kill_a_receiver_of_queued_messages("cp-return", size, "return-marked", pass, &what);
     }
 }
