@@ -19,7 +19,9 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,7 @@ fn child_entry() {
         "fork-parent" => fork_parent_then_sleep(&args[0]),
         "fork-shared" => fork_shared_value(&args[0]),
         "fork-while-detaching" => fork_while_a_thread_detaches(&args[0]),
+        "fork-while-taking" => fork_while_a_thread_takes(&args[0]),
         "receiver-sleep" => {
             let _rx = Receiver::open(&args[0]).expect("open receiver");
             common::signal_parent("ready");
@@ -787,6 +790,72 @@ fn fork_while_a_thread_detaches(name: &str) {
 fn a_fork_while_a_thread_holds_the_membership_lock_leaves_the_child_usable() {
     let name = unique_name("fork-detaching");
     let lines = Kid::spawn("fork-while-detaching", &[&name]).finish();
+    assert!(lines.iter().any(|l| l == "ok"), "{lines:?}");
+    assert_gone(&name);
+}
+
+/// Forks, 200 times, while another thread of the process polls `try_recv` on an empty channel,
+/// so that many forks happen inside a take (the receiver family's process-local take lock
+/// held by that thread). In each child, the first receives must take that lock over, not wait
+/// for a thread that does not exist in the child: a child that hangs for 5 s fails the test.
+fn fork_while_a_thread_takes(name: &str) {
+    const FORKS: usize = 200;
+    let (tx, rx) = channel(name, config(16, MIB)).expect("create channel");
+    let stop = Arc::new(AtomicBool::new(false));
+    let polling = {
+        let (rx, stop) = (rx.clone(), Arc::clone(&stop));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = rx.try_recv();
+            }
+        })
+    };
+    for round in 0..FORKS {
+        let child = fork();
+        if child == 0 {
+            for _ in 0..4 {
+                if let Err(TryRecvError::Failed(e)) = rx.try_recv() {
+                    eprintln!("the forked child's receive failed: {e}");
+                    exit_now(2)
+                }
+            }
+            exit_now(0)
+        }
+        let waited = Instant::now();
+        let status = loop {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child with a status word on our stack.
+            let done = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+            if done == child {
+                break Some(status);
+            }
+            if waited.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+            thread::sleep(Duration::from_millis(1));
+        };
+        let Some(status) = status else {
+            signal(child as u32, libc::SIGKILL);
+            // SAFETY: as above, reaping the child just killed.
+            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+            panic!("fork {round}: the child's receive waited 5 s for a take lock it inherited");
+        };
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "fork {round}: the child ended with status {status:#x}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    polling.join().expect("polling thread");
+    drop((tx, rx));
+    assert_gone(name);
+    common::signal_parent("ok");
+}
+
+#[test]
+fn a_fork_inside_another_threads_take_leaves_the_child_able_to_receive() {
+    let name = unique_name("fork-taking");
+    let lines = Kid::spawn("fork-while-taking", &[&name]).finish();
     assert!(lines.iter().any(|l| l == "ok"), "{lines:?}");
     assert_gone(&name);
 }
