@@ -410,7 +410,7 @@ impl Endpoint {
     fn free(&self, reserved: &Reserved) -> Result<()> {
         let slot = reserved.owner.slot;
         match &reserved.room {
-            // No lock: the next allocator out of room frees it (see arena.rs).
+            // No lock: the next allocation frees it (see arena.rs).
             Room::Arena { chunk, .. } => self.chan.return_chunk(*chunk, slot),
             Room::Overflow { entry, id, .. } => {
                 self.chan
