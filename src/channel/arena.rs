@@ -160,16 +160,23 @@ impl Chan {
         if owner & RETURNED == 0 || participant == 0 || participant > u64::from(MAX_PARTICIPANTS) {
             return Ok(0);
         }
-        let mut txn = Txn::<Chan>::new(self);
+        let txn = Txn::<Chan>::new(self);
         let Ok(pages) = self.geo.alloc.chunk_pages(&txn, chunk) else {
             return Ok(0); // a returned mark on no chunk: garbage, left alone
         };
+        self.free_run(chunk)?;
+        Ok(pages)
+    }
+
+    /// Frees the chunk starting at `chunk` in one journaled transaction. The caller holds the
+    /// allocator lock and has checked the chunk's owner word.
+    fn free_run(&self, chunk: u64) -> Result<()> {
+        let mut txn = Txn::<Chan>::new(self);
         self.geo
             .alloc
             .free(&mut txn, chunk)
             .map_err(|e| self.alloc_error(e))?;
-        self.commit(txn, self.geo.alloc.journal * 8)?;
-        Ok(pages)
+        self.commit(txn, self.geo.alloc.journal * 8)
     }
 
     /// Frees every chunk marked [`RETURNED`], walking them all (a sweep, or an allocator out of
@@ -226,12 +233,7 @@ impl Chan {
                     format!("chunk {chunk} is owned by {owner}, not by participant {slot}"),
                 ));
             }
-            let mut txn = Txn::<Chan>::new(self);
-            self.geo
-                .alloc
-                .free(&mut txn, chunk)
-                .map_err(|e| self.alloc_error(e))?;
-            self.commit(txn, self.geo.alloc.journal * 8)?;
+            self.free_run(chunk)?;
         }
         self.notify(WaitOn::Space);
         Ok(())

@@ -199,6 +199,13 @@ impl Endpoint {
     /// right, and its death is seen apart from the parent's.
     #[inline]
     pub(super) fn owner(&self, deadline: Option<Instant>) -> Result<Owner> {
+        self.owner_by(|| deadline)
+    }
+
+    /// [`Endpoint::owner`] with the deadline computed only if a forked child must register
+    /// (a call that does not wait reads the clock only then).
+    #[inline]
+    fn owner_by(&self, deadline: impl FnOnce() -> Option<Instant>) -> Result<Owner> {
         let generation = sys::fork_generation();
         if self.fork_generation.load(Ordering::Acquire) == generation {
             return Ok(Owner {
@@ -206,7 +213,7 @@ impl Endpoint {
                 fork_generation: generation,
             });
         }
-        self.register_in_child(generation, deadline)
+        self.register_in_child(generation, deadline())
     }
 
     #[cold]
@@ -558,18 +565,7 @@ impl Endpoint {
         let owner = self.owner(deadline)?;
         let mut inline = InlineBuf([0; INLINE_MAX]);
         let taken = self.wait_for(WaitOn::NotEmpty, deadline, None, || {
-            self.release_deferred();
-            if let Some(taken) = self.chan.try_take(owner.slot, &mut inline)? {
-                return Ok(Step::Ready(taken));
-            }
-            if !self.peer_gone() {
-                return Ok(Step::Retry);
-            }
-            // Every sender is gone; anything they published before dying is still delivered.
-            match self.chan.try_take(owner.slot, &mut inline)? {
-                Some(taken) => Ok(Step::Ready(taken)),
-                None => Ok(Step::Disconnected),
-            }
+            self.take_once(owner, &mut inline)
         })?;
         Ok(self.message(taken, inline, owner)?)
     }
@@ -577,32 +573,31 @@ impl Endpoint {
     /// Receives the oldest message if one is ready, without waiting: one attempt, and no
     /// clock read unless a lock is found busy (`try_recv` in a polling loop is a hot path).
     pub(super) fn try_receive(self: &Arc<Self>) -> Result<Message, Stopped> {
-        let owner = self.owner_now()?;
+        let owner = self.owner_by(|| Some(Instant::now()))?;
         let mut inline = InlineBuf([0; INLINE_MAX]);
-        self.release_deferred();
-        let taken = match self.chan.try_take(owner.slot, &mut inline)? {
-            Some(taken) => taken,
-            None if !self.peer_gone() => return Err(Stopped::Deadline(None)),
-            // Every sender is gone; anything they published before dying is still delivered.
-            None => match self.chan.try_take(owner.slot, &mut inline)? {
-                Some(taken) => taken,
-                None => return Err(Stopped::Disconnected),
-            },
-        };
-        Ok(self.message(taken, inline, owner)?)
+        match self.take_once(owner, &mut inline)? {
+            Step::Ready(taken) => Ok(self.message(taken, inline, owner)?),
+            Step::Retry => Err(Stopped::Deadline(None)),
+            Step::Disconnected => Err(Stopped::Disconnected),
+        }
     }
 
-    /// [`Endpoint::owner`] for a call that does not wait: the deadline of now (plus the lock
-    /// grace) is read from the clock only in a forked child's first call.
-    fn owner_now(&self) -> Result<Owner> {
-        let generation = sys::fork_generation();
-        if self.fork_generation.load(Ordering::Acquire) == generation {
-            return Ok(Owner {
-                slot: self.slot.load(Ordering::Relaxed),
-                fork_generation: generation,
-            });
+    /// One attempt of a receive: the oldest message, or whether to wait for one. Inlined into
+    /// both callers, as `message` is, to keep the receive path as it was with one caller.
+    #[inline(always)]
+    fn take_once(&self, owner: Owner, inline: &mut InlineBuf) -> Result<Step<Taken>> {
+        self.release_deferred();
+        if let Some(taken) = self.chan.try_take(owner.slot, inline)? {
+            return Ok(Step::Ready(taken));
         }
-        self.register_in_child(generation, Some(Instant::now()))
+        if !self.peer_gone() {
+            return Ok(Step::Retry);
+        }
+        // Every sender is gone; anything they published before dying is still delivered.
+        match self.chan.try_take(owner.slot, inline)? {
+            Some(taken) => Ok(Step::Ready(taken)),
+            None => Ok(Step::Disconnected),
+        }
     }
 
     /// Turns a taken message into a [`Message`] that reads the payload in place.

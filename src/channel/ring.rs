@@ -459,10 +459,7 @@ impl Chan {
     /// How many takes apart receivers publish `head`: a quarter of the capacity, from 1 to 16,
     /// so that a sender waiting for room sees it move while the ring still has most of it.
     pub(super) fn head_publish_every(&self) -> u64 {
-        (self.geo.capacity / 4)
-            .clamp(1, 16)
-            .next_power_of_two()
-            .min(16)
+        (self.geo.capacity / 4).clamp(1, 16).next_power_of_two()
     }
 
     /// The exact number of positions taken: the shared head, walked on over the slots already
