@@ -2,7 +2,7 @@
 //! of its key, within their credit.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use shmq::{Receiver, RecvTimeoutError};
 use zenoh::bytes::ZBytes;
@@ -15,6 +15,9 @@ use zenoh::{Session, Wait};
 use crate::importers::Importers;
 use crate::wire::{Credit, Header, Keys};
 use crate::{run_id, Error, Mode, Stopper, POLL};
+
+/// How long a finished exporter waits for its importers to acknowledge the end of its stream.
+const END_ACK_PATIENCE: Duration = Duration::from_secs(10);
 
 /// What an [`Exporter`] did, returned by [`Exporter::run`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,6 +35,15 @@ pub struct ExportSummary {
     /// Whether the run ended because the local channel disconnected (every local sender gone,
     /// nothing queued) and every message sent was confirmed, rather than by a stop.
     pub drained: bool,
+}
+
+/// A received message as the bytes of a Zenoh payload, read in place.
+struct InPlace(shmq::Message);
+
+impl AsRef<[u8]> for InPlace {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The importers' table and the condition the exporter waits on for it to change.
@@ -86,7 +98,7 @@ impl Exporter {
     ) -> Result<Exporter, Error> {
         let keys = Keys::new(key).map_err(Error::Key)?;
         let run = run_id();
-        let table: Table = Arc::default();
+        let table: Table = Arc::new((Mutex::new(Importers::new(run)), Condvar::new()));
 
         let importers = {
             let (table, keys) = (table.clone(), keys.clone());
@@ -108,15 +120,25 @@ impl Exporter {
                         }
                         SampleKind::Delete => {
                             if let Some(gone) = importers.disconnect(id) {
-                                tracing::warn!(
-                                    importer = id,
-                                    sent = gone.sent,
-                                    unconfirmed = gone.unconfirmed,
-                                    "importer gone; {} of the {} messages sent to it unconfirmed \
-                                     (landed just before it went, or lost)",
-                                    gone.unconfirmed,
-                                    gone.sent
-                                );
+                                if gone.unconfirmed == 0 {
+                                    tracing::info!(
+                                        importer = id,
+                                        sent = gone.sent,
+                                        "importer gone; 0 of the {} messages sent to it \
+                                         unconfirmed",
+                                        gone.sent
+                                    );
+                                } else {
+                                    tracing::warn!(
+                                        importer = id,
+                                        sent = gone.sent,
+                                        unconfirmed = gone.unconfirmed,
+                                        "importer gone; {} of the {} messages sent to it \
+                                         unconfirmed (landed just before it went, or lost)",
+                                        gone.unconfirmed,
+                                        gone.sent
+                                    );
+                                }
                                 importers.count_loss(gone.unconfirmed);
                             }
                         }
@@ -184,17 +206,17 @@ impl Exporter {
         while !self.stopper.is_stopped() {
             // Take nothing until someone may be sent it (the smallest message: bytes are
             // checked again once its size is known).
-            if self.wait_for_targets(0).is_none() {
+            if !self.wait_for_room(0) {
                 continue;
             }
             match self.receiver.recv_timeout(POLL) {
                 Ok(message) => {
                     summary.taken += 1;
                     summary.bytes += message.len() as u64;
-                    // The one copy of the exporting side: out of shared memory, whose room
-                    // goes back to the local producer at once.
-                    let payload = ZBytes::from(message.to_vec());
-                    drop(message);
+                    // Read in place: Zenoh serialises the message straight out of shared
+                    // memory (the one copy of the exporting side), and its room goes back to
+                    // the local producer once every put is done with it.
+                    let payload = ZBytes::from(bytes::Bytes::from_owner(InPlace(message)));
                     summary.sent += self.deliver(payload)?;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -217,13 +239,35 @@ impl Exporter {
         Ok(summary)
     }
 
-    /// Waits up to [`POLL`] for importers that may be sent a message of `len` bytes.
-    fn wait_for_targets(&self, len: u64) -> Option<Vec<String>> {
+    /// Waits up to [`POLL`] for importers that may be sent a message of `len` bytes; whether
+    /// there are.
+    fn wait_for_room(&self, len: u64) -> bool {
+        self.wait_until(|importers| importers.targets(self.mode, len).map(drop))
+            .is_some()
+    }
+
+    /// Waits up to [`POLL`] for importers that may be sent a message of `len` bytes, and counts
+    /// it sent to them in the same critical section (so an importer that goes meanwhile is
+    /// counted gone with it, never skipped): their ids, each with the message's `seq`.
+    fn claim(&self, len: u64) -> Option<Vec<(String, u64)>> {
+        self.wait_until(|importers| {
+            let targets = importers.targets(self.mode, len)?;
+            Some(
+                targets
+                    .into_iter()
+                    .filter_map(|id| importers.sent(&id, len).map(|seq| (id, seq)))
+                    .collect(),
+            )
+        })
+    }
+
+    /// Waits up to [`POLL`] for `ready` to return something, under the table's lock.
+    fn wait_until<T>(&self, mut ready: impl FnMut(&mut Importers) -> Option<T>) -> Option<T> {
         let deadline = Instant::now() + POLL;
         let mut importers = lock(&self.table);
         loop {
-            if let Some(targets) = importers.targets(self.mode, len) {
-                return Some(targets);
+            if let Some(found) = ready(&mut importers) {
+                return Some(found);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             importers = self
@@ -240,21 +284,14 @@ impl Exporter {
     /// holding it (the message is then lost, and logged).
     fn deliver(&self, payload: ZBytes) -> Result<u64, Error> {
         let len = payload.len() as u64;
-        let targets = loop {
+        let numbered = loop {
             if self.stopper.is_stopped() {
                 tracing::warn!("stopped holding one message: it is lost");
                 return Ok(0);
             }
-            if let Some(targets) = self.wait_for_targets(len) {
-                break targets;
+            if let Some(numbered) = self.claim(len) {
+                break numbered;
             }
-        };
-        let numbered: Vec<(String, u64)> = {
-            let mut importers = lock(&self.table);
-            targets
-                .into_iter()
-                .filter_map(|id| importers.sent(&id, len).map(|seq| (id, seq)))
-                .collect()
         };
         let mut puts = 0;
         for (id, seq) in numbered {
@@ -305,6 +342,22 @@ impl Exporter {
             if let Err(e) = put {
                 tracing::warn!(importer = id, "could not send the end of the stream: {e}");
             }
+        }
+        // The token stays until each importer acknowledged the end: its removal travels at a
+        // higher priority than data, and could overtake the end and read as a death.
+        let deadline = Instant::now() + END_ACK_PATIENCE;
+        let mut importers = lock(&self.table);
+        while !importers.all_ended() {
+            if self.stopper.is_stopped() || Instant::now() >= deadline {
+                tracing::warn!("not every importer acknowledged the end of the stream");
+                break;
+            }
+            importers = self
+                .table
+                .1
+                .wait_timeout(importers, POLL)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
         }
         tracing::info!("local channel disconnected and every message confirmed");
         true

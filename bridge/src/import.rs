@@ -32,7 +32,8 @@ pub struct Window {
 
 impl Default for Window {
     /// 64 messages and 64 MiB: enough to keep a loopback or LAN link busy from 64 B to 64 MiB
-    /// messages, while a share-mode host holds little work it has no room for.
+    /// messages (256 MiB measured no faster for 64 MiB ones), while a share-mode host holds
+    /// little work it has no room for.
     fn default() -> Window {
         Window {
             messages: 64,
@@ -75,8 +76,23 @@ struct Run {
     last_seq: u64,
     /// Messages received from it.
     received: u64,
+    /// Messages of it landed in the local channel, and their bytes.
+    landed: u64,
+    bytes: u64,
     /// Whether it ended its stream.
     ended: bool,
+}
+
+/// What the importer knows of the exporter runs it heard from, and what it last told.
+#[derive(Default)]
+struct CreditState {
+    runs: HashMap<u64, Run>,
+    /// The run whose counts the credit carries: the one a message (or the end) came from last.
+    current: u64,
+    published: Option<Credit>,
+    /// Landed since the last credit published.
+    unpublished_messages: u64,
+    unpublished_bytes: u64,
 }
 
 /// The importing half of a bridge: lands the messages the exporter of a Zenoh key sends it in a
@@ -108,7 +124,9 @@ impl Importer {
     /// it listens; messages come once [`run`](Self::run) grants credit.
     pub fn new(session: &Session, sender: Sender, key: &str) -> Result<Importer, Error> {
         let keys = Keys::new(key).map_err(Error::Key)?;
-        let id = session.zid().to_string();
+        // The session id, and a number of this start: an importer restarted with a fixed
+        // session id is still a new importer to the exporter.
+        let id = format!("{}-{:x}", session.zid(), crate::run_id());
         let (events, incoming) = mpsc::channel();
 
         let data = {
@@ -188,9 +206,8 @@ impl Importer {
     pub fn run(self) -> Result<ImportSummary, Error> {
         tracing::info!(key = self.keys.base(), window = ?self.window, "importing");
         let mut summary = ImportSummary::default();
-        let mut runs: HashMap<u64, Run> = HashMap::new();
-        let mut published = None;
-        self.publish_credit(&summary, &mut published)?;
+        let mut credit = CreditState::default();
+        self.publish_credit(&mut credit, true)?;
         let mut last_credit = Instant::now();
         let mut next = None;
         while !self.stopper.is_stopped() {
@@ -200,8 +217,7 @@ impl Importer {
                     Ok(event) => event,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if last_credit.elapsed() >= CREDIT_REPEAT {
-                            published = None; // say it again
-                            self.publish_credit(&summary, &mut published)?;
+                            self.publish_credit(&mut credit, true)?;
                             last_credit = Instant::now();
                         }
                         continue;
@@ -217,7 +233,7 @@ impl Importer {
                     match header {
                         None => tracing::warn!("a sample without a valid header ignored"),
                         Some(Header::Message { run, seq }) => {
-                            let from = runs.entry(run).or_default();
+                            let from = credit.runs.entry(run).or_default();
                             if seq <= from.last_seq {
                                 tracing::warn!(
                                     run = format!("{run:016x}"),
@@ -234,7 +250,7 @@ impl Importer {
                                     from.last_seq + 1,
                                     seq - 1
                                 );
-                                summary.gaps += gap;
+                                summary.gaps = summary.gaps.saturating_add(gap);
                             }
                             from.last_seq = seq;
                             from.received += 1;
@@ -242,26 +258,38 @@ impl Importer {
                                 tracing::warn!("stopped holding one message: it is lost");
                                 break;
                             }
+                            let len = sample.payload().len() as u64;
+                            from.landed += 1;
+                            from.bytes += len;
+                            credit.current = run;
+                            credit.unpublished_messages += 1;
+                            credit.unpublished_bytes += len;
                             summary.landed += 1;
-                            summary.bytes += sample.payload().len() as u64;
-                            // Coalesce credits while more is waiting, but never past half
-                            // the window, so the exporter never stalls on an old credit.
+                            summary.bytes += len;
+                            // Coalesce credits while more is waiting, but never past half the
+                            // window (in messages or bytes), so the exporter always has room
+                            // to send the next one while this importer lands what it has.
                             next = self.events.try_recv().ok();
-                            let since = summary.landed - published.unwrap_or(0);
-                            if next.is_none() || since * 2 >= self.window.messages {
-                                self.publish_credit(&summary, &mut published)?;
+                            if next.is_none()
+                                || credit.unpublished_messages * 2 >= self.window.messages
+                                || credit.unpublished_bytes * 2 >= self.window.bytes
+                            {
+                                self.publish_credit(&mut credit, false)?;
                             }
                         }
                         Some(Header::End { run, sent }) => {
-                            let received = runs.get(&run).map_or(0, |r| r.received);
+                            let from = credit.runs.entry(run).or_default();
                             tracing::info!(
                                 run = format!("{run:016x}"),
                                 sent,
-                                received,
-                                "the exporter ended its stream: {received} of its {sent} \
-                                 messages to this importer landed"
+                                received = from.received,
+                                "the exporter ended its stream: {} of its {sent} messages to \
+                                 this importer landed",
+                                from.received
                             );
-                            runs.entry(run).or_default().ended = true;
+                            from.ended = true;
+                            credit.current = run;
+                            self.publish_credit(&mut credit, false)?;
                             if self.until_end {
                                 summary.ended = true;
                                 break;
@@ -271,13 +299,12 @@ impl Importer {
                 }
                 Event::ExporterUp(run) => {
                     tracing::info!(run, "exporter connected");
-                    published = None;
-                    self.publish_credit(&summary, &mut published)?;
+                    self.publish_credit(&mut credit, true)?;
                 }
                 Event::ExporterGone(run) => {
                     let from = u64::from_str_radix(&run, 16)
                         .ok()
-                        .and_then(|r| runs.get(&r));
+                        .and_then(|r| credit.runs.get(&r));
                     match from {
                         Some(from) if from.ended => {
                             tracing::info!(run, "exporter gone after ending its stream");
@@ -307,23 +334,25 @@ impl Importer {
         Ok(summary)
     }
 
-    /// Publishes the importer's credit, unless `published` says it already did at this count.
-    fn publish_credit(
-        &self,
-        summary: &ImportSummary,
-        published: &mut Option<u64>,
-    ) -> Result<(), Error> {
-        if *published == Some(summary.landed) {
-            return Ok(());
-        }
+    /// Publishes the importer's credit for the run it landed a message of last: always with
+    /// `again`, else only if it changed since the last one published.
+    fn publish_credit(&self, state: &mut CreditState, again: bool) -> Result<(), Error> {
+        let from = state.runs.get(&state.current);
         let credit = Credit {
-            landed_messages: summary.landed,
-            landed_bytes: summary.bytes,
+            run: state.current,
+            landed_messages: from.map_or(0, |r| r.landed),
+            landed_bytes: from.map_or(0, |r| r.bytes),
             window_messages: self.window.messages,
             window_bytes: self.window.bytes,
+            ended: from.is_some_and(|r| r.ended),
         };
+        if !again && state.published == Some(credit) {
+            return Ok(());
+        }
         self.credits.put(credit.encode()).wait()?;
-        *published = Some(summary.landed);
+        state.published = Some(credit);
+        state.unpublished_messages = 0;
+        state.unpublished_bytes = 0;
         Ok(())
     }
 

@@ -10,42 +10,49 @@ use crate::Mode;
 /// One live importer as the exporter sees it.
 #[derive(Debug, Default)]
 struct Importer {
-    /// Its latest credit; `None` until the first one arrives (nothing is sent before).
-    credit: Option<Credit>,
-    /// Messages and bytes sent to it, on its own scale: what its credit will say it has landed
-    /// once everything sent arrived.
+    /// Its window, from its latest credit; `None` until the first one arrives (nothing is sent
+    /// before).
+    window: Option<(u64, u64)>,
+    /// Messages and bytes sent to it, on the scale of its credits for this exporter run: what
+    /// they will say it has landed once everything sent arrived.
     sent_messages: u64,
     sent_bytes: u64,
+    /// What its credits for this run say it has landed (never more than was sent).
+    confirmed_messages: u64,
+    confirmed_bytes: u64,
+    /// Whether its credit acknowledged this run's end of stream.
+    ended: bool,
     /// Messages this exporter run sent to it (the `seq` of the last one).
     seq: u64,
 }
 
 impl Importer {
     fn unconfirmed(&self) -> (u64, u64) {
-        match self.credit {
-            None => (0, 0),
-            Some(c) => (
-                self.sent_messages.saturating_sub(c.landed_messages),
-                self.sent_bytes.saturating_sub(c.landed_bytes),
-            ),
-        }
+        (
+            self.sent_messages.saturating_sub(self.confirmed_messages),
+            self.sent_bytes.saturating_sub(self.confirmed_bytes),
+        )
     }
 
     /// Whether a message of `len` bytes fits in its window now.
     fn has_room(&self, len: u64) -> bool {
-        let Some(credit) = self.credit else {
+        let Some((window_messages, window_bytes)) = self.window else {
             return false;
         };
         let (messages, bytes) = self.unconfirmed();
-        messages < credit.window_messages
-            && (messages == 0 || bytes.saturating_add(len) <= credit.window_bytes)
+        messages < window_messages && (messages == 0 || bytes.saturating_add(len) <= window_bytes)
     }
 }
 
-/// The live importers, by Zenoh session id.
-#[derive(Debug, Default)]
+/// The live importers of one exporter run, by importer id.
+#[derive(Debug)]
 pub(crate) struct Importers {
+    /// The exporter run: only credits for it confirm anything.
+    run: u64,
     by_id: BTreeMap<String, Importer>,
+    /// The last `seq` sent to importers that went away: one that comes back (its link broke and
+    /// healed) goes on numbering from there, so it tells what it missed from a repeat.
+    past_seqs: BTreeMap<String, u64>,
     /// The importer `share` mode chose last: the next choice starts after it (round robin
     /// among those with room).
     last_shared: Option<String>,
@@ -63,12 +70,30 @@ pub(crate) struct Gone {
 }
 
 impl Importers {
+    /// No importer yet, for exporter run `run`.
+    pub(crate) fn new(run: u64) -> Importers {
+        Importers {
+            run,
+            by_id: BTreeMap::new(),
+            past_seqs: BTreeMap::new(),
+            last_shared: None,
+            lost: 0,
+        }
+    }
+
     /// Counts importer `id` in (its liveliness token appeared). Whether it is new.
     pub(crate) fn connect(&mut self, id: &str) -> bool {
         if self.by_id.contains_key(id) {
             return false;
         }
-        self.by_id.insert(id.to_owned(), Importer::default());
+        let seq = self.past_seqs.remove(id).unwrap_or(0);
+        self.by_id.insert(
+            id.to_owned(),
+            Importer {
+                seq,
+                ..Importer::default()
+            },
+        );
         true
     }
 
@@ -76,6 +101,7 @@ impl Importers {
     /// silent for a lease).
     pub(crate) fn disconnect(&mut self, id: &str) -> Option<Gone> {
         let importer = self.by_id.remove(id)?;
+        self.past_seqs.insert(id.to_owned(), importer.seq);
         Some(Gone {
             sent: importer.seq,
             unconfirmed: importer.unconfirmed().0,
@@ -85,21 +111,38 @@ impl Importers {
     /// Takes in a credit from importer `id`. Credits of importers that are not (or no longer)
     /// connected are ignored: the importer repeats its credit, so a credit that overtook the
     /// token is not lost for long. Whether this was its first credit.
+    ///
+    /// A credit counts for this run only if it is about this run: an importer still landing
+    /// what an earlier (killed) exporter sent it has landed nothing of ours yet. The first one
+    /// sets the baseline (an importer whose link broke and healed has landed some of ours
+    /// before), and no credit confirms more than was sent (a confused or hostile peer moves
+    /// the count up to what was sent, never past it).
     pub(crate) fn credit(&mut self, id: &str, credit: Credit) -> bool {
         let Some(importer) = self.by_id.get_mut(id) else {
             return false;
         };
-        let first = importer.credit.is_none();
-        // Nothing is in flight to an importer this run has not yet sent to, and an importer
-        // cannot have landed more than it was sent (a credit that says so, from an earlier
-        // exporter's messages or a confused peer, moves the count up instead of underflowing it).
-        if first || credit.landed_messages > importer.sent_messages {
+        let first = importer.window.is_none();
+        importer.window = Some((credit.window_messages, credit.window_bytes));
+        if credit.run != self.run {
+            return first;
+        }
+        if first {
             importer.sent_messages = credit.landed_messages;
             importer.sent_bytes = credit.landed_bytes;
         }
-        importer.sent_bytes = importer.sent_bytes.max(credit.landed_bytes);
-        importer.credit = Some(credit);
+        importer.confirmed_messages = credit
+            .landed_messages
+            .clamp(importer.confirmed_messages, importer.sent_messages);
+        importer.confirmed_bytes = credit
+            .landed_bytes
+            .clamp(importer.confirmed_bytes, importer.sent_bytes);
+        importer.ended |= credit.ended;
         first
+    }
+
+    /// Whether every connected importer acknowledged this run's end of stream.
+    pub(crate) fn all_ended(&self) -> bool {
+        self.by_id.values().all(|i| i.ended)
     }
 
     /// Whether no importer is connected.
@@ -138,16 +181,16 @@ impl Importers {
     /// its `seq`, or `None` if `id` is gone.
     pub(crate) fn sent(&mut self, id: &str, len: u64) -> Option<u64> {
         let importer = self.by_id.get_mut(id)?;
-        importer.sent_messages += 1;
-        importer.sent_bytes += len;
-        importer.seq += 1;
+        importer.sent_messages = importer.sent_messages.saturating_add(1);
+        importer.sent_bytes = importer.sent_bytes.saturating_add(len);
+        importer.seq = importer.seq.saturating_add(1);
         self.last_shared = Some(id.to_owned());
         Some(importer.seq)
     }
 
     /// Adds `unconfirmed` messages of an importer that went away to [`losses`](Self::losses).
     pub(crate) fn count_loss(&mut self, unconfirmed: u64) {
-        self.lost += unconfirmed;
+        self.lost = self.lost.saturating_add(unconfirmed);
     }
 
     /// Messages unconfirmed by importers that went away, over the whole run.
@@ -157,7 +200,9 @@ impl Importers {
 
     /// Messages sent to connected importers and not yet confirmed.
     pub(crate) fn unconfirmed(&self) -> u64 {
-        self.by_id.values().map(|i| i.unconfirmed().0).sum()
+        self.by_id
+            .values()
+            .fold(0, |sum, i| sum.saturating_add(i.unconfirmed().0))
     }
 
     /// The connected importers, with how many messages this run sent each.
@@ -173,8 +218,12 @@ impl Importers {
 mod tests {
     use super::*;
 
+    const RUN: u64 = 7;
+
     fn credit(landed: u64, window_messages: u64, window_bytes: u64) -> Credit {
         Credit {
+            run: RUN,
+            ended: false,
             landed_messages: landed,
             landed_bytes: landed * 100,
             window_messages,
@@ -184,7 +233,7 @@ mod tests {
 
     #[test]
     fn nothing_is_sent_before_an_importer_and_its_credit() {
-        let mut importers = Importers::default();
+        let mut importers = Importers::new(RUN);
         assert_eq!(importers.targets(Mode::Fanout, 1), None);
         assert_eq!(importers.targets(Mode::Share, 1), None);
         assert!(importers.connect("a"));
@@ -197,7 +246,7 @@ mod tests {
 
     #[test]
     fn the_window_bounds_messages_and_bytes_but_one_message_always_fits() {
-        let mut importers = Importers::default();
+        let mut importers = Importers::new(RUN);
         importers.connect("a");
         importers.credit("a", credit(0, 2, 1000));
         // One message larger than the whole byte window still goes, alone.
@@ -207,10 +256,8 @@ mod tests {
         importers.credit(
             "a",
             Credit {
-                landed_messages: 1,
                 landed_bytes: 5000,
-                window_messages: 2,
-                window_bytes: 1000,
+                ..credit(1, 2, 1000)
             },
         );
         for seq in 2..=3 {
@@ -236,7 +283,7 @@ mod tests {
 
     #[test]
     fn fanout_waits_for_the_slowest_and_share_takes_turns_among_those_with_room() {
-        let mut importers = Importers::default();
+        let mut importers = Importers::new(RUN);
         for id in ["a", "b", "c"] {
             importers.connect(id);
             importers.credit(id, credit(0, 1, 1000));
@@ -253,7 +300,7 @@ mod tests {
             "b and c are full"
         );
 
-        let mut importers = Importers::default();
+        let mut importers = Importers::new(RUN);
         for id in ["a", "b", "c"] {
             importers.connect(id);
             importers.credit(id, credit(0, 1, 1000));
@@ -271,11 +318,57 @@ mod tests {
 
     #[test]
     fn a_credit_that_claims_more_than_was_sent_cannot_underflow_the_count() {
-        let mut importers = Importers::default();
+        let mut importers = Importers::new(RUN);
         importers.connect("a");
         importers.credit("a", credit(5, 1, 1000));
         importers.credit("a", credit(1_000_000, 1, 1000));
         assert_eq!(importers.unconfirmed(), 0);
         assert!(importers.targets(Mode::Fanout, 1).is_some());
+    }
+
+    #[test]
+    fn credits_of_another_run_confirm_nothing_and_a_returning_importer_numbers_on() {
+        let mut importers = Importers::new(RUN);
+        importers.connect("a");
+        // Still landing an earlier exporter's 50 messages: none of ours.
+        let earlier = Credit {
+            run: RUN + 1,
+            ..credit(50, 2, 1000)
+        };
+        assert!(importers.credit("a", earlier));
+        for seq in 1..=2 {
+            assert_eq!(importers.sent("a", 10), Some(seq));
+        }
+        importers.credit(
+            "a",
+            Credit {
+                run: RUN + 1,
+                ..credit(51, 2, 1000)
+            },
+        );
+        assert_eq!(
+            importers.unconfirmed(),
+            2,
+            "the earlier run's landings are not ours"
+        );
+        assert_eq!(importers.targets(Mode::Share, 10), None);
+        importers.credit("a", credit(1, 2, 1000));
+        assert_eq!(importers.unconfirmed(), 1);
+        assert!(!importers.all_ended());
+        importers.credit(
+            "a",
+            Credit {
+                ended: true,
+                ..credit(2, 2, 1000)
+            },
+        );
+        assert!(importers.all_ended());
+
+        // Its link breaks and heals: numbering goes on, and its first credit is the baseline.
+        assert_eq!(importers.disconnect("a").map(|g| g.sent), Some(2));
+        importers.connect("a");
+        importers.credit("a", credit(2, 2, 1000));
+        assert_eq!(importers.sent("a", 10), Some(3));
+        assert_eq!(importers.unconfirmed(), 1);
     }
 }

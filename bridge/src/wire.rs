@@ -121,13 +121,17 @@ impl Header {
     }
 }
 
-/// An importer's credit: what it has landed in its local channel so far (counted over its whole
-/// life, from every exporter), and how much it takes beyond that. The exporter may have
-/// `window_messages` messages unconfirmed with it, and more than one only while their bytes fit
-/// in `window_bytes` (one message of any size is always allowed, so nothing is too large).
+/// An importer's credit: what it has landed in its local channel of exporter run `run`'s
+/// messages, whether that run's stream ended there, and how much it takes beyond what it landed.
+/// The exporter may have `window_messages` messages unconfirmed with it, and more than one only
+/// while their bytes fit in `window_bytes` (one message of any size is always allowed, so
+/// nothing is too large).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Credit {
-    /// Messages landed in the importer's local channel.
+    /// The exporter run the counts are about (the one it landed a message of last; 0 before
+    /// any).
+    pub run: u64,
+    /// Messages of that run landed in the importer's local channel.
     pub landed_messages: u64,
     /// Their bytes.
     pub landed_bytes: u64,
@@ -135,14 +139,17 @@ pub struct Credit {
     pub window_messages: u64,
     /// How many bytes may be unconfirmed at once, one message excepted.
     pub window_bytes: u64,
+    /// Whether run `run` ended its stream and everything it sent landed: the exporter may go.
+    pub ended: bool,
 }
 
-const CREDIT_LEN: usize = 32;
+const CREDIT_LEN: usize = 41;
 
 impl Credit {
     pub(crate) fn encode(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(CREDIT_LEN);
         for word in [
+            self.run,
             self.landed_messages,
             self.landed_bytes,
             self.window_messages,
@@ -150,6 +157,7 @@ impl Credit {
         ] {
             out.extend_from_slice(&word.to_le_bytes());
         }
+        out.push(u8::from(self.ended));
         out
     }
 
@@ -159,10 +167,16 @@ impl Credit {
         }
         let word = |i: usize| u64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().unwrap());
         let credit = Credit {
-            landed_messages: word(0),
-            landed_bytes: word(1),
-            window_messages: word(2),
-            window_bytes: word(3),
+            run: word(0),
+            landed_messages: word(1),
+            landed_bytes: word(2),
+            window_messages: word(3),
+            window_bytes: word(4),
+            ended: match bytes[40] {
+                0 => false,
+                1 => true,
+                _ => return None,
+            },
         };
         (credit.window_messages >= 1).then_some(credit)
     }
@@ -172,8 +186,12 @@ impl fmt::Display for Credit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} landed, window {} messages / {} bytes",
-            self.landed_messages, self.window_messages, self.window_bytes
+            "{} landed of run {:016x}{}, window {} messages / {} bytes",
+            self.landed_messages,
+            self.run,
+            if self.ended { " (ended)" } else { "" },
+            self.window_messages,
+            self.window_bytes
         )
     }
 }
@@ -195,6 +213,8 @@ mod tests {
             assert_eq!(Header::decode(&header.encode()), Some(header));
         }
         let credit = Credit {
+            run: 9,
+            ended: true,
             landed_messages: 5,
             landed_bytes: 1 << 40,
             window_messages: 64,
@@ -209,6 +229,9 @@ mod tests {
         assert_eq!(Header::decode(&seq_zero), None, "messages count from 1");
         assert_eq!(Header::decode(&[1; HEADER_LEN + 1]), None);
         assert_eq!(Credit::decode(&[0; CREDIT_LEN - 1]), None);
+        let mut bad_flag = credit.encode();
+        bad_flag[CREDIT_LEN - 1] = 2;
+        assert_eq!(Credit::decode(&bad_flag), None, "ended is 0 or 1");
         let no_window = Credit {
             window_messages: 0,
             ..credit

@@ -307,16 +307,19 @@ fn share_mode_sends_a_host_only_what_it_has_room_for() {
                 send(&tx, &pattern, index, 4096);
             }
             drop(tx);
-            // Everything not stuck on B1 reaches B2 while B1 still reads nothing.
+            // Everything not stuck on B1 reaches B2 while B1 still reads nothing (and if B1 was
+            // sent more than its room, B2 never gets that far).
+            let deadline = std::time::Instant::now() + LONG;
             while busy_got.load(Ordering::Relaxed) + 8 < count {
+                let stuck_so_far = count - busy_got.load(Ordering::Relaxed);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "B2 got only {} of {count}: the stuck host holds {stuck_so_far}",
+                    count - stuck_so_far
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(500));
-            let stuck_so_far = count - busy_got.load(Ordering::Relaxed);
-            assert!(
-                stuck_so_far <= 8,
-                "the stuck host was sent {stuck_so_far} messages"
-            );
+            assert_eq!(stuck_rx.len(), 4, "the stuck host's channel is full");
             let stuck_stream = receive_stream(&stuck_rx, &pattern, None);
             (busy_consumer.join().unwrap(), stuck_stream)
         });
