@@ -493,3 +493,153 @@ fn an_importer_killed_mid_stream_is_reported_and_restarted() {
     }
     assert_eq!(leftovers(&[&on_a, &on_b]), Vec::<String>::new());
 }
+
+/// Runs `openssl ARGS` in `dir`; panics if it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("run openssl (the TLS test makes its certificates with it)");
+    assert!(status.success(), "openssl {args:?} failed");
+}
+
+/// Known to fail with Zenoh 1.10.2 (docs/guide.md, "Security"): the TLS link is made (the
+/// certificates are accepted), then drops and is made again every few milliseconds under load
+/// (Zenoh's debug log: "TX task failed: handshake not complete"), and what is in flight each
+/// time is lost; the bridges report it. Kept to reproduce it, and to turn on once Zenoh's TLS
+/// link holds: `cargo test -p shmq-zenoh --test bridge -- --ignored tls`.
+#[test]
+#[ignore = "Zenoh 1.10.2's TLS link drops under load: see the comment"]
+fn the_guides_tls_configuration_carries_messages_over_tls() {
+    // A CA and one certificate for "localhost", made here; the configuration is the guide's.
+    let dir = std::env::temp_dir().join(unique_name("tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "host-key.pem",
+            "-out",
+            "host.csr",
+        ],
+    );
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        &dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "host.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "host-cert.pem",
+        ],
+    );
+    let config = dir.join("bridge-tls.json5");
+    let pem = |name: &str| dir.join(name).display().to_string();
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{
+  mode: "peer",
+  transport: {{ link: {{ tls: {{
+    root_ca_certificate: "{ca}",
+    listen_private_key: "{key}", listen_certificate: "{cert}",
+    connect_private_key: "{key}", connect_certificate: "{cert}",
+    enable_mtls: true,
+  }} }} }},
+}}"#,
+            ca = pem("ca.pem"),
+            key = pem("host-key.pem"),
+            cert = pem("host-cert.pem"),
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+
+    let (on_a, on_b) = (unique_name("a"), unique_name("b"));
+    let key = format!("shmq/{on_a}");
+    let port = free_endpoint().rsplit(':').next().unwrap().to_owned();
+    let (listen, connect) = (
+        format!("tls/127.0.0.1:{port}"),
+        format!("tls/localhost:{port}"),
+    );
+    let count = 100u64;
+    let pattern = Pattern::new(1 << 20);
+    {
+        let (tx, _idle) = shmq::channel(&on_a, a_channel(64)).expect("channel on A");
+        let mut exporter = Bridge::start(
+            "tls exporter",
+            &[
+                "export", &on_a, "--key", &key, "--config", &config, "--listen", &listen,
+            ],
+        );
+        let mut importer = Bridge::start(
+            "tls importer",
+            &[
+                "import",
+                &on_b,
+                "--key",
+                &key,
+                "--config",
+                &config,
+                "--connect",
+                &connect,
+                "--create",
+                "--until-end",
+            ],
+        );
+        let rx = open_receiver(&on_b, SHORT);
+        for index in 0..count {
+            send(
+                &tx,
+                &pattern,
+                index,
+                8 + (index as usize * 7919) % (1 << 20),
+            );
+        }
+        drop(tx);
+        let got = receive_stream(&rx, &pattern, None);
+        assert_eq!(got, (0..count).collect::<Vec<_>>());
+        assert!(exporter.wait_exit(SHORT).success());
+        assert!(importer.wait_exit(SHORT).success());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(leftovers(&[&on_a, &on_b]), Vec::<String>::new());
+}

@@ -47,7 +47,10 @@ impl Bridge {
         let file = std::fs::File::create(&log).expect("create the bridge's log file");
         let child = Command::new(env!("CARGO_BIN_EXE_shmq-bridge"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SHMQ_BRIDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
