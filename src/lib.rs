@@ -128,8 +128,9 @@ mod remove;
 
 pub use channel::{
     channel, ChannelConfig, ChannelStats, Exhausted, IntoIter, Iter, JoinTasksTimeoutError, Loan,
-    Message, Receiver, RecvError, RecvTimeoutError, SendError, SendTimeoutError, Sender, SliceLoan,
-    TaskDoneError, TryIter, TryRecvError, TrySendError, DEFAULT_SPIN,
+    Message, ReadyTimeoutError, Receiver, RecvError, RecvTimeoutError, Select, SelectTimeoutError,
+    SelectedOperation, SendError, SendTimeoutError, Sender, SliceLoan, TaskDoneError, TryIter,
+    TryReadyError, TryRecvError, TrySelectError, TrySendError, DEFAULT_SPIN,
 };
 pub use error::{Error, Result};
 pub use gc::{gc, GcEntry, GcReason};

@@ -247,7 +247,7 @@ impl Endpoint {
         })
     }
 
-    fn spin(&self) -> Duration {
+    pub(super) fn spin(&self) -> Duration {
         Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed))
     }
 
@@ -288,7 +288,7 @@ impl Endpoint {
     /// `Disconnected`: no live peer (see [`Endpoint::peers_alive`]), on a channel that
     /// disconnects. A persistent channel (`with_disconnect(false)`) never does, but its peers
     /// are scanned all the same, since the scan is also what reclaims the dead.
-    fn peer_gone(&self) -> bool {
+    pub(super) fn peer_gone(&self) -> bool {
         let alive = self.peers_alive(PEER_RECHECK);
         !alive && self.chan.disconnects()
     }
@@ -502,8 +502,12 @@ impl Endpoint {
     /// Waits until every message sent before the call has been received and dropped.
     pub(super) fn join(&self, deadline: Option<Instant>) -> Result<(), Stopped> {
         self.owner(deadline)?;
+        self.join_until(self.chan.sent_total(), deadline)
+    }
+
+    /// Waits until `target` messages (the sent total when the join began) are done.
+    pub(super) fn join_until(&self, target: u64, deadline: Option<Instant>) -> Result<(), Stopped> {
         let chan = &self.chan;
-        let target = chan.sent_total();
         self.wait_for(WaitOn::Done, deadline, None, || {
             // Only a consistent count may say done (a stopped retirer leaves none to be had).
             let done = || {

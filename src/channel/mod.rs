@@ -200,6 +200,7 @@ mod reclaim;
 mod ring;
 #[cfg(test)]
 mod ring_model;
+mod select;
 mod sender;
 mod stats;
 mod tasks;
@@ -213,6 +214,9 @@ pub use errors::{
 };
 pub use message::{Loan, Message, SliceLoan};
 pub use receiver::{IntoIter, Iter, Receiver, TryIter};
+pub use select::{
+    ReadyTimeoutError, Select, SelectTimeoutError, SelectedOperation, TryReadyError, TrySelectError,
+};
 pub use sender::Sender;
 pub use stats::ChannelStats;
 

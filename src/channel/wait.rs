@@ -57,10 +57,10 @@ pub(crate) enum WaitError {
 }
 
 /// Longest single futex sleep: how often a sleeper re-checks its condition and its peers.
-const MAX_SLEEP: Duration = Duration::from_millis(25);
+pub(super) const MAX_SLEEP: Duration = Duration::from_millis(25);
 
 impl Chan {
-    fn wait_word(&self, on: WaitOn) -> &AtomicU32 {
+    pub(super) fn wait_word(&self, on: WaitOn) -> &AtomicU32 {
         self.data
             .atomic_in(C_WAIT_WORDS as usize + 4 * on as usize)
             .expect("wait word in bounds")
@@ -73,6 +73,16 @@ impl Chan {
         self.data
             .atomic_in((C_WAIT_WORDS + 4 * WAIT_KINDS) as usize + 4 * on as usize)
             .expect("armed flag in bounds")
+    }
+
+    /// Announces a sleeper on `on` and returns the futex word's value to sleep on: a waker that
+    /// changes the condition after this call bumps the word, so a sleep on the returned value
+    /// (by this thread, a `Select`, or the async waiter thread) that begins after the waker
+    /// ran returns at once. The caller re-checks its condition after this call, then sleeps.
+    pub(super) fn arm(&self, on: WaitOn) -> u32 {
+        self.armed(on).store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        self.wait_word(on).load(Ordering::SeqCst)
     }
 
     /// Wakes threads waiting on `on`, making a syscall only if one armed the word since the
@@ -165,9 +175,7 @@ impl Chan {
             }
         }
         loop {
-            self.armed(on).store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let seq = self.wait_word(on).load(Ordering::SeqCst);
+            let seq = self.arm(on);
             let outcome = run(&mut attempt);
             let now = Instant::now();
             let timed_out = deadline.is_some_and(|d| now >= d);

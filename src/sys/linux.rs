@@ -4,7 +4,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{AtFlags, FallocateFlags, FileType, Mode, OFlags};
@@ -391,6 +391,81 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Durati
 /// Wakes every process sleeping on `word`.
 pub(crate) fn futex_wake_all(word: &AtomicU32) {
     let _ = futex::wake(word, futex::Flags::empty(), i32::MAX as u32);
+}
+
+/// Most futex words one [`futex_wait_any`] call sleeps on: the kernel's limit for
+/// `futex_waitv` (`FUTEX_WAITV_MAX`).
+pub(crate) const FUTEX_WAITV_MAX: usize = 128;
+
+/// How a [`futex_wait_any`] call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WaitAny {
+    /// Woken, or a word no longer held its expected value, or a signal, or the deadline:
+    /// callers re-check what they wait for in every case.
+    Returned,
+    /// The kernel has no `futex_waitv` (Linux before 5.16, or a seccomp filter that refuses
+    /// it): nothing slept.
+    Unsupported,
+}
+
+/// Sleeps until one of `words` no longer holds its expected value, or until `deadline` (at
+/// most [`FUTEX_WAITV_MAX`] words; more is a caller's bug, and is cut to that many). Each word
+/// is a shared (not `FUTEX2_PRIVATE`) futex: it may live in memory mapped by other processes,
+/// and a waker there must find this sleeper.
+pub(crate) fn futex_wait_any(words: &[(&AtomicU32, u32)], deadline: Option<Instant>) -> WaitAny {
+    let waits: Vec<futex::Wait> = words
+        .iter()
+        .take(FUTEX_WAITV_MAX)
+        .map(|(word, expected)| {
+            let mut wait = futex::Wait::new();
+            wait.val = u64::from(*expected);
+            wait.uaddr = futex::WaitPtr::new(word.as_ptr().cast());
+            wait.flags = futex::WaitFlags::SIZE_U32;
+            wait
+        })
+        .collect();
+    // futex_waitv takes an absolute time on the clock it is given: CLOCK_MONOTONIC, which is
+    // the clock `Instant` reads on Linux.
+    let spec = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let nanos = now.tv_nsec as u64 + u64::from(left.subsec_nanos());
+        futex::Timespec {
+            tv_sec: now
+                .tv_sec
+                .saturating_add(left.as_secs().min(i64::MAX as u64 / 2) as i64)
+                .saturating_add((nanos / 1_000_000_000) as i64),
+            tv_nsec: (nanos % 1_000_000_000) as _,
+        }
+    });
+    match futex::waitv(
+        &waits,
+        futex::WaitvFlags::empty(),
+        spec.as_ref(),
+        rustix::time::ClockId::Monotonic,
+    ) {
+        // ENOSYS: no such call; EPERM: a seccomp filter refuses it; EINVAL: a kernel that
+        // knows the call but not these flags. Remembered, so a fallback costs no system call.
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM | rustix::io::Errno::INVAL) => {
+            WAITV_UNSUPPORTED.store(true, Ordering::Relaxed);
+            WaitAny::Unsupported
+        }
+        // EAGAIN (a word changed), ETIMEDOUT, EINTR, or an index: all mean "look again".
+        _ => WaitAny::Returned,
+    }
+}
+
+/// Set once `futex_waitv` has been refused: later calls fall back without asking again.
+static WAITV_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether [`futex_wait_any`] can sleep on several words here (false once the kernel has
+/// refused `futex_waitv`). `SHMQ_NO_FUTEX_WAITV=1` in the environment forces the fallback, so
+/// that tests can run it on a kernel that has the call.
+pub(crate) fn futex_wait_any_supported() -> bool {
+    static FORCED_OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let forced = *FORCED_OFF
+        .get_or_init(|| std::env::var_os("SHMQ_NO_FUTEX_WAITV").is_some_and(|v| v == "1"));
+    !forced && !WAITV_UNSUPPORTED.load(Ordering::Relaxed)
 }
 
 /// Size of the robust mutex object that [`robust_mutex_init`] places in shared memory.
