@@ -126,6 +126,8 @@ mod gc;
 mod inspect;
 mod remove;
 
+#[cfg(feature = "async")]
+pub use channel::pending_async_waits;
 pub use channel::{
     channel, ChannelConfig, ChannelStats, Exhausted, IntoIter, Iter, JoinTasksTimeoutError, Loan,
     Message, ReadyTimeoutError, Receiver, RecvError, RecvTimeoutError, Select, SelectTimeoutError,

@@ -231,6 +231,11 @@ impl Loan {
         }
     }
 
+    /// The family of handles this loan was made by.
+    pub(super) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.ep
+    }
+
     /// Publishes the loaned bytes as a message, blocking while the ring is full.
     pub fn send(self) -> Result<(), SendError<Loan>> {
         let mut loan = self;
@@ -268,7 +273,7 @@ impl Loan {
 
     /// Publishes the reservation. On success it belongs to the ring (and this loan, spent, has
     /// nothing left to give back); on failure the loan comes back intact.
-    fn publish(mut self, deadline: Option<Instant>) -> Result<(), (Stopped, Loan)> {
+    pub(super) fn publish(mut self, deadline: Option<Instant>) -> Result<(), (Stopped, Loan)> {
         let Some(reserved) = self.reserved.take() else {
             return Ok(());
         };

@@ -190,11 +190,15 @@ mod arena;
 mod config;
 mod endpoint;
 mod errors;
+#[cfg(feature = "async")]
+mod future;
 mod journal;
 mod layout;
 mod lock;
 mod message;
 mod overflow;
+#[cfg(feature = "async")]
+mod reactor;
 mod receiver;
 mod reclaim;
 mod ring;
@@ -212,6 +216,8 @@ pub use errors::{
     Exhausted, JoinTasksTimeoutError, RecvError, RecvTimeoutError, SendError, SendTimeoutError,
     TaskDoneError, TryRecvError, TrySendError,
 };
+#[cfg(feature = "async")]
+pub use future::pending_async_waits;
 pub use message::{Loan, Message, SliceLoan};
 pub use receiver::{IntoIter, Iter, Receiver, TryIter};
 pub use select::{

@@ -1,0 +1,254 @@
+//! The waiter thread of the async API: one thread per process that sleeps on the futex word of
+//! every pending future at once (`futex_waitv`) and wakes the futures whose word moved.
+//!
+//! A future arms its channel's word and reads it (`Chan::arm`), then tries its operation; if
+//! that is not ready, it registers the word, the value it read and its `Waker` here. Any peer
+//! that changes the condition afterwards bumps the word, so the waiter thread's sleep on the
+//! registered value either does not begin (the kernel sees the word changed) or ends. The
+//! waiter then wakes every future whose word differs from its registered value, and removes
+//! its registration: a woken future polls again, and registers again if it must still wait.
+//!
+//! Every registration older than 25 ms is woken too, so that a future re-checks its peers'
+//! liveness as often as a blocking call does: that is how a killed peer shows up as
+//! `Disconnected` in async code.
+
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use super::endpoint::Endpoint;
+use super::wait::{WaitOn, MAX_SLEEP};
+use crate::sys;
+
+/// How long the waiter sleeps at a time when some words could not be slept on (more than
+/// `futex_waitv` takes, or no `futex_waitv`): those are polled this often.
+const POLL_SLICE: Duration = Duration::from_millis(1);
+
+/// One pending future's wait.
+struct Registration {
+    id: u64,
+    ep: Arc<Endpoint>,
+    on: WaitOn,
+    /// The word's value when the future armed it, before its last attempt.
+    seq: u32,
+    waker: Waker,
+    since: Instant,
+}
+
+impl Registration {
+    fn word(&self) -> &AtomicU32 {
+        self.ep.chan.wait_word(self.on)
+    }
+
+    fn moved(&self) -> bool {
+        self.word().load(Ordering::SeqCst) != self.seq
+    }
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    registrations: Vec<Registration>,
+}
+
+/// The waiter of one process (a child forked from it gets a new one: threads do not survive
+/// `fork`).
+pub(super) struct Reactor {
+    fork_generation: u64,
+    state: Mutex<State>,
+    /// Bumped whenever registrations change, so that the waiter, which sleeps on this word
+    /// too, takes a fresh look at them.
+    changes: AtomicU32,
+    /// Whether the waiter thread runs; a failed spawn is retried by the next registration.
+    started: AtomicBool,
+}
+
+/// The reactor of this process, made (and its thread started) on first use.
+pub(super) fn reactor() -> &'static Reactor {
+    static CURRENT: AtomicPtr<Reactor> = AtomicPtr::new(std::ptr::null_mut());
+    let generation = sys::fork_generation();
+    loop {
+        let current = CURRENT.load(Ordering::Acquire);
+        // SAFETY: CURRENT only ever holds null or a pointer from Box::leak below, which is
+        // never freed once published (a reactor of a parent process is left in its forked
+        // children, unused).
+        if let Some(reactor) = unsafe { current.as_ref() } {
+            if reactor.fork_generation == generation {
+                return reactor;
+            }
+        }
+        let fresh: &'static mut Reactor = Box::leak(Box::new(Reactor {
+            fork_generation: generation,
+            state: Mutex::new(State::default()),
+            changes: AtomicU32::new(0),
+            started: AtomicBool::new(false),
+        }));
+        let fresh_ptr: *mut Reactor = fresh;
+        if CURRENT
+            .compare_exchange(current, fresh_ptr, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another thread installed one first: use that, and free ours, never published.
+            // SAFETY: fresh_ptr came from Box::leak just above and no one else has seen it.
+            drop(unsafe { Box::from_raw(fresh_ptr) });
+        }
+    }
+}
+
+impl Reactor {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held (a Waker's code, say) leaves the list whole.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers (or renews, for `id`) a wait on `on`'s word of `ep`, which held `seq` when the
+    /// caller armed it. Returns the registration's id, for [`Reactor::renew`] and
+    /// [`Reactor::cancel`].
+    pub(super) fn register(
+        &'static self,
+        id: Option<u64>,
+        ep: &Arc<Endpoint>,
+        on: WaitOn,
+        seq: u32,
+        waker: &Waker,
+    ) -> u64 {
+        if !self.start() {
+            // No waiter thread to be had (the spawn failed): have the future polled again
+            // rather than left asleep; the next registration tries the spawn again.
+            waker.wake_by_ref();
+        }
+        let mut state = self.lock();
+        let now = Instant::now();
+        if let Some(id) = id {
+            if let Some(r) = state.registrations.iter_mut().find(|r| r.id == id) {
+                let same_word = r.seq == seq;
+                r.seq = seq;
+                if !r.waker.will_wake(waker) {
+                    r.waker = waker.clone();
+                }
+                r.since = now;
+                drop(state);
+                if !same_word {
+                    self.changed();
+                }
+                return id;
+            }
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        state.registrations.push(Registration {
+            id,
+            ep: Arc::clone(ep),
+            on,
+            seq,
+            waker: waker.clone(),
+            since: now,
+        });
+        drop(state);
+        self.changed();
+        id
+    }
+
+    /// Removes registration `id` (a future that completed, or was dropped while pending).
+    pub(super) fn cancel(&self, id: u64) {
+        let mut state = self.lock();
+        let before = state.registrations.len();
+        state.registrations.retain(|r| r.id != id);
+        let removed = state.registrations.len() != before;
+        drop(state);
+        if removed {
+            // The waiter holds the endpoint while it sleeps: let it go now, not in 25 ms.
+            self.changed();
+        }
+    }
+
+    /// Registrations now (futures waiting, as of their last poll).
+    pub(super) fn pending(&self) -> usize {
+        self.lock().registrations.len()
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        sys::futex_wake_all(&self.changes);
+    }
+
+    /// Starts the waiter thread if it is not running; whether it runs.
+    fn start(&'static self) -> bool {
+        if self.started.load(Ordering::Acquire) || self.started.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("shmq-waiter".to_owned())
+            .spawn(move || self.run());
+        if spawned.is_err() {
+            self.started.store(false, Ordering::Release);
+        }
+        spawned.is_ok()
+    }
+
+    /// The waiter thread: sleep on every registered word and on `changes`, then wake what
+    /// moved (and what has waited 25 ms).
+    fn run(&self) {
+        loop {
+            let changes = self.changes.load(Ordering::SeqCst);
+            // The endpoints are held while sleeping, so every word stays mapped.
+            let (held, some_polled): (Vec<(Arc<Endpoint>, WaitOn, u32)>, bool) = {
+                let state = self.lock();
+                let mut held: Vec<(Arc<Endpoint>, WaitOn, u32)> = Vec::new();
+                let mut some_polled = false;
+                for r in &state.registrations {
+                    let word = r.word();
+                    if held.iter().any(|(ep, on, seq)| {
+                        std::ptr::eq(ep.chan.wait_word(*on), word) && *seq == r.seq
+                    }) {
+                        continue;
+                    }
+                    if held.len() + 1 < sys::FUTEX_WAITV_MAX {
+                        held.push((Arc::clone(&r.ep), r.on, r.seq));
+                    } else {
+                        some_polled = true;
+                    }
+                }
+                (held, some_polled)
+            };
+            let mut words: Vec<(&AtomicU32, u32)> = Vec::with_capacity(held.len() + 1);
+            words.push((&self.changes, changes));
+            words.extend(
+                held.iter()
+                    .map(|(ep, on, seq)| (ep.chan.wait_word(*on), *seq)),
+            );
+            let poll = some_polled || !sys::futex_wait_any_supported();
+            // With nothing registered, sleep until something is; otherwise at most 25 ms.
+            let until = (!held.is_empty() || some_polled)
+                .then(|| Instant::now() + if poll { POLL_SLICE } else { MAX_SLEEP });
+            let slept = !poll && sys::futex_wait_any(&words, until) == sys::WaitAny::Returned;
+            if !slept {
+                let slice = until.map(|u| u.saturating_duration_since(Instant::now()));
+                sys::futex_wait(&self.changes, changes, slice);
+            }
+            drop(words);
+            drop(held);
+            self.wake_moved();
+        }
+    }
+
+    /// Wakes (and removes) every registration whose word moved or that has waited 25 ms.
+    fn wake_moved(&self) {
+        let now = Instant::now();
+        let due = {
+            let mut state = self.lock();
+            let (due, waiting): (Vec<Registration>, Vec<Registration>) =
+                std::mem::take(&mut state.registrations)
+                    .into_iter()
+                    .partition(|r| r.moved() || now.duration_since(r.since) >= MAX_SLEEP);
+            state.registrations = waiting;
+            due
+        };
+        // Outside the lock: a waker may poll at once and register again, and the endpoints
+        // held here (perhaps the last references) are dropped here.
+        for r in due {
+            r.waker.wake();
+        }
+    }
+}
