@@ -257,3 +257,47 @@ fn completing_with_another_channels_receiver_panics() {
     let oper = sel.select();
     let _ = oper.recv(&rx2);
 }
+
+#[test]
+fn the_select_macro_runs_the_arm_of_the_operation_that_completed() {
+    let name = common::unique_name("sel-macro");
+    let (tx, rx) = shmq::channel(&name, config(1, 64 * KIB)).expect("create");
+    let (idle_tx, idle_rx) =
+        shmq::channel(&common::unique_name("sel-macro-idle"), config(1, 64 * KIB)).expect("idle");
+    tx.send(b"filler").expect("fill the ring");
+
+    // Nothing ready: the `default` arm runs at once.
+    let mut evaluated = false;
+    let outcome = shmq::select! {
+        recv(idle_rx) -> _msg => "received",
+        send(tx, { evaluated = true; b"selected" }) -> _res => "sent",
+        default => "nothing ready",
+    };
+    assert_eq!(outcome, "nothing ready");
+    assert!(!evaluated, "the payload of an arm not chosen was evaluated");
+
+    // A receiver in another process makes room: the send arm runs, and sends.
+    let mut kid = Kid::spawn("drain_later", &[&name]);
+    kid.expect("attached");
+    drop(rx);
+    let outcome = shmq::select! {
+        recv(idle_rx) -> msg => {
+            panic!("nothing was sent on the idle channel: {msg:?}");
+        }
+        send(tx, b"selected") -> res => {
+            res.expect("selected send");
+            "sent"
+        }
+        default(HANG) => "timed out",
+    };
+    assert_eq!(outcome, "sent");
+    kid.expect("drained");
+    kid.finish();
+
+    // A message: the recv arm gets it.
+    idle_tx.send(b"x").expect("send");
+    let got = shmq::select! {
+        recv(idle_rx) -> msg => msg.expect("recv").to_vec(),
+    };
+    assert_eq!(got, b"x");
+}

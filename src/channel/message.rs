@@ -232,6 +232,7 @@ impl Loan {
     }
 
     /// The family of handles this loan was made by.
+    #[cfg(feature = "async")]
     pub(super) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.ep
     }

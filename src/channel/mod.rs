@@ -205,6 +205,7 @@ mod ring;
 #[cfg(test)]
 mod ring_model;
 mod select;
+mod select_macro;
 mod sender;
 mod stats;
 mod tasks;
