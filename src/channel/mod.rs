@@ -203,6 +203,8 @@ mod ring_model;
 mod sender;
 mod stats;
 mod tasks;
+#[cfg(feature = "serde")]
+mod typed;
 mod view;
 mod wait;
 
