@@ -3,7 +3,8 @@
 //! borrowed fields, a payload larger than the arena); borrowed decodes that point into shared
 //! memory; the wrong type, random garbage and huge length prefixes giving errors that name the
 //! type, with no panic and no allocation beyond the message; encode failures; values whose
-//! encoding changes between the sizing pass and the write; the `try_` and `_timeout` forms.
+//! encoding changes between the sizing pass and the write; the `try_` and `_timeout` forms;
+//! `serde_bytes` and a plain `Vec<u8>` sharing one encoding.
 
 mod common;
 
@@ -113,6 +114,11 @@ struct Borrowed<'a> {
     name: &'a str,
     #[serde(with = "serde_bytes")]
     data: &'a [u8],
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct PlainBlob {
+    data: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -569,5 +575,27 @@ fn try_and_timeout_forms_report_a_full_channel() {
     assert!(tx.send_value(&small(2)).unwrap_err().is_disconnected());
     assert!(tx.send_value(&records()).unwrap_err().is_disconnected());
     drop(tx);
+    assert_gone(&name);
+}
+
+#[test]
+fn serde_bytes_and_a_plain_vec_of_bytes_share_an_encoding() {
+    let name = common::unique_name("typed-bytes");
+    let _cleanup = Cleanup::new(&[&name]);
+    let (tx, rx) = shmq::channel(&name, config(4, MIB)).expect("create");
+    let data = pattern(7, 5000);
+    tx.send_value(&PlainBlob { data: data.clone() })
+        .expect("send plain");
+    tx.send_value(&Blob { data: data.clone() })
+        .expect("send serde_bytes");
+    let plain = rx.recv().expect("recv");
+    let bytes = rx.recv().expect("recv");
+    assert_eq!(&plain[..], &bytes[..], "the same bytes on the wire");
+    assert_eq!(plain.value::<Blob>().expect("plain as Blob").data, data);
+    assert_eq!(
+        bytes.value::<PlainBlob>().expect("Blob as plain").data,
+        data
+    );
+    drop((plain, bytes, tx, rx));
     assert_gone(&name);
 }

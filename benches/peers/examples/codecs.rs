@@ -344,8 +344,8 @@ fn borrowed_row() {
 /// What each decoder does with a few bytes that claim a huge string and a huge sequence.
 fn hostile_rows() {
     // A varint claiming 1 GiB (bincode standard: 0xfc then a u32; postcard: LEB128), and a
-    // fixed u64 1 GiB (bincode fixint). Kept at 1 GiB: the largest claim bincode survives
-    // here (it allocates the claim, and an allocation failure aborts the process).
+    // fixed u64 1 GiB (bincode fixint). Kept at 1 GiB: bincode allocates the claim, and an
+    // allocation that fails aborts the process.
     let claim = 1u64 << 30;
     let mut leb = Vec::new();
     let mut n = claim;
