@@ -159,6 +159,27 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// A typed message could not be encoded or decoded (feature `serde`: `Sender::send_value`
+    /// and `Message::value`, whose docs say more): the value could not be encoded, or the
+    /// bytes of a received message are not an encoding of the type asked for (another type, a
+    /// truncated or garbled payload, trailing bytes). Nothing was sent; a message that failed to
+    /// decode is still held, and may be read as bytes or as another type.
+    #[error("segment {name:?}: cannot {op} {type_name}{}: {what}", len_text(*.len))]
+    Encoding {
+        /// The channel name.
+        name: String,
+        /// The Rust type, as [`std::any::type_name`] spells it.
+        type_name: &'static str,
+        /// `"encode"` or `"decode"`.
+        op: &'static str,
+        /// The message's length in bytes: always for a decode, and for an encode once its size
+        /// is known.
+        len: Option<usize>,
+        /// What failed, in the encoder's words (postcard's), with shmq's where it found the
+        /// fault itself (trailing bytes).
+        what: String,
+    },
+
     /// An operating-system call failed.
     #[error("{op} failed for segment {name:?}: {source}")]
     Io {
@@ -232,6 +253,19 @@ impl Clone for Error {
                 holder_pid: *holder_pid,
                 waited: *waited,
             },
+            Error::Encoding {
+                name,
+                type_name,
+                op,
+                len,
+                what,
+            } => Error::Encoding {
+                name: name.clone(),
+                type_name,
+                op,
+                len: *len,
+                what: what.clone(),
+            },
             Error::Io { name, op, source } => Error::Io {
                 name: name.clone(),
                 op,
@@ -279,6 +313,13 @@ impl Eq for Error {}
 fn holder_text(holder_pid: Option<u32>) -> String {
     match holder_pid {
         Some(pid) => format!(" (held by process {pid}, which may be stopped)"),
+        None => String::new(),
+    }
+}
+
+fn len_text(len: Option<usize>) -> String {
+    match len {
+        Some(len) => format!(" (a {len}-byte message)"),
         None => String::new(),
     }
 }

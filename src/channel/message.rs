@@ -57,7 +57,7 @@ pub(super) enum Body {
 /// `deref_mut` panics. An inherited message of up to 96 bytes is the child's own copy (the
 /// bytes live in the `Message`, which `fork` copied), and may be written.
 pub struct Message {
-    ep: Arc<Endpoint>,
+    pub(super) ep: Arc<Endpoint>,
     body: Body,
     len: usize,
     /// The receiving participant, which counts the message done when it drops.

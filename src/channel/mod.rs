@@ -209,6 +209,8 @@ mod select_macro;
 mod sender;
 mod stats;
 mod tasks;
+#[cfg(feature = "serde")]
+mod typed;
 mod view;
 mod wait;
 
