@@ -68,6 +68,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Waiting on several channels, and from async code
+//!
+//! [`Select`] and the [`select!`] macro (crossbeam-channel's API) wait on receives and sends of
+//! any number of channels at once, asleep on all of their futex words in one system call
+//! (`futex_waitv`). With the feature `async`, `Receiver::recv_async`, `Sender::send_async`,
+//! `loan_async`, `join_async` and `Loan::send_async` are cancel-safe futures for any executor,
+//! woken by one waiter thread per process. With the feature `serde`, `Sender::send_value` and
+//! `Message::value` carry any serde type.
+//!
 //! # Shared values
 //!
 //! ```

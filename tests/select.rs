@@ -52,6 +52,13 @@ fn child_entry() {
             assert_eq!(&second[..], b"selected");
             common::signal_parent("drained");
         }
+        "send_later" => {
+            let tx = Sender::open(&args[0]).expect("open sender");
+            common::signal_parent("attached");
+            thread::sleep(Duration::from_millis(50));
+            tx.send(b"from the live peer").expect("send");
+            common::signal_parent("sent");
+        }
         "hold_sender" => {
             let _tx = Sender::open(&args[0]).expect("open sender");
             common::signal_parent("attached");
@@ -300,4 +307,45 @@ fn the_select_macro_runs_the_arm_of_the_operation_that_completed() {
         recv(idle_rx) -> msg => msg.expect("recv").to_vec(),
     };
     assert_eq!(got, b"x");
+}
+
+#[test]
+fn a_stopped_peer_on_one_channel_does_not_hold_up_the_others() {
+    let (a, b) = (
+        common::unique_name("sel-stop-a"),
+        common::unique_name("sel-stop-b"),
+    );
+    let (tx_a, rx_a) = shmq::channel(&a, config(4, 64 * KIB)).expect("create a");
+    let (tx_b, rx_b) = shmq::channel(&b, config(4, 64 * KIB)).expect("create b");
+    let mut stopped = Kid::spawn("hold_sender", &[&a]);
+    stopped.expect("attached");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(stopped.pid() as libc::pid_t, libc::SIGSTOP) },
+        0
+    );
+    drop((tx_a, tx_b));
+    let mut live = Kid::spawn("send_later", &[&b]);
+    live.expect("attached");
+    let mut sel = Select::new();
+    let on_a = sel.recv(&rx_a);
+    let on_b = sel.recv(&rx_b);
+    let oper = sel.select_timeout(HANG).expect("channel b within HANG");
+    assert_eq!(
+        oper.index(),
+        on_b,
+        "not channel a ({on_a}), whose sender is stopped"
+    );
+    assert_eq!(&oper.recv(&rx_b).expect("recv")[..], b"from the live peer");
+    // A stopped sender is alive: its channel is neither ready nor disconnected.
+    sel.remove(on_b);
+    assert!(sel.select_timeout(Duration::from_millis(100)).is_err());
+    live.expect("sent");
+    live.finish();
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::kill(stopped.pid() as libc::pid_t, libc::SIGCONT) },
+        0
+    );
+    stopped.kill();
 }
