@@ -144,13 +144,8 @@ fn a_send_becomes_ready_when_a_receiver_in_another_process_makes_room() {
     let never = sel.recv(&idle_rx);
     let send = sel.send(&tx);
     assert!(sel.try_select().is_err(), "the ring is full: nothing ready");
-    let started = Instant::now();
     let oper = sel.select_timeout(HANG).expect("room within HANG");
     assert_eq!(oper.index(), send, "not the idle receive {never}");
-    assert!(
-        started.elapsed() >= Duration::from_millis(20),
-        "ready before the drain"
-    );
     oper.send(&tx, b"selected").expect("send");
     kid.expect("drained");
     kid.finish();

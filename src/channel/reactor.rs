@@ -12,7 +12,7 @@
 //! liveness as often as a blocking call does: that is how a killed peer shows up as
 //! `Disconnected` in async code.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -46,9 +46,11 @@ impl Registration {
     }
 }
 
+/// The id of the next registration, in every reactor of this process and its forked children.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 #[derive(Default)]
 struct State {
-    next_id: u64,
     registrations: Vec<Registration>,
 }
 
@@ -135,8 +137,10 @@ impl Reactor {
                 return id;
             }
         }
-        let id = state.next_id;
-        state.next_id += 1;
+        // Ids come from one counter for the process, which a forked child inherits and goes
+        // on from: an id a future carried across a fork can never name another future's
+        // registration in the child's new reactor.
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         state.registrations.push(Registration {
             id,
             ep: Arc::clone(ep),

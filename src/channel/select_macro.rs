@@ -98,17 +98,17 @@ macro_rules! __shmq_select {
         $crate::__shmq_select!(@parse $arms $default $($rest)*)
     };
     (@parse () $default:tt) => {
-        compile_error!("shmq::select! needs at least one recv or send arm")
+        ::core::compile_error!("shmq::select! needs at least one recv or send arm")
     };
     (@parse $arms:tt $default:tt) => {{
         let mut __shmq_sel = $crate::Select::new();
         $crate::__shmq_select!(@bind __shmq_sel () $default $arms)
     }};
     (@parse $arms:tt $default:tt $($unknown:tt)+) => {
-        compile_error!(concat!(
+        ::core::compile_error!(::core::concat!(
             "shmq::select!: expected `recv(rx) -> pat => body`, `send(tx, bytes) -> pat => body`, ",
             "`default => body` or `default(timeout) => body` (one default at most), found: ",
-            stringify!($($unknown)+)
+            ::core::stringify!($($unknown)+)
         ))
     };
 
@@ -146,7 +146,7 @@ macro_rules! __shmq_select {
                 $body
             } else
         )* {
-            unreachable!("shmq::select!: the select chose an operation it was not given")
+            ::core::unreachable!("shmq::select!: the select chose an operation it was not given")
         }
     };
 }

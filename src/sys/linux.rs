@@ -450,8 +450,14 @@ pub(crate) fn futex_wait_any(words: &[(&AtomicU32, u32)], deadline: Option<Insta
             WAITV_UNSUPPORTED.store(true, Ordering::Relaxed);
             WaitAny::Unsupported
         }
-        // EAGAIN (a word changed), ETIMEDOUT, EINTR, or an index: all mean "look again".
-        _ => WaitAny::Returned,
+        // An index, EAGAIN (a word changed), ETIMEDOUT, EINTR: all mean "look again".
+        Ok(_)
+        | Err(rustix::io::Errno::AGAIN | rustix::io::Errno::TIMEDOUT | rustix::io::Errno::INTR) => {
+            WaitAny::Returned
+        }
+        // Anything else (EFAULT, ENOMEM): this call did not sleep; the caller's one-word
+        // fallback sleeps instead, so a lasting error cannot make it spin.
+        Err(_) => WaitAny::Unsupported,
     }
 }
 
