@@ -126,11 +126,13 @@ impl Reactor {
             if let Some(r) = state.registrations.iter_mut().find(|r| r.id == id) {
                 let same_word = r.seq == seq;
                 r.seq = seq;
-                if !r.waker.will_wake(waker) {
-                    r.waker = waker.clone();
-                }
+                // The old waker is dropped after the lock is let go: its drop may free a task
+                // whose own futures cancel their registrations here.
+                let old_waker = (!r.waker.will_wake(waker))
+                    .then(|| std::mem::replace(&mut r.waker, waker.clone()));
                 r.since = now;
                 drop(state);
+                drop(old_waker);
                 if !same_word {
                     self.changed();
                 }
@@ -157,11 +159,15 @@ impl Reactor {
     /// Removes registration `id` (a future that completed, or was dropped while pending).
     pub(super) fn cancel(&self, id: u64) {
         let mut state = self.lock();
-        let before = state.registrations.len();
-        state.registrations.retain(|r| r.id != id);
-        let removed = state.registrations.len() != before;
+        let removed = state
+            .registrations
+            .iter()
+            .position(|r| r.id == id)
+            .map(|at| state.registrations.swap_remove(at));
         drop(state);
-        if removed {
+        // Dropped (its waker, its endpoint) outside the lock, as in `register`.
+        if removed.is_some() {
+            drop(removed);
             // The waiter holds the endpoint while it sleeps: let it go now, not in 25 ms.
             self.changed();
         }
