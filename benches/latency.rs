@@ -50,7 +50,12 @@ fn rate(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .throughput(Throughput::Elements(1));
-    for contender in [Contender::ShmqSend, Contender::Pipe, Contender::UnixSocket] {
+    for contender in [
+        Contender::ShmqSend,
+        Contender::ShmqRuns,
+        Contender::Pipe,
+        Contender::UnixSocket,
+    ] {
         let id = BenchmarkId::from_parameter(contender.id());
         common::bench_transfer(&mut group, id, &launcher, || {
             TransferSpec::new(contender, SMALL_MESSAGE).capacity(RATE_CAPACITY)

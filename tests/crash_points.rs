@@ -65,6 +65,39 @@ fn child_entry() {
                     assert!(check_pattern(&message, seq), "message {seq} corrupted");
                 }
             }
+            "run_sender" => {
+                // Runs of 5 (send_many goes on with what is left when a run is cut short).
+                let tx = Sender::open(name).expect("open sender");
+                common::signal_parent("ready");
+                let messages: Vec<Vec<u8>> = (0..CAPACITY as u64)
+                    .map(|seq| {
+                        let mut bytes = vec![0; size];
+                        fill_pattern(&mut bytes, seq);
+                        bytes
+                    })
+                    .collect();
+                for run in messages.chunks(5) {
+                    let mut rest = run;
+                    while !rest.is_empty() {
+                        rest = &rest[tx.send_many(rest).expect("send_many")..];
+                    }
+                }
+            }
+            "run_receiver" => {
+                // One run takes every queued message, and holds them all while it does.
+                let rx = Receiver::open(name).expect("open receiver");
+                let mut run = Vec::new();
+                while run.len() < QUEUED as usize {
+                    rx.recv_many_timeout(&mut run, QUEUED as usize, BOUND)
+                        .expect("recv_many");
+                }
+                for (seq, message) in run.iter().enumerate() {
+                    assert!(
+                        check_pattern(message, seq as u64),
+                        "message {seq} corrupted"
+                    );
+                }
+            }
             other => panic!("unknown role {other}"),
         }
         // Reaching here means the crash point was never passed: the parent fails the trial.
@@ -147,6 +180,7 @@ fn check_ring_recovered(name: &str, rx: &Receiver, size: usize, what: &str) {
 /// `point`, and checks that another receiver then gets messages `pass..QUEUED` (the dead one
 /// had `pass` of them, the last lost or delivered with it) and that the ring recovers.
 fn kill_a_receiver_of_queued_messages(
+    role: &str,
     prefix: &str,
     size: usize,
     point: &str,
@@ -160,7 +194,7 @@ fn kill_a_receiver_of_queued_messages(
         fill_pattern(&mut bytes, seq);
         tx.send(&bytes).expect("queue");
     }
-    run_until_death("receiver", &name, size, point, pass);
+    run_until_death(role, &name, size, point, pass);
     drop(tx);
     let got = receive_all(&rx, size, pass);
     assert_eq!(
@@ -182,21 +216,61 @@ fn a_sender_killed_at_each_step_loses_at_most_its_message() {
             }
             for pass in [1, 3] {
                 let what = format!("sender killed at {point}#{pass}, {kind} payloads");
-                let name = unique_name("cp-send");
-                let (tx, rx) = channel(&name, config()).expect("create channel");
-                drop(tx); // the child is the only sender: its death disconnects
-                run_until_death("sender", &name, size, point, pass);
-                let got = receive_all(&rx, size, 0);
-                // Passes before the armed one sent whole messages; the armed one is delivered
-                // only from where the tables say.
-                let expected = pass - 1 + u64::from(delivered);
-                assert_eq!(got.len() as u64, expected, "{what}: received {got:?}");
-                check_ring_recovered(&name, &rx, size, &what);
-                drop(rx);
-                assert_gone(&name);
+                kill_a_sender("sender", size, point, pass, delivered, &what);
             }
         }
     }
+}
+
+#[test]
+fn a_sender_killed_inside_a_run_of_sends_loses_at_most_its_message() {
+    // send_many puts small messages in one pass over the ring; its steps are the inline ones.
+    for (point, delivered, inline_passes) in SEND_POINTS {
+        if !inline_passes {
+            continue;
+        }
+        for pass in [1, 3, 5, 7] {
+            let what = format!("sender killed at {point}#{pass} inside send_many");
+            kill_a_sender("run_sender", 64, point, pass, delivered, &what);
+        }
+    }
+}
+
+#[test]
+fn a_receiver_killed_inside_a_run_of_takes_loses_only_what_it_took() {
+    // The dead one held the `pass - 1` messages its run took before (lost with it; their
+    // rooms are reclaimed) and lost the one it was taking; the rest stay queued.
+    for point in TAKE_POINTS {
+        for (kind, size) in SIZES {
+            for pass in [1, 4] {
+                let what = format!("receiver killed at {point}#{pass} inside recv_many, {kind}");
+                kill_a_receiver_of_queued_messages(
+                    "run_receiver",
+                    "cp-run",
+                    size,
+                    point,
+                    pass,
+                    &what,
+                );
+            }
+        }
+    }
+}
+
+/// Runs the sender child `role` (the only sender) armed to die at pass `pass` of `point`, and
+/// checks that the `pass - 1` messages before are delivered, the armed one only if
+/// `delivered` (where the tables of ring.rs say), and that the ring recovers.
+fn kill_a_sender(role: &str, size: usize, point: &str, pass: u64, delivered: bool, what: &str) {
+    let name = unique_name("cp-send");
+    let (tx, rx) = channel(&name, config()).expect("create channel");
+    drop(tx); // the child is the only sender: its death disconnects
+    run_until_death(role, &name, size, point, pass);
+    let got = receive_all(&rx, size, 0);
+    let expected = pass - 1 + u64::from(delivered);
+    assert_eq!(got.len() as u64, expected, "{what}: received {got:?}");
+    check_ring_recovered(&name, &rx, size, what);
+    drop(rx);
+    assert_gone(&name);
 }
 
 #[test]
@@ -206,7 +280,7 @@ fn a_receiver_killed_at_each_step_loses_only_the_message_it_was_taking() {
             for pass in [1, 4] {
                 // The dead one finished `pass - 1` messages and lost the one it was taking.
                 let what = format!("receiver killed at {point}#{pass}, {kind} payloads");
-                kill_a_receiver_of_queued_messages("cp-take", size, point, pass, &what);
+                kill_a_receiver_of_queued_messages("receiver", "cp-take", size, point, pass, &what);
             }
         }
     }
@@ -222,6 +296,13 @@ fn a_receiver_killed_giving_back_a_chunk_leaves_the_arena_whole() {
     for pass in [1, 4] {
         // The dead one checked `pass` messages and died giving back the last one's chunk.
         let what = format!("receiver killed at return-marked#{pass}");
-        kill_a_receiver_of_queued_messages("cp-return", size, "return-marked", pass, &what);
+        kill_a_receiver_of_queued_messages(
+            "receiver",
+            "cp-return",
+            size,
+            "return-marked",
+            pass,
+            &what,
+        );
     }
 }

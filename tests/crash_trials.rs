@@ -121,6 +121,7 @@ fn check_message(msg: &[u8]) -> Option<(u32, u32)> {
 /// word 0..8: per producer, 1 + highest seq whose `send` returned Ok (0: none)
 /// word 8..16: per child, its phase
 /// word 16..23: per consumer, corrupted messages seen
+/// word 20..22: per consumer, the most messages its take in progress may leave unlogged
 /// word 23: `LockTimeout`s the survivors met (a stopped victim held a lock)
 /// then per consumer: count word + LOG_ENTRIES entries of (producer << 32 | seq)
 struct Book {
@@ -170,6 +171,12 @@ impl Book {
         self.word(23)
     }
 
+    /// The most messages `consumer`'s take in progress may take before it logs them: 1 for
+    /// a single take (0 until the first run), the run's maximum during a `try_recv_many`.
+    fn unlogged(&self, consumer: usize) -> &AtomicU64 {
+        self.word(20 + consumer)
+    }
+
     fn log(&self, consumer: usize, entry: (u32, u32)) {
         let base = 24 + consumer * (1 + LOG_ENTRIES);
         let n = self.word(base).load(Ordering::Relaxed) as usize;
@@ -207,7 +214,9 @@ fn producer_child(args: &[String]) {
     common::signal_parent("ready");
     let phase = book.phase(index);
     let mut scratch = Vec::new();
-    for seq in 0..PER_PRODUCER {
+    let mut run: Vec<Vec<u8>> = Vec::new();
+    let mut seq = 0;
+    while seq < PER_PRODUCER {
         let len = message_len(&mut rng);
         if use_loans && rng.below(2) == 0 {
             phase.store(BLOCKED_SEND, Ordering::Relaxed);
@@ -216,6 +225,38 @@ fn producer_child(args: &[String]) {
             fill_message(&mut loan, index as u32, seq);
             phase.store(SENDING, Ordering::Relaxed);
             loan.send().expect("send loan");
+            seq += 1;
+        } else if rng.below(4) == 0 {
+            // A run of up to 8 messages in one call (most small, so most go in one pass over
+            // the ring): the call may send fewer, and the rest go in the next calls.
+            let count = (1 + rng.below(8) as u32).min(PER_PRODUCER - seq);
+            run.clear();
+            for k in 0..count {
+                let mut message = vec![0; message_len(&mut rng).min(64 + 32 * k as usize)];
+                fill_message(&mut message, index as u32, seq + k);
+                run.push(message);
+            }
+            let mut rest = &run[..];
+            while !rest.is_empty() {
+                phase.store(SENDING, Ordering::Relaxed);
+                let sent = match tx.try_send_many(rest) {
+                    Ok(sent) => sent,
+                    Err(TrySendError::Failed(Error::LockTimeout { .. }, ())) => {
+                        book.lock_timeouts().fetch_add(1, Ordering::Relaxed);
+                        phase.store(BLOCKED_SEND, Ordering::Relaxed);
+                        tx.send_many(rest).expect("send_many")
+                    }
+                    Err(e) if e.is_full() => {
+                        phase.store(BLOCKED_SEND, Ordering::Relaxed);
+                        tx.send_many(rest).expect("send_many")
+                    }
+                    Err(e) => panic!("try_send_many: {e}"),
+                };
+                rest = &rest[sent..];
+                seq += sent as u32;
+                book.ack(index).store(seq as u64, Ordering::Release);
+            }
+            continue;
         } else {
             scratch.resize(len, 0);
             fill_message(&mut scratch, index as u32, seq);
@@ -234,13 +275,24 @@ fn producer_child(args: &[String]) {
                 }
                 Err(e) => panic!("try_send: {e}"),
             }
+            seq += 1;
         }
-        book.ack(index).store(seq as u64 + 1, Ordering::Release);
+        book.ack(index).store(seq as u64, Ordering::Release);
         if rng.below(8) == 0 {
             std::thread::sleep(Duration::from_micros(rng.below(500)));
         }
     }
     phase.store(FINISHED, Ordering::Relaxed);
+}
+
+/// Logs a message as taken by `consumer`, or counts it corrupted.
+fn log_message(book: &Book, consumer: usize, msg: &[u8]) {
+    match check_message(msg) {
+        Some(entry) => book.log(consumer, entry),
+        None => {
+            book.corrupted(consumer).fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn is_lock_timeout(e: &TryRecvError) -> bool {
@@ -260,9 +312,34 @@ fn consumer_child(args: &[String]) {
     common::signal_parent("ready");
     let phase = book.phase(index);
     let mut held = std::collections::VecDeque::new();
+    let mut batch = Vec::new();
     loop {
         phase.store(RECEIVING, Ordering::Relaxed);
-        let msg = match rx.try_recv() {
+        // A third of the takes in runs of up to 8, each logged at once.
+        let taken = if rng.below(3) == 0 {
+            let max = 1 + rng.below(8) as usize;
+            book.unlogged(consumer).store(max as u64, Ordering::Relaxed);
+            let taken = rx.try_recv_many(&mut batch, max);
+            for msg in batch.drain(..) {
+                log_message(&book, consumer, &msg);
+                held.push_back(msg);
+            }
+            book.unlogged(consumer).store(1, Ordering::Relaxed);
+            match taken {
+                Ok(_) => {
+                    while held.len() > rng.below(6) as usize {
+                        if let Some(msg) = held.pop_front() {
+                            finish_task(&rx, &book, phase, msg);
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            rx.try_recv()
+        };
+        let msg = match taken {
             Ok(msg) => msg,
             Err(e) if e.is_empty() || is_lock_timeout(&e) => {
                 if is_lock_timeout(&e) {
@@ -281,12 +358,7 @@ fn consumer_child(args: &[String]) {
             }
             Err(_) => break,
         };
-        match check_message(&msg) {
-            Some(entry) => book.log(consumer, entry),
-            None => {
-                book.corrupted(consumer).fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        log_message(&book, consumer, &msg);
         held.push_back(msg);
         if held.len() > rng.below(6) as usize {
             if let Some(msg) = held.pop_front() {
@@ -567,8 +639,9 @@ fn channel_trial(scenario: Scenario, seed: u64, totals: &mut Totals) {
         totals.acknowledged += acked as u64;
         missing_total += (0..acked).filter(|s| !seen.contains(&(p, *s))).count() as u64;
     }
-    // A killed consumer may have taken one message it had no time to log.
-    let allowance = u64::from(killed_consumer.is_some());
+    // A killed consumer may have taken messages it had no time to log: one, or those of the
+    // run it was taking.
+    let allowance = killed_consumer.map_or(0, |c| book.unlogged(c).load(Ordering::Acquire).max(1));
     if missing_total > allowance {
         totals.lost += missing_total - allowance;
         totals.failures.push(format!(

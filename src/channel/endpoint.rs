@@ -499,6 +499,42 @@ impl Endpoint {
         sent
     }
 
+    /// Sends a run of `messages` in order, waiting until `deadline` for room for the first:
+    /// as many as fit then, and at least one. Small messages (at most [`INLINE_MAX`] bytes
+    /// each) go in one run ([`Chan::publish_run`]); a larger first message goes alone, as by
+    /// [`Endpoint::send_bytes`], and a larger one later ends the run before it.
+    pub(super) fn send_many<B: AsRef<[u8]>>(
+        &self,
+        messages: &[B],
+        deadline: Option<Instant>,
+    ) -> Result<usize, Stopped> {
+        let Some(first) = messages.first() else {
+            return Ok(0);
+        };
+        let small = messages
+            .iter()
+            .take_while(|m| m.as_ref().len() <= INLINE_MAX)
+            .count();
+        if small == 0 {
+            return self.send_bytes(first.as_ref(), deadline).map(|()| 1);
+        }
+        let owner = self.owner(deadline)?;
+        if self.peer_gone() {
+            return Err(Stopped::Disconnected);
+        }
+        let run = &messages[..small];
+        self.wait_for(
+            WaitOn::NotFull,
+            deadline,
+            Some(Exhausted::Ring),
+            || match self.chan.publish_run(owner.slot, run)? {
+                0 if self.peer_gone() => Ok(Step::Disconnected),
+                0 => Ok(Step::Retry),
+                sent => Ok(Step::Ready(sent)),
+            },
+        )
+    }
+
     /// Waits until every message sent before the call has been received and dropped.
     pub(super) fn join(&self, deadline: Option<Instant>) -> Result<(), Stopped> {
         self.owner(deadline)?;
@@ -569,7 +605,7 @@ impl Endpoint {
         let owner = self.owner(deadline)?;
         let mut inline = InlineBuf([0; INLINE_MAX]);
         let taken = self.wait_for(WaitOn::NotEmpty, deadline, None, || {
-            self.take_once(owner, &mut inline)
+            self.take_once(|| self.chan.try_take(owner.slot, &mut inline))
         })?;
         Ok(self.message(taken, inline, owner)?)
     }
@@ -579,26 +615,78 @@ impl Endpoint {
     pub(super) fn try_receive(self: &Arc<Self>) -> Result<Message, Stopped> {
         let owner = self.owner_by(|| Some(Instant::now()))?;
         let mut inline = InlineBuf([0; INLINE_MAX]);
-        match self.take_once(owner, &mut inline)? {
+        match self.take_once(|| self.chan.try_take(owner.slot, &mut inline))? {
             Step::Ready(taken) => Ok(self.message(taken, inline, owner)?),
             Step::Retry => Err(Stopped::Deadline(None)),
             Step::Disconnected => Err(Stopped::Disconnected),
         }
     }
 
-    /// One attempt of a receive: the oldest message, or whether to wait for one. Inlined into
-    /// both callers, as `message` is, to keep the receive path as it was with one caller.
+    /// Receives the messages ready now, up to `max` and at least one (waiting for it until
+    /// `deadline`), appending them to `buf` in order: one run of takes ([`Chan::take_run`]).
+    /// `wait` false: one attempt, as [`Endpoint::try_receive`]. A payload lost for good is
+    /// reported after the run, with every message taken in it appended to `buf`.
+    pub(super) fn receive_many(
+        self: &Arc<Self>,
+        buf: &mut Vec<Message>,
+        max: usize,
+        wait: bool,
+        deadline: Option<Instant>,
+    ) -> Result<usize, Stopped> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let owner = if wait {
+            self.owner(deadline)?
+        } else {
+            self.owner_by(|| Some(Instant::now()))?
+        };
+        let mut inline = InlineBuf([0; INLINE_MAX]);
+        let mut lost = None;
+        let mut attempt = || {
+            self.take_once(|| {
+                let n =
+                    self.chan
+                        .take_run(owner.slot, max, &mut inline, |taken, bytes| {
+                            match self.message(taken, InlineBuf(bytes.0), owner) {
+                                Ok(message) => buf.push(message),
+                                Err(e) => {
+                                    lost.get_or_insert(e);
+                                }
+                            }
+                        })?;
+                Ok((n > 0).then_some(n))
+            })
+        };
+        let taken = if wait {
+            self.wait_for(WaitOn::NotEmpty, deadline, None, attempt)?
+        } else {
+            match attempt()? {
+                Step::Ready(n) => n,
+                Step::Retry => return Err(Stopped::Deadline(None)),
+                Step::Disconnected => return Err(Stopped::Disconnected),
+            }
+        };
+        match lost {
+            Some(e) => Err(e.into()),
+            None => Ok(taken),
+        }
+    }
+
+    /// One attempt of a receive with `take` (a take or a run of takes): what it took, or
+    /// whether to wait. Inlined into every caller, as `message` is, to keep the receive path
+    /// as it was with one caller.
     #[inline(always)]
-    fn take_once(&self, owner: Owner, inline: &mut InlineBuf) -> Result<Step<Taken>> {
+    fn take_once<T>(&self, mut take: impl FnMut() -> Result<Option<T>>) -> Result<Step<T>> {
         self.release_deferred();
-        if let Some(taken) = self.chan.try_take(owner.slot, inline)? {
+        if let Some(taken) = take()? {
             return Ok(Step::Ready(taken));
         }
         if !self.peer_gone() {
             return Ok(Step::Retry);
         }
         // Every sender is gone; anything they published before dying is still delivered.
-        match self.chan.try_take(owner.slot, inline)? {
+        match take()? {
             Some(taken) => Ok(Step::Ready(taken)),
             None => Ok(Step::Disconnected),
         }

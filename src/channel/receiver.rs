@@ -83,6 +83,51 @@ impl Receiver {
         self.ep.receive(Some(deadline)).map_err(to_recv_timeout)
     }
 
+    /// Receives every message waiting now, up to `max`, appending them to `buf` in the
+    /// order they were sent; blocks while the channel is empty. Returns how many were
+    /// appended: at least one, or 0 if `max` is 0. As tokio's `mpsc::Receiver::recv_many`.
+    ///
+    /// One call takes the whole run in one pass over the ring, so a consumer that has
+    /// fallen behind catches up at a lower cost per message than with [`recv`](Self::recv)
+    /// in a loop (each message is still its own [`Message`], freed when it is dropped).
+    /// Fails with `Disconnected` as `recv` does. A payload found lost for good fails the call
+    /// after the run: the messages taken in it are in `buf` all the same.
+    pub fn recv_many(&self, buf: &mut Vec<Message>, max: usize) -> Result<usize, RecvError> {
+        blocking(|| self.ep.receive_many(buf, max, true, None)).map_err(to_recv)
+    }
+
+    /// [`recv_many`](Self::recv_many) without waiting: `Empty` if no message is waiting.
+    pub fn try_recv_many(&self, buf: &mut Vec<Message>, max: usize) -> Result<usize, TryRecvError> {
+        self.ep
+            .receive_many(buf, max, false, None)
+            .map_err(to_try_recv)
+    }
+
+    /// [`recv_many`](Self::recv_many), waiting at most `timeout` for the first message.
+    pub fn recv_many_timeout(
+        &self,
+        buf: &mut Vec<Message>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<usize, RecvTimeoutError> {
+        match deadline_after(timeout) {
+            Some(deadline) => self.recv_many_deadline(buf, max, deadline),
+            None => self.recv_many(buf, max).map_err(Into::into),
+        }
+    }
+
+    /// [`recv_many`](Self::recv_many), waiting until `deadline` at most for the first message.
+    pub fn recv_many_deadline(
+        &self,
+        buf: &mut Vec<Message>,
+        max: usize,
+        deadline: Instant,
+    ) -> Result<usize, RecvTimeoutError> {
+        self.ep
+            .receive_many(buf, max, true, Some(deadline))
+            .map_err(to_recv_timeout)
+    }
+
     /// Blocking iterator over messages. Ends when every sender is gone and the channel is
     /// drained, or at the first error (`RecvError::Failed`); loop on [`recv`](Self::recv) to
     /// tell the two apart. On a persistent channel (`with_disconnect(false)`) it ends only at

@@ -230,6 +230,43 @@ impl Chan {
         Ok(true)
     }
 
+    /// Publishes a run of inline messages (each at most [`INLINE_MAX`] bytes) for participant
+    /// `slot`, in order, as many as the ring has room for now: returns how many (0: full).
+    ///
+    /// Each message goes through the steps and crash points of an inline
+    /// [`Chan::try_publish`] (claim, describe, hand over); receivers are woken once, after
+    /// the last.
+    pub(crate) fn publish_run<B: AsRef<[u8]>>(&self, slot: u32, messages: &[B]) -> Result<usize> {
+        let mut count = 0;
+        for message in messages {
+            let bytes = message.as_ref();
+            debug_assert!(
+                bytes.len() <= INLINE_MAX,
+                "publish_run takes inline messages"
+            );
+            let claimed = match self.claim_for_send(slot) {
+                Ok(Some(position)) => position,
+                Ok(None) => break,
+                Err(e) if count == 0 => return Err(e),
+                // Met again, first, by the next send.
+                Err(_) => break,
+            };
+            crash_point!("send-claimed");
+            self.write_desc(claimed, Place::Inline, bytes.len() as u64, bytes);
+            crash_point!("send-described");
+            // SeqCst: the last one orders the armed-flag read of the wake-up below.
+            self.slot_state(claimed).swap(
+                SlotState::new(claimed, Phase::Full, None).0,
+                Ordering::SeqCst,
+            );
+            count += 1;
+        }
+        if count > 0 {
+            self.notify_fenced(WaitOn::NotEmpty);
+        }
+        Ok(count)
+    }
+
     /// Claims the slot of the next position for `slot`'s message: `Ok(None)` if the ring is
     /// full.
     pub(super) fn claim_for_send(&self, slot: u32) -> Result<Option<u64>> {
@@ -240,22 +277,31 @@ impl Chan {
                 return Ok(None);
             }
             let word = self.slot_state(tail);
-            let state = SlotState(word.load(Ordering::Acquire));
+            let claimed = SlotState::new(tail, Phase::Writing, Some(slot));
+            // Claimed straight from the state a free slot of this lap has (one move of its
+            // line to this core, where a load and then a CAS would be two); any other state
+            // is looked at as it is.
+            let empty = SlotState::new(tail, Phase::Empty, None);
+            let state = match word.compare_exchange(
+                empty.0,
+                claimed.0,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.help_tail_on(tail);
+                    return Ok(Some(tail));
+                }
+                Err(now) => SlotState(now),
+            };
             let offset = state.lap_offset(tail);
             match (offset, state.phase()) {
                 (0, Some(Phase::Empty)) => {
-                    let claimed = SlotState::new(tail, Phase::Writing, Some(slot));
                     if word
                         .compare_exchange(state.0, claimed.0, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok()
                     {
-                        // A hint: whoever finds it behind moves it on.
-                        let _ = tail_word.compare_exchange(
-                            tail,
-                            tail.wrapping_add(1),
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
+                        self.help_tail_on(tail);
                         return Ok(Some(tail));
                     }
                     // Another sender got it: look again at the same position.
@@ -290,6 +336,18 @@ impl Chan {
             "no free ring slot found near tail {tail} after {} tries",
             self.claim_bound()
         )))
+    }
+
+    /// Moves the tail hint past `tail`, just claimed, if nobody did yet: a hint, which
+    /// whoever finds it behind moves on.
+    #[inline(always)]
+    fn help_tail_on(&self, tail: u64) {
+        let _ = self.tail().compare_exchange(
+            tail,
+            tail.wrapping_add(1),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
     }
 
     /// Whether position `tail` is less than a capacity ahead of the head. The shared `head`
@@ -375,13 +433,17 @@ impl Chan {
         let RawDesc { kind, len, loc, id } = self.raw_desc(position);
         let place = match kind {
             DESC_INLINE if len <= INLINE_MAX as u64 => {
-                // SAFETY: the inline area is INLINE_MAX bytes at offset 32 of the slot; the
-                // sender finished writing it before handing the slot over.
+                // The whole area, whatever `len` says: a copy of a constant size is a few
+                // vector moves, where one of a variable size is a call. Bytes past `len` are
+                // left from earlier laps, and nothing reads them.
+                // SAFETY: the inline area is INLINE_MAX bytes at offset 32 of the slot, and
+                // `inline` is INLINE_MAX bytes; the sender finished writing it before handing
+                // the slot over, and no sender writes it again before this take frees it.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         self.slot_ptr(position).add(32),
                         inline.0.as_mut_ptr(),
-                        len as usize,
+                        INLINE_MAX,
                     )
                 };
                 Place::Inline
@@ -414,7 +476,14 @@ impl Chan {
 
     /// What the slot of position `head` holds for a receiver.
     fn at_head(&self, head: u64) -> Result<AtHead> {
-        let state = SlotState(self.slot_state(head).load(Ordering::Acquire));
+        self.classify_head(
+            head,
+            SlotState(self.slot_state(head).load(Ordering::Acquire)),
+        )
+    }
+
+    /// What the slot of position `head`, found in `state`, holds for a receiver.
+    fn classify_head(&self, head: u64, state: SlotState) -> Result<AtHead> {
         let offset = state.lap_offset(head);
         Ok(match (offset, state.phase()) {
             (0, Some(Phase::Full)) => AtHead::Full(state),
@@ -482,24 +551,50 @@ impl Chan {
     /// that may pass (out of descriptors or memory), the message stays queued and the error is
     /// returned. A payload that is gone for good (removed, corrupted) is taken, so that it does
     /// not block the ring, and its error comes back in [`Taken::payload`].
+    #[inline(always)]
     pub(crate) fn try_take(&self, slot: u32, inline: &mut InlineBuf) -> Result<Option<Taken>> {
+        let mut got = None;
+        self.take_run(slot, 1, inline, |taken, _| got = Some(taken))?;
+        Ok(got)
+    }
+
+    /// Takes up to `max` of the oldest messages for participant `slot`, in order, handing each
+    /// to `each` with the inline buffer its bytes were copied into (valid until the next
+    /// message of the run). Returns how many were taken: 0 when the ring is empty.
+    ///
+    /// Each message goes through the same steps and crash points as a single take (record,
+    /// claim, describe, own, count, free); what a run saves is what surrounds them: the take
+    /// lock, the start position and the head's publication are taken once per run, and
+    /// senders waiting for room are woken once, after the last slot is freed. A payload that
+    /// cannot be opened now ends the run with the message left queued: the error is returned
+    /// only if nothing was taken before it (the next run meets it first).
+    #[inline(always)]
+    pub(crate) fn take_run(
+        &self,
+        slot: u32,
+        max: usize,
+        inline: &mut InlineBuf,
+        mut each: impl FnMut(Taken, &InlineBuf),
+    ) -> Result<usize> {
         let _one_take = self.take_lock.lock();
         let taken_word = self.word(self.participant_index(slot, P_TAKEN));
         let base_word = self.word(self.participant_index(slot, P_TAKE_BASE));
         let position_word = self.word(self.participant_index(slot, P_TAKE_POSITION));
         let mut head = self.take_start();
-        for _ in 0..self.claim_bound() {
-            let state = match self.at_head(head)? {
-                AtHead::Full(state) => state,
-                AtHead::NotReady => {
-                    self.take_hint.store(head, Ordering::Relaxed);
-                    return Ok(None);
-                }
-                AtHead::Taken => {
-                    head = head.wrapping_add(1);
-                    continue;
-                }
-            };
+        let mut count = 0usize;
+        // Whether a slot was freed since the last wake-up of senders waiting for room.
+        let mut freed_any = false;
+        let mut outcome = Ok(());
+        let mut tries = 0u64;
+        while count < max {
+            tries += 1;
+            if tries > self.claim_bound() {
+                outcome = Err(self.ring_corrupted(format!(
+                    "no message found near head {head} after {} tries",
+                    self.claim_bound()
+                )));
+                break;
+            }
             // The record first (released by the claim): a reclaim that finds the slot claimed
             // by us knows from it whether `taken` already counts the message.
             let base = taken_word.load(Ordering::Relaxed);
@@ -507,13 +602,40 @@ impl Chan {
             position_word.store(head.wrapping_add(1), Ordering::Relaxed);
             let word = self.slot_state(head);
             let claimed = SlotState::new(head, Phase::Taking, Some(slot));
-            if word
-                .compare_exchange(state.0, claimed.0, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
+            // Claimed straight from the state a published slot of this position has: the line
+            // comes to this core once, ready to be written, where a load and then a CAS would
+            // move it twice. Any other state is looked at as it is.
+            let full = SlotState::new(head, Phase::Full, None);
+            // The state it was claimed from (a take left queued puts it back).
+            let mut state = full;
+            if let Err(now) =
+                word.compare_exchange(full.0, claimed.0, Ordering::AcqRel, Ordering::Acquire)
             {
-                continue; // another receiver took it: look again
+                state = match self.classify_head(head, SlotState(now)) {
+                    Ok(AtHead::Full(state)) => state,
+                    Ok(AtHead::NotReady) => {
+                        position_word.store(0, Ordering::Relaxed);
+                        break;
+                    }
+                    Ok(AtHead::Taken) => {
+                        head = head.wrapping_add(1);
+                        continue;
+                    }
+                    Err(e) => {
+                        position_word.store(0, Ordering::Relaxed);
+                        outcome = Err(e);
+                        break;
+                    }
+                };
+                if word
+                    .compare_exchange(state.0, claimed.0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    continue; // another receiver took it: look again
+                }
             }
             crash_point!("take-claimed");
+            // Within a run too, so that senders waiting for room refill the ring behind it.
             self.publish_head(head.wrapping_add(1));
             let freed = claimed.freed(self.geo.ring_slots);
             let Some(desc) = self.read_desc(head, inline) else {
@@ -527,7 +649,7 @@ impl Chan {
                 taken_word.store(base.wrapping_add(1), Ordering::Release);
                 word.swap(freed.0, Ordering::SeqCst);
                 position_word.store(0, Ordering::Release);
-                self.notify_fenced(WaitOn::NotFull);
+                freed_any = true;
                 self.mark_done(slot);
                 // A task count that cannot get the allocator lock now is lost: one task left
                 // unfinished, for a void slot met while a stopped process holds that lock.
@@ -550,7 +672,10 @@ impl Chan {
                         self.take_hint.store(head, Ordering::Relaxed);
                         position_word.store(0, Ordering::Release);
                         self.notify_fenced(WaitOn::NotEmpty);
-                        return Err(e);
+                        if freed_any {
+                            self.notify(WaitOn::NotFull);
+                        }
+                        return if count == 0 { Err(e) } else { Ok(count) };
                     }
                 },
                 _ => None,
@@ -561,13 +686,22 @@ impl Chan {
             crash_point!("take-counted");
             word.swap(freed.0, Ordering::SeqCst);
             position_word.store(0, Ordering::Release);
-            self.notify_fenced(WaitOn::NotFull);
-            return Ok(Some(Taken { desc, payload }));
+            freed_any = true;
+            head = head.wrapping_add(1);
+            count += 1;
+            tries = 0;
+            each(Taken { desc, payload }, inline);
         }
-        Err(self.ring_corrupted(format!(
-            "no message found near head {head} after {} tries",
-            self.claim_bound()
-        )))
+        self.take_hint.store(head, Ordering::Relaxed);
+        if freed_any {
+            // The last free was a SeqCst swap, which orders the armed-flag read.
+            self.notify_fenced(WaitOn::NotFull);
+        }
+        // An error after some messages were taken is met again by the next run, first.
+        match outcome {
+            Err(e) if count == 0 => Err(e),
+            _ => Ok(count),
+        }
     }
 
     // ----- recovery --------------------------------------------------------------------------

@@ -31,6 +31,10 @@ enum Op {
     Abandon { who: usize, described: bool },
     /// A take by the live receiver.
     Take,
+    /// A run of up to this many sends in one pass (`Chan::publish_run`).
+    SendRun(usize),
+    /// A run of up to this many takes in one pass (`Chan::take_run`).
+    TakeRun(usize),
     /// The reclaim of `DEAD_SENDERS[i]`.
     Reclaim { who: usize },
 }
@@ -42,6 +46,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(who, described)| Op::Abandon { who, described }),
         4 => Just(Op::Take),
         1 => (0..DEAD_SENDERS.len()).prop_map(|who| Op::Reclaim { who }),
+        1 => (1..2 * CAPACITY).prop_map(Op::SendRun),
+        1 => (1..2 * CAPACITY).prop_map(Op::TakeRun),
     ]
 }
 
@@ -113,6 +119,45 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                             *entry = Entry::Void;
                         }
                     }
+                }
+                Op::SendRun(n) => {
+                    let run: Vec<[u8; 16]> = (0..n as u64).map(|k| payload(next_seq + k)).collect();
+                    let sent = chan.publish_run(sender, &run).expect("publish run");
+                    prop_assert_eq!(sent, n.min(CAPACITY - model.len()), "step {}", step);
+                    for _ in 0..sent {
+                        model.push_back(Entry::Message(next_seq));
+                        next_seq += 1;
+                    }
+                }
+                Op::TakeRun(n) => {
+                    let mut inline = InlineBuf([0; INLINE_MAX]);
+                    let mut got = Vec::new();
+                    let count = chan
+                        .take_run(receiver, n, &mut inline, |taken, bytes| {
+                            got.push((taken.desc.len, bytes.0[..16].to_vec()));
+                        })
+                        .expect("take run");
+                    prop_assert_eq!(count, got.len());
+                    // Voids are skipped inside the run; it stops after `n` messages, or at an
+                    // abandoned slot or the end.
+                    let mut expected = Vec::new();
+                    while expected.len() < n {
+                        while model.front() == Some(&Entry::Void) {
+                            model.pop_front();
+                            voids_taken += 1;
+                        }
+                        match model.front().copied() {
+                            Some(Entry::Message(seq)) => {
+                                model.pop_front();
+                                expected.push((16, payload(seq).to_vec()));
+                                prop_assert_eq!(seq, next_taken);
+                                next_taken += 1;
+                                chan.mark_done(receiver);
+                            }
+                            _ => break,
+                        }
+                    }
+                    prop_assert_eq!(got, expected, "step {}", step);
                 }
                 Op::Take => {
                     let mut inline = InlineBuf([0; INLINE_MAX]);

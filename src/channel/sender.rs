@@ -92,6 +92,59 @@ impl Sender {
             .map_err(|e| to_send_timeout(e, ()))
     }
 
+    /// Sends copies of `messages`, in order, as many as the channel has room for, blocking
+    /// while it has room for none: returns how many were sent, at least one (0 only for an
+    /// empty slice). Like `write(2)`, a call may send fewer than all: loop on the rest.
+    ///
+    /// Messages of at most 96 bytes go in one pass over the ring, which costs less per
+    /// message than [`send`](Self::send) in a loop, and wakes a sleeping receiver once. A
+    /// larger message is sent by itself: alone if it comes first, or by the next call if it
+    /// comes after small ones.
+    ///
+    /// ```no_run
+    /// # fn demo(tx: &shmq::Sender, records: &[Vec<u8>]) -> Result<(), shmq::SendError> {
+    /// let mut rest = records;
+    /// while !rest.is_empty() {
+    ///     let sent = tx.send_many(rest)?;
+    ///     rest = &rest[sent..];
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_many<B: AsRef<[u8]>>(&self, messages: &[B]) -> Result<usize, SendError> {
+        blocking(|| self.ep.send_many(messages, None)).map_err(|e| to_send(e, ()))
+    }
+
+    /// [`send_many`](Self::send_many) without waiting: `Full` if not even the first fits now.
+    pub fn try_send_many<B: AsRef<[u8]>>(&self, messages: &[B]) -> Result<usize, TrySendError> {
+        self.ep
+            .send_many(messages, Some(Instant::now()))
+            .map_err(|e| to_try_send(e, ()))
+    }
+
+    /// [`send_many`](Self::send_many), waiting at most `timeout` for room for the first.
+    pub fn send_many_timeout<B: AsRef<[u8]>>(
+        &self,
+        messages: &[B],
+        timeout: Duration,
+    ) -> Result<usize, SendTimeoutError> {
+        match deadline_after(timeout) {
+            Some(deadline) => self.send_many_deadline(messages, deadline),
+            None => self.send_many(messages).map_err(Into::into),
+        }
+    }
+
+    /// [`send_many`](Self::send_many), waiting until `deadline` at most for room for the first.
+    pub fn send_many_deadline<B: AsRef<[u8]>>(
+        &self,
+        messages: &[B],
+        deadline: Instant,
+    ) -> Result<usize, SendTimeoutError> {
+        self.ep
+            .send_many(messages, Some(deadline))
+            .map_err(|e| to_send_timeout(e, ()))
+    }
+
     /// Sends a copy of `items` as their bytes, blocking while the channel is full.
     pub fn send_slice<T: Pod>(&self, items: &[T]) -> Result<(), SendError> {
         self.send(bytemuck::cast_slice(items))

@@ -180,7 +180,12 @@ pub fn run(args: &BenchArgs) -> BoxResult<()> {
     println!("\n{SMALL_MESSAGE}-byte messages, one producer process to one consumer process");
     println!("{:<39} {:>10} {:>17}", "contender", "Mmsg/s", "vs pipe");
     let mut rates = Vec::new();
-    for contender in [Contender::ShmqSend, Contender::Pipe, Contender::UnixSocket] {
+    for contender in [
+        Contender::ShmqSend,
+        Contender::ShmqRuns,
+        Contender::Pipe,
+        Contender::UnixSocket,
+    ] {
         let spec = TransferSpec::new(contender, SMALL_MESSAGE).capacity(1024);
         rates.push((contender, transfer_rate(&launcher, spec, budget)?));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::contender::{Contender, PingContender};
 use super::framing::{read_frame, write_frame};
-use super::payload::{checksum, try_buffer, MAX_PAYLOAD, SMALL_MESSAGE};
+use super::payload::{checksum, try_buffer, MAX_PAYLOAD, RUN, SMALL_MESSAGE};
 use super::peer::READY;
 use super::BoxResult;
 
@@ -27,7 +27,7 @@ pub fn consumer_main(args: &[String]) -> BoxResult<()> {
             let contender = Contender::from_id(arg(1)?)?;
             let payload: usize = arg(2)?.parse()?;
             if contender.is_shmq() {
-                consume_shmq(arg(3)?, &mut back)
+                consume_shmq(arg(3)?, contender == Contender::ShmqRuns, &mut back)
             } else {
                 consume_stream(payload, &mut back)
             }
@@ -76,18 +76,29 @@ fn report(back: &mut File, sum: u64, bytes: u64) -> io::Result<()> {
     back.write_all(&words)
 }
 
-/// Reads batches from the shmq channel `name`, acknowledging each, until the producer is gone.
-fn consume_shmq(name: &str, back: &mut File) -> BoxResult<()> {
+/// Reads batches from the shmq channel `name`, acknowledging each, until the producer is gone;
+/// with `runs`, by `recv_many` in runs of up to [`RUN`] messages.
+fn consume_shmq(name: &str, runs: bool, back: &mut File) -> BoxResult<()> {
     let rx = shmq::Receiver::open(name)?;
     back.write_all(&READY.to_le_bytes())?;
     let (mut sum, mut bytes) = (0u64, 0u64);
+    let mut run = Vec::with_capacity(RUN);
     loop {
         let n = match rx.recv() {
             Ok(header) => batch_size(&header)?,
             Err(shmq::RecvError::Disconnected) => break,
             Err(e) => return Err(e.into()),
         };
-        for _ in 0..n {
+        let mut left = n;
+        while runs && left > 0 {
+            // At most what is left of this batch: the next header stays queued.
+            left -= rx.recv_many(&mut run, left.min(RUN as u64) as usize)? as u64;
+            for msg in run.drain(..) {
+                sum = sum.wrapping_add(checksum(&msg));
+                bytes += msg.len() as u64;
+            }
+        }
+        for _ in 0..left {
             let msg = rx.recv()?;
             sum = sum.wrapping_add(checksum(&msg));
             bytes += msg.len() as u64;

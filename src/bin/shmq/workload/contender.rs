@@ -9,6 +9,10 @@ pub enum Contender {
     ShmqSend,
     /// `Sender::loan`: the payload is written in shared memory directly.
     ShmqLoan,
+    /// `Sender::send_many` and `Receiver::recv_many`: copies, in runs of up to
+    /// [`RUN`](super::payload::RUN) messages per call (one pass over the ring per run for
+    /// payloads of up to 96 bytes). Not in [`Contender::ALL`]: a small-message contender.
+    ShmqRuns,
     /// A pipe with length-prefixed framing.
     Pipe,
     /// A Unix stream socket with length-prefixed framing.
@@ -29,6 +33,7 @@ impl Contender {
         match self {
             Contender::ShmqSend => "shmq_send",
             Contender::ShmqLoan => "shmq_loan",
+            Contender::ShmqRuns => "shmq_runs",
             Contender::Pipe => "pipe",
             Contender::UnixSocket => "unix_socket",
         }
@@ -39,6 +44,7 @@ impl Contender {
         match self {
             Contender::ShmqSend => "shmq send (copy in)",
             Contender::ShmqLoan => "shmq loan (zero copy)",
+            Contender::ShmqRuns => "shmq send_many/recv_many (runs)",
             Contender::Pipe => "pipe, length-prefixed",
             Contender::UnixSocket => "unix socket, length-prefixed",
         }
@@ -48,13 +54,17 @@ impl Contender {
     pub(super) fn from_id(id: &str) -> BoxResult<Contender> {
         Contender::ALL
             .into_iter()
+            .chain([Contender::ShmqRuns])
             .find(|c| c.id() == id)
             .ok_or_else(|| format!("unknown contender {id:?}").into())
     }
 
     /// Whether the payloads travel through a shmq channel (rather than a byte stream).
     pub(super) fn is_shmq(self) -> bool {
-        matches!(self, Contender::ShmqSend | Contender::ShmqLoan)
+        matches!(
+            self,
+            Contender::ShmqSend | Contender::ShmqLoan | Contender::ShmqRuns
+        )
     }
 }
 

@@ -4,6 +4,8 @@ use super::BoxResult;
 
 /// The size of the small messages of the latency and rate workloads.
 pub const SMALL_MESSAGE: usize = 64;
+/// Most messages one `send_many` or `recv_many` call of the runs contender moves.
+pub const RUN: usize = 64;
 
 /// The largest payload a transfer moves: the pipe and socket framing carries a 32-bit length,
 /// and payloads are whole u64 words (4 GiB less 8 bytes).

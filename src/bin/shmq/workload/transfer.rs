@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::contender::Contender;
 use super::framing::{write_frame, CONCAT_MAX};
-use super::payload::{fill_pattern, pattern_sum, try_buffer, MAX_PAYLOAD};
+use super::payload::{fill_pattern, pattern_sum, try_buffer, MAX_PAYLOAD, RUN};
 use super::peer::{read_u64, unique_name, wait_readable, Launcher, Peer, ACK_TIMEOUT};
 use super::BoxResult;
 
@@ -88,7 +88,7 @@ impl Transfer {
             spec.payload.to_string(),
         ];
         let (link, peer) = match spec.contender {
-            Contender::ShmqSend | Contender::ShmqLoan => {
+            Contender::ShmqSend | Contender::ShmqLoan | Contender::ShmqRuns => {
                 let name = unique_name("transfer");
                 let config = shmq::ChannelConfig::default()
                     .with_capacity(spec.capacity)
@@ -138,7 +138,17 @@ impl Transfer {
         match link {
             Link::Shmq(tx) => {
                 tx.send(&n.to_le_bytes())?;
-                if self.spec.contender == Contender::ShmqSend {
+                if self.spec.contender == Contender::ShmqRuns {
+                    let run = [source; RUN];
+                    let mut left = n;
+                    while left > 0 {
+                        let k = left.min(RUN as u64) as usize;
+                        left -= tx.send_many(&run[..k])? as u64;
+                    }
+                    self.expected_sum = self
+                        .expected_sum
+                        .wrapping_add(pattern_sum(words, 0).wrapping_mul(n));
+                } else if self.spec.contender == Contender::ShmqSend {
                     for _ in 0..n {
                         tx.send(source)?;
                     }
