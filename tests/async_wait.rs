@@ -1,11 +1,14 @@
 //! The async API across real processes: 64 channels awaited at once on one waiter thread, a
 //! killed peer as `Disconnected`, futures dropped mid-wait (every message still arrives exactly
 //! once, no registration is left), sends and loans that wait for room, `join_async`, a forked
-//! child's own waiter, and an executor-free `block_on` (no runtime needed).
+//! child's own waiter, an executor-free `block_on` (no runtime needed), and a panicking
+//! `Waker` that costs no other future its wake-up.
 
 mod common;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
@@ -73,6 +76,19 @@ fn child_entry() {
             let _tx = Sender::open(&args[0]).expect("open sender");
             common::signal_parent("attached");
             sleep_until_killed();
+        }
+        "send_on_cue" => {
+            // Two cues on the third channel, each naming the channel ("a" or "b") to send it on.
+            let a = Sender::open(&args[0]).expect("open sender a");
+            let b = Sender::open(&args[1]).expect("open sender b");
+            let cues = Receiver::open(&args[2]).expect("open cue receiver");
+            common::signal_parent("attached");
+            for _ in 0..2 {
+                let cue = cues.recv_timeout(HANG).expect("cue");
+                let tx = if &cue[..] == b"a" { &a } else { &b };
+                tx.send(&cue).expect("send");
+            }
+            common::signal_parent("sent");
         }
         other => panic!("unknown child role {other}"),
     });
@@ -368,5 +384,96 @@ fn the_futures_need_no_runtime_and_a_forked_child_gets_its_own_waiter() {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "child failed"
     );
+    assert_no_registration_left();
+}
+
+/// A waker whose `wake` panics, as a buggy executor's might; it counts its wakes first.
+struct PanickingWaker(AtomicUsize);
+
+impl Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("this waker panics on purpose (tests/async_wait.rs)");
+    }
+}
+
+/// A waker that only records that it was woken.
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn poll_with<F: Future>(future: &mut Pin<Box<F>>, waker: &Waker) -> Poll<F::Output> {
+    future.as_mut().poll(&mut Context::from_waker(waker))
+}
+
+#[test]
+fn a_panicking_waker_costs_no_other_future_its_wake_up() {
+    let (a, b, cues) = (
+        common::unique_name("aw-panic-a"),
+        common::unique_name("aw-panic-b"),
+        common::unique_name("aw-panic-cue"),
+    );
+    let (_tx_a, rx_a) = shmq::channel(&a, config(4, 64 * KIB)).expect("create a");
+    let (_tx_b, rx_b) = shmq::channel(&b, config(4, 64 * KIB)).expect("create b");
+    let (cue_tx, _cue_rx) = shmq::channel(&cues, config(4, 64 * KIB)).expect("create cues");
+    let mut kid = Kid::spawn("send_on_cue", &[&a, &b, &cues]);
+    kid.expect("attached");
+
+    let panicking = Arc::new(PanickingWaker(AtomicUsize::new(0)));
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let flag_waker = Waker::from(Arc::clone(&flag));
+    let mut on_a = Box::pin(rx_a.recv_async());
+    let mut on_b = Box::pin(rx_b.recv_async());
+    assert!(poll_with(&mut on_a, &Waker::from(Arc::clone(&panicking))).is_pending());
+    assert!(poll_with(&mut on_b, &flag_waker).is_pending());
+
+    // The child's message on channel a makes the waiter thread call the panicking waker.
+    cue_tx.send(b"a").expect("cue a");
+    let deadline = Instant::now() + HANG;
+    while panicking.0.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the panicking waker was not woken"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+
+    // From here only the waiter thread can wake `on_b`: it is polled only when its waker was
+    // called, so if the thread died with the panic, nothing ever calls it and the loop below
+    // fails at HANG. (The flag is cleared before each poll, so no wake-up goes unseen.)
+    flag.0.store(false, Ordering::SeqCst);
+    assert!(
+        poll_with(&mut on_b, &flag_waker).is_pending(),
+        "b has no message yet"
+    );
+    cue_tx.send(b"b").expect("cue b");
+    let deadline = Instant::now() + HANG;
+    let msg = loop {
+        while !flag.0.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the future on channel b was never woken after the other waker panicked"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        flag.0.store(false, Ordering::SeqCst);
+        if let Poll::Ready(msg) = poll_with(&mut on_b, &flag_waker) {
+            break msg.expect("recv_async on b");
+        }
+    };
+    assert_eq!(&msg[..], b"b");
+    assert_eq!(waiter_threads(), 1, "the waiter thread survived the panic");
+    assert_eq!(
+        panicking.0.load(Ordering::SeqCst),
+        1,
+        "woken once, then dropped"
+    );
+    kid.expect("sent");
+    kid.finish();
+    drop(on_a);
     assert_no_registration_left();
 }

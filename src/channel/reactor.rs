@@ -11,7 +11,14 @@
 //! Every registration older than 25 ms is woken too, so that a future re-checks its peers'
 //! liveness as often as a blocking call does: that is how a killed peer shows up as
 //! `Disconnected` in async code.
+//!
+//! A `Waker` is the executor's code, and may panic. The waiter thread catches such a panic and
+//! drops the waker (see [`wake`]): one executor's bug costs its own future its wake-up, never
+//! every other pending future of the process. Should the thread end all the same, its last act
+//! lets the next registration start a new one and wakes every future still registered, so
+//! that each polls again and registers with the new thread.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
@@ -190,7 +197,10 @@ impl Reactor {
         }
         let spawned = std::thread::Builder::new()
             .name("shmq-waiter".to_owned())
-            .spawn(move || self.run());
+            .spawn(move || {
+                let _restart = RestartOnExit(self);
+                self.run()
+            });
         if spawned.is_err() {
             self.started.store(false, Ordering::Release);
         }
@@ -258,7 +268,40 @@ impl Reactor {
         // Outside the lock: a waker may poll at once and register again, and the endpoints
         // held here (perhaps the last references) are dropped here.
         for r in due {
-            r.waker.wake();
+            wake(r.waker);
+        }
+    }
+}
+
+/// Wakes `waker` on the waiter thread, surviving a panic in its code: a panicking `Waker`
+/// (an executor's bug) must not end the thread, or every other pending future of the process
+/// would sleep for ever. The panic is caught and dropped, and so is the waker (`wake` consumed
+/// it); its registration is already removed, so its future is woken no more by this reactor,
+/// which is all that executor's bug costs.
+fn wake(waker: Waker) {
+    // AssertUnwindSafe: the closure owns the waker and nothing else; after a panic nothing it
+    // touched is used again (no lock is held here, and the registration list is whole).
+    let _ = catch_unwind(AssertUnwindSafe(move || waker.wake()));
+}
+
+/// Dropped when the waiter thread ends, which it does only by a panic that [`wake`] did not
+/// catch (a waker's drop, say): lets the next registration start a new thread, and wakes every
+/// future still registered, so that each polls again and registers with that new thread
+/// rather than sleep for ever on a thread that is gone.
+struct RestartOnExit(&'static Reactor);
+
+impl Drop for RestartOnExit {
+    fn drop(&mut self) {
+        self.0.started.store(false, Ordering::Release);
+        let stranded = std::mem::take(&mut self.0.lock().registrations);
+        for r in stranded {
+            // The whole registration is dropped inside the guard (`let r = r` moves all of
+            // it in): a panic escaping a drop while this thread unwinds would abort the
+            // process.
+            let _ = catch_unwind(AssertUnwindSafe(move || {
+                let r = r;
+                wake(r.waker);
+            }));
         }
     }
 }
