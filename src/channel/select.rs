@@ -41,6 +41,10 @@ const FALLBACK_SLICE: Duration = Duration::from_millis(1);
 /// - **Disconnection counts as ready.** A receive whose channel has no sender left and nothing
 ///   queued, or a send whose channel has no receiver left, is ready: completing it returns
 ///   the `Disconnected` error. A killed peer shows up as such within about 50 ms.
+/// - **A receive is ready** when its channel's oldest message is published, so that a take
+///   finds it: a message a sender has begun (claimed its ring slot) but not yet handed over
+///   counts in [`Receiver::len`], but not as ready. [`ready`](Select::ready) and
+///   [`select`](Select::select) sleep until the sender hands it over.
 /// - **A send is ready** when its channel's ring has a free slot (or it is disconnected). The
 ///   payload is copied when the send is completed: if another sender took the last slot
 ///   meanwhile, or the arena has no room for the payload, [`SelectedOperation::send`] waits for
@@ -427,7 +431,12 @@ fn look(op: Operation<'_>, complete: bool) -> Option<Found> {
             Err(TryRecvError::Disconnected) => Some(Found::Received(Err(RecvError::Disconnected))),
             Err(TryRecvError::Failed(e)) => Some(Found::Received(Err(RecvError::Failed(e)))),
         },
-        Operation::Recv(rx) => (!rx.is_empty() || rx.ep.peer_gone()).then_some(Found::Looked),
+        // The head slot published, not merely claimed: a sender between its claim and its
+        // hand-over makes `len` count a message that a take cannot have yet, and reporting
+        // that as ready would have a `ready` loop spin until the sender goes on.
+        Operation::Recv(rx) => {
+            (rx.ep.chan.head_published() || rx.ep.peer_gone()).then_some(Found::Looked)
+        }
         Operation::Send(tx) => {
             let disconnected = tx.ep.peer_gone();
             (disconnected || !tx.is_full()).then_some(Found::Sendable { disconnected })
@@ -534,4 +543,52 @@ fn shuffle(items: &mut [usize]) {
         }
         state.set(x);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::layout::{Phase, Place, SlotState};
+    use crate::ChannelConfig;
+
+    // A slot a sender has claimed and not yet handed over (a sender preempted, or stopped, or
+    // killed and not yet reclaimed, between the two steps) counts in `len` but gives a take
+    // nothing: reported as ready, it had `ready` loops spin for as long as the sender stood
+    // still. Made here by running the sender's steps one by one (ring.rs, `try_publish`),
+    // which no public call can stop between.
+    #[test]
+    fn a_claimed_head_slot_is_ready_only_once_it_is_published() {
+        let name = format!("unit-sel-claimed-{}", std::process::id());
+        let config = ChannelConfig::default()
+            .with_capacity(4)
+            .with_arena_bytes(64 << 10);
+        let (tx, rx) = crate::channel(&name, config).expect("create");
+        let owner = tx.ep.owner(None).expect("owner");
+        let position = tx
+            .ep
+            .chan
+            .claim_for_send(owner.slot)
+            .expect("claim")
+            .expect("a free slot");
+        assert_eq!(rx.len(), 1, "the claimed slot counts as queued");
+        let mut sel = Select::new();
+        let on_rx = sel.recv(&rx);
+        assert_eq!(sel.try_ready(), Err(TryReadyError));
+        assert_eq!(
+            sel.ready_timeout(Duration::from_millis(20)),
+            Err(ReadyTimeoutError)
+        );
+        assert!(sel.try_select().is_err(), "nothing to take yet");
+
+        // The sender's last steps: describe the message, hand the slot over, wake.
+        tx.ep.chan.write_desc(position, Place::Inline, 5, b"hello");
+        tx.ep.chan.slot_state(position).swap(
+            SlotState::new(position, Phase::Full, None).0,
+            Ordering::SeqCst,
+        );
+        tx.ep.chan.notify(WaitOn::NotEmpty);
+        assert_eq!(sel.try_ready(), Ok(on_rx));
+        assert_eq!(rx.len(), 1, "ready took nothing");
+        assert_eq!(&sel.select().recv(&rx).expect("recv")[..], b"hello");
+    }
 }
