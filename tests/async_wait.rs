@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::channel::*;
-use shmq::{Receiver, RecvError, Sender};
+use shmq::{Receiver, RecvError, Sender, TrySendError};
 
 // ----- child processes -------------------------------------------------------------------------
 
@@ -475,5 +475,34 @@ fn a_panicking_waker_costs_no_other_future_its_wake_up() {
     kid.expect("sent");
     kid.finish();
     drop(on_a);
+    assert_no_registration_left();
+}
+
+#[test]
+fn a_receiver_dropped_after_its_cancelled_future_detaches_at_once() {
+    let name = common::unique_name("aw-detach");
+    let (tx, first_rx) = shmq::channel(&name, config(4, 64 * KIB)).expect("create");
+    drop(first_rx);
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let waker = Waker::from(Arc::clone(&flag));
+    // Several rounds, so that the waiter thread is asleep on the word (it then held the
+    // endpoint, before this mend) in at least one of them however it is scheduled.
+    for round in 0..20 {
+        let rx = Receiver::open(&name).expect("open receiver");
+        let mut pending = Box::pin(rx.recv_async());
+        assert!(
+            poll_with(&mut pending, &waker).is_pending(),
+            "round {round}"
+        );
+        thread::sleep(Duration::from_millis(10)); // the waiter sleeps on the word by now
+        drop(pending);
+        drop(rx);
+        // The receiver's drop detached it, on this thread, before it returned: its sender
+        // sees no receiver left at once, not when the waiter thread wakes and lets go.
+        assert!(
+            matches!(tx.try_send(b"x"), Err(TrySendError::Disconnected(()))),
+            "round {round}: the dropped receiver is still attached"
+        );
+    }
     assert_no_registration_left();
 }

@@ -62,7 +62,7 @@ impl<T, F: FnMut() -> Option<T>> Future for Waiting<F> {
             this.cancel();
             return Poll::Ready(done);
         }
-        let id = reactor().register(this.registration, &this.ep, this.on, seq, cx.waker());
+        let id = reactor().register(this.registration, &this.ep.chan, this.on, seq, cx.waker());
         this.registration = Some(id);
         Poll::Pending
     }
