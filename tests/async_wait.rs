@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::channel::*;
-use shmq::{Receiver, RecvError, Sender, TrySendError};
+use shmq::{Receiver, RecvError, Role, Sender, TrySendError};
 
 // ----- child processes -------------------------------------------------------------------------
 
@@ -503,6 +503,53 @@ fn a_receiver_dropped_after_its_cancelled_future_detaches_at_once() {
             matches!(tx.try_send(b"x"), Err(TrySendError::Disconnected(()))),
             "round {round}: the dropped receiver is still attached"
         );
+    }
+    assert_no_registration_left();
+}
+
+#[test]
+fn join_async_in_a_forked_child_registers_the_child_as_a_sender_of_its_own() {
+    let name = common::unique_name("aw-fork-join");
+    let (tx, rx) = shmq::channel(&name, config(4, 64 * KIB)).expect("create");
+    tx.send(b"x").expect("send");
+    drop(rx.recv().expect("recv")); // done: a join has nothing to wait for
+                                    // SAFETY: the child runs only the code below (shmq calls, then _exit), none of which needs
+                                    // a lock another thread of the parent may have held at the fork (the test harness's
+                                    // threads do not touch shmq's locks).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // As a blocking `join` does, the inherited sender registers the child's own
+        // participant, which the segment's table then shows with the child's pid.
+        let outcome = std::panic::catch_unwind(|| {
+            let joined = block_on(tx.join_async()).is_ok();
+            let me = std::process::id();
+            let registered = shmq::inspect(&name)
+                .expect("inspect")
+                .participants
+                .iter()
+                .any(|p| p.pid == me && p.alive && p.role == Some(Role::Sender));
+            (joined, registered)
+        });
+        let code = match outcome {
+            Ok((true, true)) => 0,
+            Ok((false, _)) => 2,
+            Ok((true, false)) => 3,
+            Err(_) => 1,
+        };
+        // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waitpid on our own child, with a valid pointer for its status.
+    let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(reaped, pid);
+    assert!(libc::WIFEXITED(status), "child did not exit");
+    match libc::WEXITSTATUS(status) {
+        0 => {}
+        2 => panic!("join_async failed in the child"),
+        3 => panic!("join_async did not register the child as a participant of its own"),
+        code => panic!("child failed ({code})"),
     }
     assert_no_registration_left();
 }
