@@ -42,7 +42,8 @@ fn child_entry() {
             common::signal_parent("sent");
         }
         "stream" => {
-            // `count` messages on each of `n` channels, interleaved, with short pauses.
+            // `count` messages on each of `n` channels, interleaved, with short pauses and a
+            // long one every 150 rounds.
             let (base, n, count) = (&args[0], parse(&args[1]), parse(&args[2]));
             let senders: Vec<Sender> = (0..n)
                 .map(|i| Sender::open(&format!("{base}-{i}")).expect("open sender"))
@@ -55,6 +56,13 @@ fn child_entry() {
                 }
                 if rng.below(4) == 0 {
                     thread::sleep(Duration::from_micros(rng.below(500)));
+                }
+                // And a long pause now and then, in which the parent drains all four channels
+                // and its receives must wait: so that pending futures are dropped however the
+                // two processes are scheduled (a loaded machine left the parent always behind,
+                // every receive ready, and the test's precondition unmet).
+                if seq % 150 == 149 {
+                    thread::sleep(Duration::from_millis(20));
                 }
             }
             common::signal_parent("sent");
