@@ -1,18 +1,21 @@
 //! The async API across real processes: 64 channels awaited at once on one waiter thread, a
 //! killed peer as `Disconnected`, futures dropped mid-wait (every message still arrives exactly
 //! once, no registration is left), sends and loans that wait for room, `join_async`, a forked
-//! child's own waiter, and an executor-free `block_on` (no runtime needed).
+//! child's own waiter, an executor-free `block_on` (no runtime needed), and a panicking
+//! `Waker` that costs no other future its wake-up.
 
 mod common;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::channel::*;
-use shmq::{Receiver, RecvError, Sender};
+use shmq::{Receiver, RecvError, Role, Sender, TrySendError};
 
 // ----- child processes -------------------------------------------------------------------------
 
@@ -39,7 +42,8 @@ fn child_entry() {
             common::signal_parent("sent");
         }
         "stream" => {
-            // `count` messages on each of `n` channels, interleaved, with short pauses.
+            // `count` messages on each of `n` channels, interleaved, with short pauses and a
+            // long one every 150 rounds.
             let (base, n, count) = (&args[0], parse(&args[1]), parse(&args[2]));
             let senders: Vec<Sender> = (0..n)
                 .map(|i| Sender::open(&format!("{base}-{i}")).expect("open sender"))
@@ -52,6 +56,13 @@ fn child_entry() {
                 }
                 if rng.below(4) == 0 {
                     thread::sleep(Duration::from_micros(rng.below(500)));
+                }
+                // And a long pause now and then, in which the parent drains all four channels
+                // and its receives must wait: so that pending futures are dropped however the
+                // two processes are scheduled (a loaded machine left the parent always behind,
+                // every receive ready, and the test's precondition unmet).
+                if seq % 150 == 149 {
+                    thread::sleep(Duration::from_millis(20));
                 }
             }
             common::signal_parent("sent");
@@ -73,6 +84,19 @@ fn child_entry() {
             let _tx = Sender::open(&args[0]).expect("open sender");
             common::signal_parent("attached");
             sleep_until_killed();
+        }
+        "send_on_cue" => {
+            // Two cues on the third channel, each naming the channel ("a" or "b") to send it on.
+            let a = Sender::open(&args[0]).expect("open sender a");
+            let b = Sender::open(&args[1]).expect("open sender b");
+            let cues = Receiver::open(&args[2]).expect("open cue receiver");
+            common::signal_parent("attached");
+            for _ in 0..2 {
+                let cue = cues.recv_timeout(HANG).expect("cue");
+                let tx = if &cue[..] == b"a" { &a } else { &b };
+                tx.send(&cue).expect("send");
+            }
+            common::signal_parent("sent");
         }
         other => panic!("unknown child role {other}"),
     });
@@ -368,5 +392,172 @@ fn the_futures_need_no_runtime_and_a_forked_child_gets_its_own_waiter() {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "child failed"
     );
+    assert_no_registration_left();
+}
+
+/// A waker whose `wake` panics, as a buggy executor's might; it counts its wakes first.
+struct PanickingWaker(AtomicUsize);
+
+impl Wake for PanickingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        panic!("this waker panics on purpose (tests/async_wait.rs)");
+    }
+}
+
+/// A waker that only records that it was woken.
+struct Flag(AtomicBool);
+
+impl Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+fn poll_with<F: Future>(future: &mut Pin<Box<F>>, waker: &Waker) -> Poll<F::Output> {
+    future.as_mut().poll(&mut Context::from_waker(waker))
+}
+
+#[test]
+fn a_panicking_waker_costs_no_other_future_its_wake_up() {
+    let (a, b, cues) = (
+        common::unique_name("aw-panic-a"),
+        common::unique_name("aw-panic-b"),
+        common::unique_name("aw-panic-cue"),
+    );
+    let (_tx_a, rx_a) = shmq::channel(&a, config(4, 64 * KIB)).expect("create a");
+    let (_tx_b, rx_b) = shmq::channel(&b, config(4, 64 * KIB)).expect("create b");
+    let (cue_tx, _cue_rx) = shmq::channel(&cues, config(4, 64 * KIB)).expect("create cues");
+    let mut kid = Kid::spawn("send_on_cue", &[&a, &b, &cues]);
+    kid.expect("attached");
+
+    let panicking = Arc::new(PanickingWaker(AtomicUsize::new(0)));
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let flag_waker = Waker::from(Arc::clone(&flag));
+    let mut on_a = Box::pin(rx_a.recv_async());
+    let mut on_b = Box::pin(rx_b.recv_async());
+    assert!(poll_with(&mut on_a, &Waker::from(Arc::clone(&panicking))).is_pending());
+    assert!(poll_with(&mut on_b, &flag_waker).is_pending());
+
+    // The child's message on channel a makes the waiter thread call the panicking waker.
+    cue_tx.send(b"a").expect("cue a");
+    let deadline = Instant::now() + HANG;
+    while panicking.0.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the panicking waker was not woken"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+
+    // From here only the waiter thread can wake `on_b`: it is polled only when its waker was
+    // called, so if the thread died with the panic, nothing ever calls it and the loop below
+    // fails at HANG. (The flag is cleared before each poll, so no wake-up goes unseen.)
+    flag.0.store(false, Ordering::SeqCst);
+    assert!(
+        poll_with(&mut on_b, &flag_waker).is_pending(),
+        "b has no message yet"
+    );
+    cue_tx.send(b"b").expect("cue b");
+    let deadline = Instant::now() + HANG;
+    let msg = loop {
+        while !flag.0.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the future on channel b was never woken after the other waker panicked"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        flag.0.store(false, Ordering::SeqCst);
+        if let Poll::Ready(msg) = poll_with(&mut on_b, &flag_waker) {
+            break msg.expect("recv_async on b");
+        }
+    };
+    assert_eq!(&msg[..], b"b");
+    assert_eq!(waiter_threads(), 1, "the waiter thread survived the panic");
+    assert_eq!(
+        panicking.0.load(Ordering::SeqCst),
+        1,
+        "woken once, then dropped"
+    );
+    kid.expect("sent");
+    kid.finish();
+    drop(on_a);
+    assert_no_registration_left();
+}
+
+#[test]
+fn a_receiver_dropped_after_its_cancelled_future_detaches_at_once() {
+    let name = common::unique_name("aw-detach");
+    let (tx, first_rx) = shmq::channel(&name, config(4, 64 * KIB)).expect("create");
+    drop(first_rx);
+    let flag = Arc::new(Flag(AtomicBool::new(false)));
+    let waker = Waker::from(Arc::clone(&flag));
+    // Several rounds, so that the waiter thread is asleep on the word (it then held the
+    // endpoint, before this mend) in at least one of them however it is scheduled.
+    for round in 0..20 {
+        let rx = Receiver::open(&name).expect("open receiver");
+        let mut pending = Box::pin(rx.recv_async());
+        assert!(
+            poll_with(&mut pending, &waker).is_pending(),
+            "round {round}"
+        );
+        thread::sleep(Duration::from_millis(10)); // the waiter sleeps on the word by now
+        drop(pending);
+        drop(rx);
+        // The receiver's drop detached it, on this thread, before it returned: its sender
+        // sees no receiver left at once, not when the waiter thread wakes and lets go.
+        assert!(
+            matches!(tx.try_send(b"x"), Err(TrySendError::Disconnected(()))),
+            "round {round}: the dropped receiver is still attached"
+        );
+    }
+    assert_no_registration_left();
+}
+
+#[test]
+fn join_async_in_a_forked_child_registers_the_child_as_a_sender_of_its_own() {
+    let name = common::unique_name("aw-fork-join");
+    let (tx, rx) = shmq::channel(&name, config(4, 64 * KIB)).expect("create");
+    tx.send(b"x").expect("send");
+    drop(rx.recv().expect("recv")); // done: a join has nothing to wait for
+                                    // SAFETY: the child runs only the code below (shmq calls, then _exit), none of which needs
+                                    // a lock another thread of the parent may have held at the fork (the test harness's
+                                    // threads do not touch shmq's locks).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // As a blocking `join` does, the inherited sender registers the child's own
+        // participant, which the segment's table then shows with the child's pid.
+        let outcome = std::panic::catch_unwind(|| {
+            let joined = block_on(tx.join_async()).is_ok();
+            let me = std::process::id();
+            let registered = shmq::inspect(&name)
+                .expect("inspect")
+                .participants
+                .iter()
+                .any(|p| p.pid == me && p.alive && p.role == Some(Role::Sender));
+            (joined, registered)
+        });
+        let code = match outcome {
+            Ok((true, true)) => 0,
+            Ok((false, _)) => 2,
+            Ok((true, false)) => 3,
+            Err(_) => 1,
+        };
+        // SAFETY: _exit ends the forked child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waitpid on our own child, with a valid pointer for its status.
+    let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(reaped, pid);
+    assert!(libc::WIFEXITED(status), "child did not exit");
+    match libc::WEXITSTATUS(status) {
+        0 => {}
+        2 => panic!("join_async failed in the child"),
+        3 => panic!("join_async did not register the child as a participant of its own"),
+        code => panic!("child failed ({code})"),
+    }
     assert_no_registration_left();
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::channel::*;
 use common::Rng;
-use shmq::{Receiver, RecvError, Select, Sender};
+use shmq::{Receiver, RecvError, Select, SendTimeoutError, Sender};
 
 // ----- child processes -------------------------------------------------------------------------
 
@@ -57,6 +57,11 @@ fn child_entry() {
             common::signal_parent("attached");
             thread::sleep(Duration::from_millis(50));
             tx.send(b"from the live peer").expect("send");
+            common::signal_parent("sent");
+        }
+        "send_filler" => {
+            let tx = Sender::open(&args[0]).expect("open sender");
+            tx.send(b"filler").expect("send");
             common::signal_parent("sent");
         }
         "hold_sender" => {
@@ -149,6 +154,41 @@ fn a_send_becomes_ready_when_a_receiver_in_another_process_makes_room() {
     oper.send(&tx, b"selected").expect("send");
     kid.expect("drained");
     kid.finish();
+}
+
+#[test]
+fn a_selected_send_whose_slot_another_process_took_keeps_the_selects_deadline() {
+    let name = common::unique_name("sel-send-deadline");
+    let (tx, rx) = shmq::channel(&name, config(1, 64 * KIB)).expect("create");
+    let mut sel = Select::new();
+    let send = sel.send(&tx);
+    let deadline = Instant::now() + Duration::from_millis(200);
+    let oper = sel.select_deadline(deadline).expect("a free slot: ready");
+    assert_eq!(oper.index(), send);
+    // A sender in another process takes the one slot before this send is completed.
+    let mut kid = Kid::spawn("send_filler", &[&name]);
+    kid.expect("sent");
+    kid.finish();
+    // Nobody drains the channel: a send that ignored the deadline would wait for ever. The
+    // rescuer then takes the filler after HANG, so that such a send returns, and fails the
+    // assertion below, rather than hang the test.
+    let (done, rescue) = std::sync::mpsc::channel::<()>();
+    let rescuer = thread::spawn(move || {
+        if rescue.recv_timeout(HANG).is_err() {
+            let _ = rx.recv();
+        }
+        rx
+    });
+    let sent = oper.send(&tx, b"late");
+    let _ = done.send(());
+    let rx = rescuer.join().expect("rescuer");
+    assert!(
+        matches!(sent, Err(SendTimeoutError::Timeout(()))),
+        "the selected send waited past the select's deadline: {sent:?}"
+    );
+    assert!(Instant::now() >= deadline, "it gave up before the deadline");
+    assert_eq!(&rx.recv_timeout(HANG).expect("filler")[..], b"filler");
+    assert!(rx.try_recv().is_err(), "the timed-out send sent something");
 }
 
 #[test]

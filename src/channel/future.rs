@@ -62,7 +62,7 @@ impl<T, F: FnMut() -> Option<T>> Future for Waiting<F> {
             this.cancel();
             return Poll::Ready(done);
         }
-        let id = reactor().register(this.registration, &this.ep, this.on, seq, cx.waker());
+        let id = reactor().register(this.registration, &this.ep.chan, this.on, seq, cx.waker());
         this.registration = Some(id);
         Poll::Pending
     }
@@ -161,6 +161,12 @@ impl Sender {
         // The target is fixed when the join begins, as for `join`.
         let target = self.ep.chan.sent_total();
         map_stop(Waiting::new(&self.ep, WaitOn::Done, move || {
+            // As `join` does, act as this process's own participant first: a child forked
+            // without exec registers one of its own here, so that while it waits it counts as
+            // a live sender apart from its parent (one load once it has).
+            if let Err(e) = self.ep.owner(Some(Instant::now())) {
+                return Some(Err(Stopped::Failed(e)));
+            }
             ready_or_wait(self.ep.join_until(target, Some(Instant::now())))
         }))
     }

@@ -11,25 +11,63 @@
 //! Every registration older than 25 ms is woken too, so that a future re-checks its peers'
 //! liveness as often as a blocking call does: that is how a killed peer shows up as
 //! `Disconnected` in async code.
+//!
+//! A `Waker` is the executor's code, and may panic. The waiter thread catches such a panic and
+//! drops the waker (see [`wake`]): one executor's bug costs its own future its wake-up, never
+//! every other pending future of the process. Should the thread end all the same, its last act
+//! lets the next registration start a new one and wakes every future still registered, so
+//! that each polls again and registers with the new thread.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use super::endpoint::Endpoint;
+use super::view::Chan;
 use super::wait::{WaitOn, MAX_SLEEP};
+use crate::segment::Region;
 use crate::sys;
 
 /// How long the waiter sleeps at a time when some words could not be slept on (more than
 /// `futex_waitv` takes, or no `futex_waitv`): those are polled this often.
 const POLL_SLICE: Duration = Duration::from_millis(1);
 
+/// A channel's futex word, held by the mapping it lies in, not by the endpoint of the future
+/// that waits on it: the waiter thread then never holds a `Sender`'s or `Receiver`'s last
+/// reference, whose drop (detaching the participant, maybe unlinking the channel) must happen
+/// on the thread that let go of the handle, when it lets go. Holding the region keeps the
+/// word mapped while the kernel sleeps on it; its drop here is only an unmap.
+#[derive(Clone)]
+struct Word {
+    region: Arc<Region>,
+    /// Byte offset of the word in the region's data area.
+    offset: usize,
+}
+
+impl Word {
+    fn of(chan: &Chan, on: WaitOn) -> Word {
+        Word {
+            region: Arc::clone(chan.region()),
+            offset: chan.wait_word_offset(on),
+        }
+    }
+
+    /// The word (`None` cannot happen: the same offset in the same data area is what the
+    /// future armed, through its channel view, which checks it in bounds).
+    fn get(&self) -> Option<&AtomicU32> {
+        self.region.data_atomic(self.offset)
+    }
+
+    fn same(&self, other: &Word) -> bool {
+        Arc::ptr_eq(&self.region, &other.region) && self.offset == other.offset
+    }
+}
+
 /// One pending future's wait.
 struct Registration {
     id: u64,
-    ep: Arc<Endpoint>,
-    on: WaitOn,
+    word: Word,
     /// The word's value when the future armed it, before its last attempt.
     seq: u32,
     waker: Waker,
@@ -37,12 +75,12 @@ struct Registration {
 }
 
 impl Registration {
-    fn word(&self) -> &AtomicU32 {
-        self.ep.chan.wait_word(self.on)
-    }
-
+    /// Whether the word moved from the registered value (a word that cannot be read counts as
+    /// moved: the future polls again, and its own view of the channel reports the trouble).
     fn moved(&self) -> bool {
-        self.word().load(Ordering::SeqCst) != self.seq
+        self.word
+            .get()
+            .is_none_or(|w| w.load(Ordering::SeqCst) != self.seq)
     }
 }
 
@@ -104,13 +142,13 @@ impl Reactor {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers (or renews, for `id`) a wait on `on`'s word of `ep`, which held `seq` when the
-    /// caller armed it. Returns the registration's id, for [`Reactor::renew`] and
+    /// Registers (or renews, for `id`) a wait on `on`'s word of `chan`, which held `seq` when
+    /// the caller armed it. Returns the registration's id, for a renewal and for
     /// [`Reactor::cancel`].
     pub(super) fn register(
         &'static self,
         id: Option<u64>,
-        ep: &Arc<Endpoint>,
+        chan: &Chan,
         on: WaitOn,
         seq: u32,
         waker: &Waker,
@@ -145,8 +183,7 @@ impl Reactor {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         state.registrations.push(Registration {
             id,
-            ep: Arc::clone(ep),
-            on,
+            word: Word::of(chan, on),
             seq,
             waker: waker.clone(),
             since: now,
@@ -165,10 +202,10 @@ impl Reactor {
             .position(|r| r.id == id)
             .map(|at| state.registrations.swap_remove(at));
         drop(state);
-        // Dropped (its waker, its endpoint) outside the lock, as in `register`.
+        // Dropped (its waker, its mapping) outside the lock, as in `register`.
         if removed.is_some() {
             drop(removed);
-            // The waiter holds the endpoint while it sleeps: let it go now, not in 25 ms.
+            // The waiter holds the mapping while it sleeps: let it go now, not in 25 ms.
             self.changed();
         }
     }
@@ -190,7 +227,10 @@ impl Reactor {
         }
         let spawned = std::thread::Builder::new()
             .name("shmq-waiter".to_owned())
-            .spawn(move || self.run());
+            .spawn(move || {
+                let _restart = RestartOnExit(self);
+                self.run()
+            });
         if spawned.is_err() {
             self.started.store(false, Ordering::Release);
         }
@@ -202,20 +242,20 @@ impl Reactor {
     fn run(&self) {
         loop {
             let changes = self.changes.load(Ordering::SeqCst);
-            // The endpoints are held while sleeping, so every word stays mapped.
-            let (held, some_polled): (Vec<(Arc<Endpoint>, WaitOn, u32)>, bool) = {
+            // The mappings are held while sleeping, so every word stays mapped.
+            let (held, some_polled): (Vec<(Word, u32)>, bool) = {
                 let state = self.lock();
-                let mut held: Vec<(Arc<Endpoint>, WaitOn, u32)> = Vec::new();
+                let mut held: Vec<(Word, u32)> = Vec::new();
                 let mut some_polled = false;
                 for r in &state.registrations {
-                    let word = r.word();
-                    if held.iter().any(|(ep, on, seq)| {
-                        std::ptr::eq(ep.chan.wait_word(*on), word) && *seq == r.seq
-                    }) {
+                    if held
+                        .iter()
+                        .any(|(word, seq)| word.same(&r.word) && *seq == r.seq)
+                    {
                         continue;
                     }
                     if held.len() + 1 < sys::FUTEX_WAITV_MAX {
-                        held.push((Arc::clone(&r.ep), r.on, r.seq));
+                        held.push((r.word.clone(), r.seq));
                     } else {
                         some_polled = true;
                     }
@@ -224,9 +264,10 @@ impl Reactor {
             };
             let mut words: Vec<(&AtomicU32, u32)> = Vec::with_capacity(held.len() + 1);
             words.push((&self.changes, changes));
+            // A word that cannot be read is not slept on; wake_moved counts it moved.
             words.extend(
                 held.iter()
-                    .map(|(ep, on, seq)| (ep.chan.wait_word(*on), *seq)),
+                    .filter_map(|(word, seq)| Some((word.get()?, *seq))),
             );
             let poll = some_polled || !sys::futex_wait_any_supported();
             // With nothing registered, sleep until something is; otherwise at most 25 ms.
@@ -255,10 +296,43 @@ impl Reactor {
             state.registrations = waiting;
             due
         };
-        // Outside the lock: a waker may poll at once and register again, and the endpoints
-        // held here (perhaps the last references) are dropped here.
+        // Outside the lock: a waker may poll at once and register again. What is dropped here
+        // is a waker and a reference to a mapping, never an endpoint (see `Word`).
         for r in due {
-            r.waker.wake();
+            wake(r.waker);
+        }
+    }
+}
+
+/// Wakes `waker` on the waiter thread, surviving a panic in its code: a panicking `Waker`
+/// (an executor's bug) must not end the thread, or every other pending future of the process
+/// would sleep for ever. The panic is caught and dropped, and so is the waker (`wake` consumed
+/// it); its registration is already removed, so its future is woken no more by this reactor,
+/// which is all that executor's bug costs.
+fn wake(waker: Waker) {
+    // AssertUnwindSafe: the closure owns the waker and nothing else; after a panic nothing it
+    // touched is used again (no lock is held here, and the registration list is whole).
+    let _ = catch_unwind(AssertUnwindSafe(move || waker.wake()));
+}
+
+/// Dropped when the waiter thread ends, which it does only by a panic that [`wake`] did not
+/// catch (a waker's drop, say): lets the next registration start a new thread, and wakes every
+/// future still registered, so that each polls again and registers with that new thread
+/// rather than sleep for ever on a thread that is gone.
+struct RestartOnExit(&'static Reactor);
+
+impl Drop for RestartOnExit {
+    fn drop(&mut self) {
+        self.0.started.store(false, Ordering::Release);
+        let stranded = std::mem::take(&mut self.0.lock().registrations);
+        for r in stranded {
+            // The whole registration is dropped inside the guard (`let r = r` moves all of
+            // it in): a panic escaping a drop while this thread unwinds would abort the
+            // process.
+            let _ = catch_unwind(AssertUnwindSafe(move || {
+                let r = r;
+                wake(r.waker);
+            }));
         }
     }
 }

@@ -544,6 +544,23 @@ impl Chan {
         head
     }
 
+    /// Whether the oldest message not yet taken is published (its slot `Full`), so that a
+    /// take now finds something: the shared head, walked on over the slots already taken, as
+    /// in [`Chan::head_now`]. A slot a sender has claimed but not yet handed over is not
+    /// (`len` counts it). A ring that does not check out counts as published: a take then
+    /// fails with the error, and so completes. Reads only: no hint of this process moves.
+    pub(super) fn head_published(&self) -> bool {
+        let mut head = self.head().load(Ordering::Acquire);
+        for _ in 0..self.claim_bound() {
+            match self.at_head(head) {
+                Ok(AtHead::Taken) => head = head.wrapping_add(1),
+                Ok(AtHead::NotReady) => return false,
+                Ok(AtHead::Full(_)) | Err(_) => return true,
+            }
+        }
+        true
+    }
+
     /// Takes the oldest message for participant `slot`. `Ok(None)`: the ring is empty (or its
     /// oldest message is still being written).
     ///

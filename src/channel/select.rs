@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::endpoint::Endpoint;
-use super::errors::{RecvError, SendError, TryRecvError};
+use super::errors::{RecvError, SendTimeoutError, TryRecvError};
 use super::message::Message;
 use super::receiver::Receiver;
 use super::sender::Sender;
@@ -41,10 +41,14 @@ const FALLBACK_SLICE: Duration = Duration::from_millis(1);
 /// - **Disconnection counts as ready.** A receive whose channel has no sender left and nothing
 ///   queued, or a send whose channel has no receiver left, is ready: completing it returns
 ///   the `Disconnected` error. A killed peer shows up as such within about 50 ms.
+/// - **A receive is ready** when its channel's oldest message is published, so that a take
+///   finds it: a message a sender has begun (claimed its ring slot) but not yet handed over
+///   counts in [`Receiver::len`], but not as ready. [`ready`](Select::ready) and
+///   [`select`](Select::select) sleep until the sender hands it over.
 /// - **A send is ready** when its channel's ring has a free slot (or it is disconnected). The
 ///   payload is copied when the send is completed: if another sender took the last slot
 ///   meanwhile, or the arena has no room for the payload, [`SelectedOperation::send`] waits for
-///   room as [`Sender::send`] does.
+///   room, but no longer than the select would have waited (see there).
 ///
 /// Sleeping uses `futex_waitv` (Linux 5.16 and later) on up to 128 channels' words at once.
 /// Where the kernel refuses it (older kernels, some seccomp filters), or with more than 128
@@ -141,6 +145,9 @@ pub struct SelectedOperation<'a> {
     index: usize,
     operation: Operation<'a>,
     found: Option<Found>,
+    /// The deadline of the select that chose it (`None`: it could wait for ever), which a
+    /// selected send keeps.
+    deadline: Option<Instant>,
 }
 
 impl fmt::Debug for SelectedOperation<'_> {
@@ -223,9 +230,12 @@ impl<'a> Select<'a> {
         );
     }
 
-    /// Picks a ready operation without waiting.
+    /// Picks a ready operation without waiting. A send it picks does not wait either (see
+    /// [`SelectedOperation::send`]).
     pub fn try_select(&mut self) -> Result<SelectedOperation<'a>, TrySelectError> {
-        self.pass(true).ok_or(TrySelectError)
+        self.pass(true)
+            .map(|oper| oper.within(Instant::now()))
+            .ok_or(TrySelectError)
     }
 
     /// Blocks until an operation is ready and picks it.
@@ -242,7 +252,8 @@ impl<'a> Select<'a> {
         }
     }
 
-    /// Waits at most `timeout` for an operation to be ready, and picks it.
+    /// Waits at most `timeout` for an operation to be ready, and picks it. A send it picks
+    /// keeps the same deadline (see [`SelectedOperation::send`]).
     pub fn select_timeout(
         &mut self,
         timeout: Duration,
@@ -253,12 +264,15 @@ impl<'a> Select<'a> {
         }
     }
 
-    /// Waits until `deadline` at most for an operation to be ready, and picks it.
+    /// Waits until `deadline` at most for an operation to be ready, and picks it. A send it
+    /// picks keeps the same deadline (see [`SelectedOperation::send`]).
     pub fn select_deadline(
         &mut self,
         deadline: Instant,
     ) -> Result<SelectedOperation<'a>, SelectTimeoutError> {
-        self.wait(Some(deadline), true).ok_or(SelectTimeoutError)
+        self.wait(Some(deadline), true)
+            .map(|oper| oper.within(deadline))
+            .ok_or(SelectTimeoutError)
     }
 
     /// The index of an operation ready now, without completing it.
@@ -323,6 +337,7 @@ impl<'a> Select<'a> {
                     index,
                     operation,
                     found: Some(found),
+                    deadline: None,
                 });
             }
         }
@@ -427,7 +442,12 @@ fn look(op: Operation<'_>, complete: bool) -> Option<Found> {
             Err(TryRecvError::Disconnected) => Some(Found::Received(Err(RecvError::Disconnected))),
             Err(TryRecvError::Failed(e)) => Some(Found::Received(Err(RecvError::Failed(e)))),
         },
-        Operation::Recv(rx) => (!rx.is_empty() || rx.ep.peer_gone()).then_some(Found::Looked),
+        // The head slot published, not merely claimed: a sender between its claim and its
+        // hand-over makes `len` count a message that a take cannot have yet, and reporting
+        // that as ready would have a `ready` loop spin until the sender goes on.
+        Operation::Recv(rx) => {
+            (rx.ep.chan.head_published() || rx.ep.peer_gone()).then_some(Found::Looked)
+        }
         Operation::Send(tx) => {
             let disconnected = tx.ep.peer_gone();
             (disconnected || !tx.is_full()).then_some(Found::Sendable { disconnected })
@@ -439,6 +459,12 @@ impl<'a> SelectedOperation<'a> {
     /// The index of the operation (as returned when it was added).
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The operation, to be completed by `deadline` (a send's wait for room).
+    fn within(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
     }
 
     fn into_index(mut self) -> usize {
@@ -468,14 +494,28 @@ impl<'a> SelectedOperation<'a> {
     }
 
     /// Completes a selected send by sending a copy of `bytes` on `tx`: `Disconnected` if the
-    /// channel had no receiver when it was selected, otherwise as [`Sender::send`] (which
-    /// waits for room if another sender took it meanwhile, see [`Select`]).
+    /// channel had no receiver when it was selected, otherwise as [`Sender::send`], which
+    /// waits for room if another sender took the free slot meanwhile (or the arena has no room
+    /// for the payload), with one difference: it keeps the deadline of the select that chose
+    /// it. After [`Select::select`] it waits as long as it takes; after
+    /// [`select_timeout`](Select::select_timeout) or
+    /// [`select_deadline`](Select::select_deadline) until that deadline at most, and then
+    /// fails with [`SendTimeoutError::Timeout`], having sent nothing; after
+    /// [`try_select`](Select::try_select) it does not wait at all (one attempt, as
+    /// [`Sender::try_send`]). In `select!`, that is: no `default` arm, a `default(timeout)`
+    /// arm, a `default` arm.
+    ///
+    /// crossbeam-channel's selected send always completes, since its select reserves the slot
+    /// for the operation it picks. A ring shared between processes has no reservation that a
+    /// killed or stopped picker could not strand, so here the slot can be lost to another
+    /// sender between the pick and the send; a caller who bounded the select's wait would not
+    /// want the send to wait without bound, hence the deadline and the `Timeout` case.
     ///
     /// # Panics
     ///
     /// If `tx` is not a handle of the channel the operation was added with, or the operation
     /// is a receive.
-    pub fn send(mut self, tx: &Sender, bytes: &[u8]) -> Result<(), SendError> {
+    pub fn send(mut self, tx: &Sender, bytes: &[u8]) -> Result<(), SendTimeoutError> {
         let Operation::Send(added) = self.operation else {
             panic!("SelectedOperation::send on a receive operation");
         };
@@ -483,9 +523,12 @@ impl<'a> SelectedOperation<'a> {
             same_channel(&added.ep, &tx.ep),
             "SelectedOperation::send with a sender of another channel than the selected one"
         );
-        match self.found.take() {
-            Some(Found::Sendable { disconnected: true }) => Err(SendError::Disconnected(())),
-            _ => tx.send(bytes),
+        match (self.found.take(), self.deadline) {
+            (Some(Found::Sendable { disconnected: true }), _) => {
+                Err(SendTimeoutError::Disconnected(()))
+            }
+            (_, Some(deadline)) => tx.send_deadline(bytes, deadline),
+            (_, None) => tx.send(bytes).map_err(Into::into),
         }
     }
 }
@@ -534,4 +577,52 @@ fn shuffle(items: &mut [usize]) {
         }
         state.set(x);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::layout::{Phase, Place, SlotState};
+    use crate::ChannelConfig;
+
+    // A slot a sender has claimed and not yet handed over (a sender preempted, or stopped, or
+    // killed and not yet reclaimed, between the two steps) counts in `len` but gives a take
+    // nothing: reported as ready, it had `ready` loops spin for as long as the sender stood
+    // still. Made here by running the sender's steps one by one (ring.rs, `try_publish`),
+    // which no public call can stop between.
+    #[test]
+    fn a_claimed_head_slot_is_ready_only_once_it_is_published() {
+        let name = format!("unit-sel-claimed-{}", std::process::id());
+        let config = ChannelConfig::default()
+            .with_capacity(4)
+            .with_arena_bytes(64 << 10);
+        let (tx, rx) = crate::channel(&name, config).expect("create");
+        let owner = tx.ep.owner(None).expect("owner");
+        let position = tx
+            .ep
+            .chan
+            .claim_for_send(owner.slot)
+            .expect("claim")
+            .expect("a free slot");
+        assert_eq!(rx.len(), 1, "the claimed slot counts as queued");
+        let mut sel = Select::new();
+        let on_rx = sel.recv(&rx);
+        assert_eq!(sel.try_ready(), Err(TryReadyError));
+        assert_eq!(
+            sel.ready_timeout(Duration::from_millis(20)),
+            Err(ReadyTimeoutError)
+        );
+        assert!(sel.try_select().is_err(), "nothing to take yet");
+
+        // The sender's last steps: describe the message, hand the slot over, wake.
+        tx.ep.chan.write_desc(position, Place::Inline, 5, b"hello");
+        tx.ep.chan.slot_state(position).swap(
+            SlotState::new(position, Phase::Full, None).0,
+            Ordering::SeqCst,
+        );
+        tx.ep.chan.notify(WaitOn::NotEmpty);
+        assert_eq!(sel.try_ready(), Ok(on_rx));
+        assert_eq!(rx.len(), 1, "ready took nothing");
+        assert_eq!(&sel.select().recv(&rx).expect("recv")[..], b"hello");
+    }
 }

@@ -7,7 +7,7 @@
 /// ```text
 /// shmq::select! {
 ///     recv(rx) -> msg => body,           // msg: Result<Message, RecvError>
-///     send(tx, bytes) -> res => body,    // res: Result<(), SendError>; bytes: &[u8]
+///     send(tx, bytes) -> res => body,    // res: Result<(), SendTimeoutError>; bytes: &[u8]
 ///     default => body,                   // optional: run if nothing is ready now
 ///     default(timeout) => body,          // or: run if nothing is ready within `timeout`
 /// }
@@ -17,7 +17,10 @@
 /// if that arm is chosen. Without a `default` arm the macro blocks until an operation is ready.
 /// The rules are [`Select`](crate::Select)'s: one operation completes, ready operations are
 /// chosen at random, a disconnected channel is ready (its arm gets the `Disconnected` error),
-/// and a chosen send copies its payload then, waiting for room if another sender took it.
+/// and a chosen send copies its payload then, waiting for room if another sender took it, but
+/// no longer than the select waited: with `default(timeout)` until the same deadline, with
+/// `default` not at all (`res` is then `Err(SendTimeoutError::Timeout(()))`, see
+/// [`SelectedOperation::send`](crate::SelectedOperation::send)).
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -62,8 +62,14 @@ pub(super) const MAX_SLEEP: Duration = Duration::from_millis(25);
 impl Chan {
     pub(super) fn wait_word(&self, on: WaitOn) -> &AtomicU32 {
         self.data
-            .atomic_in(C_WAIT_WORDS as usize + 4 * on as usize)
+            .atomic_in(self.wait_word_offset(on))
             .expect("wait word in bounds")
+    }
+
+    /// Byte offset of `on`'s futex word in the data area, for a holder of the mapping alone
+    /// (the async waiter thread, which must not hold an endpoint).
+    pub(super) fn wait_word_offset(&self, on: WaitOn) -> usize {
+        C_WAIT_WORDS as usize + 4 * on as usize
     }
 
     /// Non-zero while some thread may sleep on `on`'s word: set by each sleeper before it
