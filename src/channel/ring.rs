@@ -503,12 +503,16 @@ impl Chan {
     /// Where this process's next take looks first: the later of its own hint and the shared
     /// head (other processes' receivers may have gone far ahead), unless a receiver moved the
     /// shared head back since (a take left queued, see `try_take`): then the shared head.
-    pub(super) fn take_start(&self) -> u64 {
+    /// Only a take (`note_rewind`) marks a rewind as seen: a wait that only watches the slot
+    /// it names must leave the rewind for the take that has to start over from it.
+    pub(super) fn take_start(&self, note_rewind: bool) -> u64 {
         let shared = self.head().load(Ordering::Acquire);
         let rewinds = self.word(C_HEAD_REWINDS / 8).load(Ordering::Acquire);
         let hint = self.take_hint.load(Ordering::Relaxed);
         if rewinds != self.rewinds_seen.load(Ordering::Relaxed) || hint == NO_HINT {
-            self.rewinds_seen.store(rewinds, Ordering::Relaxed);
+            if note_rewind {
+                self.rewinds_seen.store(rewinds, Ordering::Relaxed);
+            }
             return shared;
         }
         later(hint, shared)
@@ -597,7 +601,7 @@ impl Chan {
         let taken_word = self.word(self.participant_index(slot, P_TAKEN));
         let base_word = self.word(self.participant_index(slot, P_TAKE_BASE));
         let position_word = self.word(self.participant_index(slot, P_TAKE_POSITION));
-        let mut head = self.take_start();
+        let mut head = self.take_start(true);
         let mut count = 0usize;
         // Whether a slot was freed since the last wake-up of senders waiting for room.
         let mut freed_any = false;

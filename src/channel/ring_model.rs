@@ -238,3 +238,52 @@ proptest! {
         prop_assert_eq!(state.freed(8).holder(), None);
     }
 }
+
+#[test]
+fn a_wait_watching_the_head_leaves_a_rewind_to_the_next_take() {
+    use super::layout::C_HEAD_REWINDS;
+    use super::wait::WaitOn;
+    use std::sync::atomic::Ordering;
+    let name = format!("t-ring-rewind-{}", std::process::id());
+    let config = ChannelConfig::default()
+        .with_capacity(CAPACITY)
+        .with_disconnect(false);
+    let (tx, rx) = channel(&name, config).expect("create channel");
+    let chan: &Chan = &rx.ep.chan;
+    let sender = tx.ep.owner(None).expect("sender slot").slot;
+    let receiver = rx.ep.owner(None).expect("receiver slot").slot;
+    for seq in 0..3 {
+        assert!(chan
+            .try_publish(sender, Place::Inline, 16, &payload(seq))
+            .expect("publish"));
+    }
+    let mut inline = InlineBuf([0; INLINE_MAX]);
+    chan.try_take(receiver, &mut inline)
+        .expect("take")
+        .expect("message 0");
+    // What a take left queued does (ring.rs, `take_run`): message 1 is put back behind this
+    // process's hint, and the rewind counted, after this process took it.
+    chan.try_take(receiver, &mut inline)
+        .expect("take")
+        .expect("message 1");
+    let state = chan.slot_state(1);
+    state.store(
+        super::layout::SlotState::new(1, super::layout::Phase::Full, None).0,
+        Ordering::SeqCst,
+    );
+    chan.head().fetch_min(1, Ordering::AcqRel);
+    chan.word(C_HEAD_REWINDS / 8).fetch_add(1, Ordering::AcqRel);
+    // A spinning receive looks at the slot of the next message first.
+    let _ = chan.progress(WaitOn::NotEmpty);
+    let taken = chan
+        .try_take(receiver, &mut inline)
+        .expect("take")
+        .expect("message 1 again");
+    assert_eq!(taken.desc.len, 16);
+    assert_eq!(
+        &inline.0[..16],
+        &payload(1)[..],
+        "the take started over from the rewind"
+    );
+    drop((tx, rx));
+}

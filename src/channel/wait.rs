@@ -114,7 +114,7 @@ impl Chan {
     pub(super) fn progress(&self, on: WaitOn) -> &AtomicU64 {
         match on {
             // The state of the slot the next message will be in.
-            WaitOn::NotEmpty => self.slot_state(self.take_start()),
+            WaitOn::NotEmpty => self.slot_state(self.take_start(false)),
             WaitOn::NotFull | WaitOn::Done => self.head(),
             // Room comes back mostly by returns without the lock (frees under it, rarer,
             // are caught by the attempt every 64 polls).
