@@ -623,15 +623,22 @@ impl Chan {
             position_word.store(head.wrapping_add(1), Ordering::Relaxed);
             let word = self.slot_state(head);
             let claimed = SlotState::new(head, Phase::Taking, Some(slot));
-            // Claimed straight from the state a published slot of this position has: the line
-            // comes to this core once, ready to be written, where a load and then a CAS would
-            // move it twice. Any other state is looked at as it is.
+            // Within a run, where the next slot is most likely published, the claim goes
+            // straight from the state a published slot of this position has: the line comes
+            // to this core once, ready to be written, where a load and then a CAS move it
+            // twice. The first take of a call looks first: a receiver polling an empty ring
+            // must not take the line of the slot being written away from its sender at every
+            // poll. Any other state is looked at as it is.
             let full = SlotState::new(head, Phase::Full, None);
-            // The state it was claimed from (a take left queued puts it back).
+            // The state it is claimed from (a take left queued puts it back).
             let mut state = full;
-            if let Err(now) =
+            let found = if count > 0 {
                 word.compare_exchange(full.0, claimed.0, Ordering::AcqRel, Ordering::Acquire)
-            {
+                    .err()
+            } else {
+                Some(word.load(Ordering::Acquire))
+            };
+            if let Some(now) = found {
                 state = match self.classify_head(head, SlotState(now)) {
                     Ok(AtHead::Full(state)) => state,
                     Ok(AtHead::NotReady) => {
