@@ -6,6 +6,8 @@ use std::fmt;
 
 /// Bytes of the small messages of the latency and rate cells.
 pub const SMALL_PAYLOAD: usize = 64;
+/// Most messages one call moves in the runs cells.
+pub const RUN: usize = 64;
 
 /// Payload sizes of the throughput cells.
 pub const THROUGHPUT_PAYLOADS: [usize; 5] = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20];
@@ -54,6 +56,10 @@ pub enum Cell {
     Rate {
         /// How both sides wait.
         waiting: Waiting,
+        /// shmq moves the stream in runs (`send_many` and `recv_many` of up to
+        /// [`RUN`] messages per call). iceoryx2 has no such form: its side of a runs cell
+        /// is its stream of single messages, as in the cell without runs.
+        runs: bool,
     },
 }
 
@@ -128,8 +134,10 @@ impl Cell {
         for waiting in [Waiting::Default, Waiting::Busy] {
             cells.push(Cell::Latency { waiting });
         }
-        for waiting in [Waiting::Default, Waiting::Busy] {
-            cells.push(Cell::Rate { waiting });
+        for runs in [false, true] {
+            for waiting in [Waiting::Default, Waiting::Busy] {
+                cells.push(Cell::Rate { waiting, runs });
+            }
         }
         cells
     }
@@ -148,7 +156,14 @@ impl Cell {
                 waiting.id()
             ),
             Cell::Latency { waiting } => format!("latency-{}", waiting.id()),
-            Cell::Rate { waiting } => format!("rate-{}", waiting.id()),
+            Cell::Rate {
+                waiting,
+                runs: false,
+            } => format!("rate-{}", waiting.id()),
+            Cell::Rate {
+                waiting,
+                runs: true,
+            } => format!("rate-runs-{}", waiting.id()),
         }
     }
 
@@ -160,8 +175,13 @@ impl Cell {
             });
         }
         if let Some(rest) = id.strip_prefix("rate-") {
+            let (runs, rest) = match rest.strip_prefix("runs-") {
+                Some(rest) => (true, rest),
+                None => (false, rest),
+            };
             return Some(Cell::Rate {
                 waiting: Waiting::parse(rest)?,
+                runs,
             });
         }
         let rest = id.strip_prefix("throughput-")?;
@@ -195,7 +215,7 @@ impl Cell {
         match self {
             Cell::Throughput { waiting, .. }
             | Cell::Latency { waiting }
-            | Cell::Rate { waiting } => waiting,
+            | Cell::Rate { waiting, .. } => waiting,
         }
     }
 }
@@ -216,7 +236,12 @@ impl fmt::Display for Cell {
                 waiting.id()
             ),
             Cell::Latency { waiting } => write!(f, "latency 64 B one way {}", waiting.id()),
-            Cell::Rate { waiting } => write!(f, "rate 64 B 1→1 {}", waiting.id()),
+            Cell::Rate { waiting, runs } => write!(
+                f,
+                "rate 64 B 1→1 {}{}",
+                if runs { "runs " } else { "" },
+                waiting.id()
+            ),
         }
     }
 }
@@ -231,5 +256,12 @@ mod tests {
             assert_eq!(Cell::parse(&cell.id()), Some(cell), "{}", cell.id());
         }
         assert_eq!(Cell::parse("throughput-3KiB-loan"), None);
+        assert_eq!(
+            Cell::parse("rate-runs-busy"),
+            Some(Cell::Rate {
+                waiting: Waiting::Busy,
+                runs: true
+            })
+        );
     }
 }

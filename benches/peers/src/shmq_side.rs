@@ -1,13 +1,13 @@
 //! shmq's side of every cell: channels sized like iceoryx2's services, the sender writing in
 //! place (`loan`) or copying (`send`), the receiver blocking (`recv`) or spinning
-//! (`try_recv`).
+//! (`try_recv`); in the runs cells, `send_many` and `recv_many`.
 
 use std::hint::spin_loop;
 use std::time::Duration;
 
 use shmq::{ChannelConfig, Message, Receiver, Sender, TryRecvError};
 
-use crate::cell::{Cell, Waiting, Write};
+use crate::cell::{Cell, Waiting, Write, RUN};
 use crate::cleanup::Names;
 use crate::contender::{Measurement, StartChild};
 use crate::drive::{self, READY};
@@ -102,6 +102,61 @@ impl StreamSender {
     }
 }
 
+/// The next run of messages (at least one, at most [`RUN`]) into `run`: a blocking
+/// `recv_many`, or a `try_recv_many` loop when busy.
+fn receive_run(receiver: &Receiver, waiting: Waiting, run: &mut Vec<Message>) -> BoxResult<()> {
+    match waiting {
+        Waiting::Default => receiver
+            .recv_many(run, RUN)
+            .map(drop)
+            .context("shmq recv_many"),
+        Waiting::Busy => loop {
+            match receiver.try_recv_many(run, RUN) {
+                Ok(_) => return Ok(()),
+                Err(TryRecvError::Empty) => spin_loop(),
+                Err(e) => return Err(format!("shmq try_recv_many: {e:?}").into()),
+            }
+        },
+    }
+}
+
+/// Sends a stream in runs: message `seq` is stamped into the next of [`RUN`] prepared
+/// buffers, and the run goes out by `send_many` when it is full or ends a repetition (whose
+/// last message the receiver must get before the parent waits for its report).
+struct RunSender {
+    sender: Sender,
+    run: Vec<Vec<u8>>,
+    filled: usize,
+    per_repetition: u64,
+}
+
+impl RunSender {
+    fn new(sender: Sender, len: usize, per_repetition: u64) -> RunSender {
+        let mut private = vec![0u8; len];
+        pattern::fill(&mut private, 0);
+        RunSender {
+            sender,
+            run: vec![private; RUN],
+            filled: 0,
+            per_repetition,
+        }
+    }
+
+    fn send(&mut self, seq: u64) -> BoxResult<()> {
+        pattern::stamp(&mut self.run[self.filled], seq);
+        self.filled += 1;
+        if self.filled == RUN || (seq + 1).is_multiple_of(self.per_repetition) {
+            let mut rest = &self.run[..self.filled];
+            while !rest.is_empty() {
+                let sent = self.sender.send_many(rest).context("shmq send_many")?;
+                rest = &rest[sent..];
+            }
+            self.filled = 0;
+        }
+        Ok(())
+    }
+}
+
 /// Parent side of `cell` for shmq.
 pub fn measure(
     cell: Cell,
@@ -116,6 +171,14 @@ pub fn measure(
         shmq::channel(&forward_name(base), config(cell, plan)).context("creating a channel")?;
     apply_waiting_to_sender(&sender, waiting);
     match cell {
+        Cell::Rate { runs: true, .. } => {
+            let mut peer = start_child()?;
+            drop(forward_receiver);
+            let mut runs = RunSender::new(sender, len, plan.messages_per_repetition);
+            let result = drive::drive_stream(&mut peer, plan, |seq| runs.send(seq))?;
+            peer.finish()?;
+            Ok(Measurement::of_stream(cell, &result, plan))
+        }
         Cell::Throughput { .. } | Cell::Rate { .. } => {
             let mut peer = start_child()?;
             // The child has its own receiver now; ours only kept the channel connected.
@@ -156,6 +219,20 @@ pub fn serve(cell: Cell, plan: &Plan, names: &Names) -> BoxResult<()> {
     let len = cell.payload();
     let receiver = Receiver::open(&forward_name(base)).context("opening a channel")?;
     match cell {
+        Cell::Rate { runs: true, .. } => {
+            report(READY)?;
+            let (mut run, mut next) = (Vec::with_capacity(RUN), 0);
+            drive::serve_stream(plan, |seq| {
+                if next == run.len() {
+                    run.clear(); // the messages of the last run are dropped (freed) here
+                    next = 0;
+                    receive_run(&receiver, waiting, &mut run)?;
+                }
+                next += 1;
+                pattern::verify(&run[next - 1], seq, len)?;
+                Ok(())
+            })
+        }
         Cell::Throughput { .. } | Cell::Rate { .. } => {
             report(READY)?;
             drive::serve_stream(plan, |seq| {
