@@ -25,7 +25,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::channel::{assert_gone, check_pattern, config, fill_pattern, Kid, KIB, MIB};
+use common::channel::{
+    assert_gone, check_pattern, config, fill_pattern, lowest_free_descriptor, set_descriptor_limit,
+    Kid, KIB, MIB,
+};
 use common::{child_dispatch, unique_name};
 use shmq::{
     channel, Error, Receiver, RecvTimeoutError, SendTimeoutError, Sender, TaskDoneError,
@@ -476,27 +479,6 @@ fn a_stopped_membership_lock_holder_does_not_freeze_timeouts_opens_or_drops() {
 }
 
 // ----- a transient receive failure ------------------------------------------------------------
-
-fn lowest_free_descriptor() -> u64 {
-    use std::os::fd::AsRawFd;
-    let probe = std::fs::File::open("/dev/null").expect("open /dev/null");
-    probe.as_raw_fd() as u64
-}
-
-fn set_descriptor_limit(soft: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write and read a plain struct on our stack.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        let old = limit.rlim_cur;
-        limit.rlim_cur = soft;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        old
-    }
-}
 
 /// In a process of its own (it lowers its descriptor limit).
 fn emfile_receive(name: &str) {

@@ -16,7 +16,9 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use common::channel::{assert_gone, check_pattern, fill_pattern, KIB};
+use common::channel::{
+    assert_gone, check_pattern, fill_pattern, lowest_free_descriptor, set_descriptor_limit, KIB,
+};
 use common::{child_dispatch, spawn_child_with_env, unique_name, wait_exit};
 use shmq::{channel, ChannelConfig, Receiver, RecvTimeoutError, Sender};
 
@@ -82,6 +84,13 @@ fn child_entry() {
                         rest = &rest[tx.send_many(rest).expect("send_many")..];
                     }
                 }
+            }
+            "put_back_receiver" => {
+                // No descriptor left for opening the first (overflow) payload: the take is put
+                // back, and the crash point kills the receiver right after that.
+                let rx = Receiver::open(name).expect("open receiver");
+                set_descriptor_limit(lowest_free_descriptor());
+                let _ = rx.try_recv();
             }
             "run_receiver" => {
                 // One run takes every queued message, and holds them all while it does.
@@ -255,6 +264,28 @@ fn a_receiver_killed_inside_a_run_of_takes_loses_only_what_it_took() {
             }
         }
     }
+}
+
+#[test]
+fn a_receiver_killed_putting_a_take_back_leaves_the_message_queued() {
+    // A take whose overflow payload cannot be opened now (no descriptor left) is put back
+    // in the ring; the receiver dies right after. The next receiver gets every message, in
+    // order, the put-back one first.
+    let size = 320 * KIB;
+    let name = unique_name("cp-put-back");
+    let (tx, rx) = channel(&name, config()).expect("create channel");
+    for seq in 0..3 {
+        let mut bytes = vec![0; size];
+        fill_pattern(&mut bytes, seq);
+        tx.send(&bytes).expect("queue");
+    }
+    run_until_death("put_back_receiver", &name, size, "take-put-back", 1);
+    drop(tx);
+    let got = receive_all(&rx, size, 0);
+    assert_eq!(got, vec![0, 1, 2], "received {got:?}");
+    check_ring_recovered(&name, &rx, size, "receiver killed at take-put-back#1");
+    drop(rx);
+    assert_gone(&name);
 }
 
 /// Runs the sender child `role` (the only sender) armed to die at pass `pass` of `point`, and

@@ -120,7 +120,7 @@ fn check_message(msg: &[u8]) -> Option<(u32, u32)> {
 ///
 /// word 0..8: per producer, 1 + highest seq whose `send` returned Ok (0: none)
 /// word 8..16: per child, its phase
-/// word 16..23: per consumer, corrupted messages seen
+/// word 16..19: per consumer, corrupted messages seen (lock trials: per locker, `OwnerDied` seen)
 /// word 20..22: per consumer, the most messages its take in progress may leave unlogged
 /// word 23: `LockTimeout`s the survivors met (a stopped victim held a lock)
 /// then per consumer: count word + LOG_ENTRIES entries of (producer << 32 | seq)

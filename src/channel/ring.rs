@@ -240,7 +240,7 @@ impl Chan {
         let mut count = 0;
         for message in messages {
             let bytes = message.as_ref();
-            debug_assert!(
+            assert!(
                 bytes.len() <= INLINE_MAX,
                 "publish_run takes inline messages"
             );
@@ -509,13 +509,40 @@ impl Chan {
         let shared = self.head().load(Ordering::Acquire);
         let rewinds = self.word(C_HEAD_REWINDS / 8).load(Ordering::Acquire);
         let hint = self.take_hint.load(Ordering::Relaxed);
-        if rewinds != self.rewinds_seen.load(Ordering::Relaxed) || hint == NO_HINT {
+        if rewinds != self.rewinds_seen.load(Ordering::Relaxed) {
             if note_rewind {
                 self.rewinds_seen.store(rewinds, Ordering::Relaxed);
             }
+            return self.oldest_put_back(shared).unwrap_or(shared);
+        }
+        if hint == NO_HINT {
             return shared;
         }
         later(hint, shared)
+    }
+
+    /// The oldest message put back behind `head` (see `take_run`) and not taken since: a slot
+    /// `Full` at its own position among the lap of positions before `head`. Every other
+    /// position there was taken: receivers walk on only over taken slots, and a sender cannot
+    /// claim a position a lap past a slot still full. A walk of the ring, paid once per rewind
+    /// and receiver process, which keeps the message found whatever heads other receivers
+    /// published meanwhile.
+    fn oldest_put_back(&self, head: u64) -> Option<u64> {
+        let slots = self.geo.ring_slots;
+        (0..slots)
+            .map(|back| head.wrapping_sub(slots - back))
+            .find(|&position| {
+                let state = SlotState(self.slot_state(position).load(Ordering::Acquire));
+                state.lap_offset(position) == 0 && state.phase() == Some(Phase::Full)
+            })
+    }
+
+    /// Announces that the message of `position` was put back behind the head: the head moved
+    /// back to it (a hint), and the count of rewinds, which sends every receiver looking for
+    /// it before its next take.
+    fn note_put_back(&self, position: u64) {
+        self.head().fetch_min(position, Ordering::AcqRel);
+        self.word(C_HEAD_REWINDS / 8).fetch_add(1, Ordering::AcqRel);
     }
 
     /// Publishes `head` (positions up to it are taken) to the shared word every
@@ -603,8 +630,6 @@ impl Chan {
         let position_word = self.word(self.participant_index(slot, P_TAKE_POSITION));
         let mut head = self.take_start(true);
         let mut count = 0usize;
-        // Whether a slot was freed since the last wake-up of senders waiting for room.
-        let mut freed_any = false;
         let mut outcome = Ok(());
         let mut tries = 0u64;
         while count < max {
@@ -663,8 +688,6 @@ impl Chan {
                 }
             }
             crash_point!("take-claimed");
-            // Within a run too, so that senders waiting for room refill the ring behind it.
-            self.publish_head(head.wrapping_add(1));
             let freed = claimed.freed(self.geo.ring_slots);
             let Some(desc) = self.read_desc(head, inline) else {
                 // Void (its sender died before describing it) or garbage: skipped rather than
@@ -677,7 +700,8 @@ impl Chan {
                 taken_word.store(base.wrapping_add(1), Ordering::Release);
                 word.swap(freed.0, Ordering::SeqCst);
                 position_word.store(0, Ordering::Release);
-                freed_any = true;
+                self.notify_fenced(WaitOn::NotFull);
+                self.publish_head(head.wrapping_add(1));
                 self.mark_done(slot);
                 // A task count that cannot get the allocator lock now is lost: one task left
                 // unfinished, for a void slot met while a stopped process holds that lock.
@@ -691,40 +715,41 @@ impl Chan {
                     Err(e) if payload_lost(&e) => Some(Err(e)),
                     Err(e) => {
                         // Left queued for a later try: the slot back to Full, and the head
-                        // back to it (other receivers may have moved it on; they walk
-                        // forward again over what they took). Counting the rewind makes
-                        // every receiver start its next take from the shared head.
+                        // back to it. Another receiver may publish a later head at any time
+                        // (it walked past the slot while this one held it), so the count of
+                        // rewinds is what makes every receiver look back for it before its
+                        // next take (see `take_start`). A death between the two steps is
+                        // finished by the reclaim (see `recover_take`).
                         word.swap(state.0, Ordering::SeqCst);
-                        self.head().fetch_min(head, Ordering::AcqRel);
-                        self.word(C_HEAD_REWINDS / 8).fetch_add(1, Ordering::AcqRel);
+                        crash_point!("take-put-back");
+                        self.note_put_back(head);
                         self.take_hint.store(head, Ordering::Relaxed);
                         position_word.store(0, Ordering::Release);
                         self.notify_fenced(WaitOn::NotEmpty);
-                        if freed_any {
-                            self.notify(WaitOn::NotFull);
-                        }
                         return if count == 0 { Err(e) } else { Ok(count) };
                     }
                 },
                 _ => None,
             };
+            // Within a run too, so that senders waiting for room refill the ring behind it;
+            // after the payload is known to open, so that a take put back never published a
+            // head past itself.
+            self.publish_head(head.wrapping_add(1));
             self.set_room_owner(desc.place, u64::from(slot) + 1);
             crash_point!("take-owned");
             taken_word.store(base.wrapping_add(1), Ordering::Release);
             crash_point!("take-counted");
             word.swap(freed.0, Ordering::SeqCst);
             position_word.store(0, Ordering::Release);
-            freed_any = true;
+            // Per message, not per run (a relaxed load unless a sender sleeps): the rest of
+            // the run, and what `each` does, is no reason to keep a sender waiting.
+            self.notify_fenced(WaitOn::NotFull);
             head = head.wrapping_add(1);
             count += 1;
             tries = 0;
             each(Taken { desc, payload }, inline);
         }
         self.take_hint.store(head, Ordering::Relaxed);
-        if freed_any {
-            // The last free was a SeqCst swap, which orders the armed-flag read.
-            self.notify_fenced(WaitOn::NotFull);
-        }
         // An error after some messages were taken is met again by the next run, first.
         match outcome {
             Err(e) if count == 0 => Err(e),
@@ -821,6 +846,10 @@ impl Chan {
             let state = SlotState(self.slot_state(position).load(Ordering::Acquire));
             if state == SlotState::new(position, Phase::Taking, Some(slot)) {
                 self.finish_dead_take(position, state, slot, true);
+            } else if state.lap_offset(position) == 0 && state.phase() == Some(Phase::Full) {
+                // Put back (or not claimed yet), and perhaps not announced: announcing it
+                // again costs receivers one look back.
+                self.note_put_back(position);
             }
         }
         position_word.store(0, Ordering::Release);

@@ -287,3 +287,51 @@ fn a_wait_watching_the_head_leaves_a_rewind_to_the_next_take() {
     );
     drop((tx, rx));
 }
+
+#[test]
+fn a_message_put_back_is_found_behind_a_head_another_receiver_published_later() {
+    // Receivers A (this process) and B (another, played by hand): A claims message 1 and
+    // cannot open it now, B walks past it and takes 2 and 3, A puts 1 back (the head back to
+    // 1, one more rewind), then B publishes the head it reached, 4. Every receiver's next take
+    // must still find 1 first.
+    use super::layout::{Phase, SlotState, C_HEAD_REWINDS};
+    use std::sync::atomic::Ordering;
+    let name = format!("t-ring-put-back-{}", std::process::id());
+    let config = ChannelConfig::default()
+        .with_capacity(CAPACITY)
+        .with_disconnect(false);
+    let (tx, rx) = channel(&name, config).expect("create channel");
+    let chan: &Chan = &rx.ep.chan;
+    let sender = tx.ep.owner(None).expect("sender slot").slot;
+    let receiver = rx.ep.owner(None).expect("receiver slot").slot;
+    for seq in 0..6 {
+        assert!(chan
+            .try_publish(sender, Place::Inline, 16, &payload(seq))
+            .expect("publish"));
+    }
+    let mut inline = InlineBuf([0; INLINE_MAX]);
+    for _ in 0..4 {
+        chan.try_take(receiver, &mut inline)
+            .expect("take")
+            .expect("messages 0 to 3");
+    }
+    // Message 1 put back by A, and the rewind counted; then B's publication.
+    let put_back = SlotState::new(1, Phase::Full, None);
+    chan.slot_state(1).store(put_back.0, Ordering::SeqCst);
+    chan.head().fetch_min(1, Ordering::AcqRel);
+    chan.word(C_HEAD_REWINDS / 8).fetch_add(1, Ordering::AcqRel);
+    chan.head().fetch_max(4, Ordering::AcqRel);
+    let mut got = Vec::new();
+    while let Some(taken) = chan.try_take(receiver, &mut inline).expect("take") {
+        assert_eq!(taken.desc.len, 16);
+        got.push(u64::from_le_bytes(
+            inline.0[..8].try_into().expect("8 bytes"),
+        ));
+    }
+    assert_eq!(
+        got,
+        vec![1, 4, 5],
+        "the put-back message first, then the rest"
+    );
+    drop((tx, rx));
+}

@@ -266,3 +266,27 @@ pub fn stress_check(msg: &[u8]) -> Result<(u32, u32), String> {
     }
     Ok((producer, seq))
 }
+
+/// The lowest descriptor number free in this process: a descriptor limit of this value leaves
+/// no room for one more open.
+pub fn lowest_free_descriptor() -> u64 {
+    use std::os::fd::AsRawFd;
+    let probe = std::fs::File::open("/dev/null").expect("open /dev/null");
+    probe.as_raw_fd() as u64
+}
+
+/// Sets this process's soft limit of open descriptors; returns the one before.
+pub fn set_descriptor_limit(soft: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read a plain struct on our stack.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let old = limit.rlim_cur;
+        limit.rlim_cur = soft;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        old
+    }
+}
