@@ -239,24 +239,32 @@ proptest! {
     }
 }
 
+/// A persistent channel of the model's capacity with messages `0..queued` published.
+fn queued_channel(tag: &str, queued: u64) -> (super::Sender, super::Receiver) {
+    let name = format!("t-ring-{tag}-{}", std::process::id());
+    let config = ChannelConfig::default()
+        .with_capacity(CAPACITY)
+        .with_disconnect(false);
+    let (tx, rx) = channel(&name, config).expect("create channel");
+    let sender = tx.ep.owner(None).expect("sender slot").slot;
+    for seq in 0..queued {
+        assert!(tx
+            .ep
+            .chan
+            .try_publish(sender, Place::Inline, 16, &payload(seq))
+            .expect("publish"));
+    }
+    (tx, rx)
+}
+
 #[test]
 fn a_wait_watching_the_head_leaves_a_rewind_to_the_next_take() {
     use super::layout::C_HEAD_REWINDS;
     use super::wait::WaitOn;
     use std::sync::atomic::Ordering;
-    let name = format!("t-ring-rewind-{}", std::process::id());
-    let config = ChannelConfig::default()
-        .with_capacity(CAPACITY)
-        .with_disconnect(false);
-    let (tx, rx) = channel(&name, config).expect("create channel");
+    let (tx, rx) = queued_channel("rewind", 3);
     let chan: &Chan = &rx.ep.chan;
-    let sender = tx.ep.owner(None).expect("sender slot").slot;
     let receiver = rx.ep.owner(None).expect("receiver slot").slot;
-    for seq in 0..3 {
-        assert!(chan
-            .try_publish(sender, Place::Inline, 16, &payload(seq))
-            .expect("publish"));
-    }
     let mut inline = InlineBuf([0; INLINE_MAX]);
     chan.try_take(receiver, &mut inline)
         .expect("take")
@@ -296,19 +304,9 @@ fn a_message_put_back_is_found_behind_a_head_another_receiver_published_later() 
     // must still find 1 first.
     use super::layout::{Phase, SlotState, C_HEAD_REWINDS};
     use std::sync::atomic::Ordering;
-    let name = format!("t-ring-put-back-{}", std::process::id());
-    let config = ChannelConfig::default()
-        .with_capacity(CAPACITY)
-        .with_disconnect(false);
-    let (tx, rx) = channel(&name, config).expect("create channel");
+    let (tx, rx) = queued_channel("put-back", 6);
     let chan: &Chan = &rx.ep.chan;
-    let sender = tx.ep.owner(None).expect("sender slot").slot;
     let receiver = rx.ep.owner(None).expect("receiver slot").slot;
-    for seq in 0..6 {
-        assert!(chan
-            .try_publish(sender, Place::Inline, 16, &payload(seq))
-            .expect("publish"));
-    }
     let mut inline = InlineBuf([0; INLINE_MAX]);
     for _ in 0..4 {
         chan.try_take(receiver, &mut inline)
