@@ -1,6 +1,6 @@
 //! Waiting: full and empty rings, a full arena and a full overflow table as backpressure (in one
 //! process and across processes), timeouts (also while spinning), and `join` waiting for
-//! another process to drop every message.
+//! another process to drop every message, and a spin that stops paying being cut.
 
 mod common;
 
@@ -51,6 +51,16 @@ fn child_entry() {
             }
             common::signal_parent("all dropped");
             thread::sleep(Duration::from_millis(200));
+        }
+        "send_slowly" => {
+            let tx = shmq::Sender::open(&args[0]).expect("open sender");
+            let n: u64 = args[1].parse().expect("n");
+            let gap = Duration::from_millis(args[2].parse().expect("gap"));
+            common::signal_parent("attached");
+            for i in 0..n {
+                thread::sleep(gap);
+                tx.send(&i.to_le_bytes()).expect("send");
+            }
         }
         other => panic!("unknown child role {other}"),
     });
@@ -405,6 +415,66 @@ fn join_timeout_while_a_message_is_held() {
         .is_timeout());
     drop(b);
     tx.join_timeout(HANG).expect("all dropped");
+    drop(tx);
+    drop(rx);
+    assert_gone(&name);
+}
+
+// ----- adaptive spinning -----------------------------------------------------------------------
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole rusage into the pointer it is given, which points to
+    // one; RUSAGE_THREAD is Linux's.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage");
+    // SAFETY: initialized by the successful call above.
+    let usage = unsafe { usage.assume_init() };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Receives `n` messages from a child that sends one every 8 ms, and returns the CPU time
+/// this thread spent on it.
+fn cpu_to_receive_slow_messages(rx: &Receiver, name: &str, n: u64) -> Duration {
+    let mut kid = Kid::spawn("send_slowly", &[name, &n.to_string(), "8"]);
+    kid.expect("attached");
+    let before = thread_cpu_time();
+    for i in 0..n {
+        let msg = rx.recv_timeout(CHILD_TIMEOUT).expect("recv");
+        assert_eq!(&msg[..], &i.to_le_bytes(), "message {i}");
+    }
+    let spent = thread_cpu_time() - before;
+    kid.finish();
+    spent
+}
+
+#[test]
+fn a_spin_that_keeps_running_out_is_cut() {
+    // A receiver whose sender (another process) sends one message every 8 ms, with a 4 ms
+    // spin: every wait outlasts the spin. Spinning the full 4 ms each time costs about 4 ms
+    // of CPU per message; cut, a wait spins 1 µs, and one in 16 the full 4 ms.
+    let name = common::unique_name("ch-adapt");
+    let (tx, rx) = shmq::channel(&name, config(4, MIB)).expect("create");
+    rx.set_spin(Duration::from_millis(4));
+    let n = 40;
+    let adaptive = cpu_to_receive_slow_messages(&rx, &name, n);
+    rx.set_adaptive_spin(false);
+    let fixed = cpu_to_receive_slow_messages(&rx, &name, n);
+    eprintln!("CPU for {n} slow messages: adaptive {adaptive:?}, fixed {fixed:?}");
+    // The fixed spin burns at least 40 x 4 ms of wall time spinning, most of it on a core
+    // (less if the thread is preempted); the adaptive one about 4 full spins.
+    assert!(
+        fixed > Duration::from_millis(40),
+        "the fixed spin did not spin: {fixed:?}"
+    );
+    assert!(
+        adaptive * 2 < fixed,
+        "the spin was not cut: adaptive {adaptive:?}, fixed {fixed:?}"
+    );
     drop(tx);
     drop(rx);
     assert_gone(&name);

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::errors::{Exhausted, TaskDoneError};
-use super::layout::{InlineBuf, Place, INLINE_MAX};
+use super::layout::{InlineBuf, Place, INLINE_MAX, WAIT_KINDS};
 use super::lock::lock_deadline;
 use super::message::{Body, Message};
 use super::ring::Taken;
+use super::spin::SpinBudget;
 use super::view::Chan;
 use super::wait::{Step, WaitError, WaitOn};
 use super::{DEFAULT_SPIN, HOOKS};
@@ -133,6 +134,11 @@ pub(super) struct Endpoint {
     slot: AtomicU32,
     fork_generation: AtomicU64,
     pub(super) spin_ns: AtomicU64,
+    /// Whether blocking calls adapt their spin to how their recent waits ended (see spin.rs;
+    /// on by default).
+    pub(super) adaptive_spin: AtomicBool,
+    /// Per condition waited for ([`WaitOn`]), how this family's recent waits on it ended.
+    spin_history: [SpinBudget; WAIT_KINDS as usize],
     /// The cached answer of `peers_alive`: `epoch << 1 | alive`, in one word so that threads
     /// sharing the endpoint never combine one scan's answer with another's epoch.
     peer_cache: AtomicU64,
@@ -165,6 +171,8 @@ impl Endpoint {
             participant: Mutex::new(Some(participant)),
             peer_role,
             spin_ns: AtomicU64::new(DEFAULT_SPIN.as_nanos() as u64),
+            adaptive_spin: AtomicBool::new(true),
+            spin_history: Default::default(),
             peer_cache: AtomicU64::new(u64::MAX),
             peer_checked_ns: AtomicU64::new(0),
             deferred: Mutex::new(Vec::new()),
@@ -251,6 +259,13 @@ impl Endpoint {
         Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed))
     }
 
+    /// The history a wait on `on` consults and records in, unless adaptation is off.
+    fn spin_history(&self, on: WaitOn) -> Option<&SpinBudget> {
+        self.adaptive_spin
+            .load(Ordering::Relaxed)
+            .then(|| &self.spin_history[on as usize])
+    }
+
     /// Whether a peer (a receiver for senders, a sender for receivers) is alive. Cheap while the
     /// membership epoch is unchanged and the cached answer younger than `max_age`; otherwise
     /// rescans the table, which is how deaths that nobody has reclaimed yet are noticed.
@@ -302,7 +317,7 @@ impl Endpoint {
         attempt: impl FnMut() -> Result<Step<T>>,
     ) -> Result<T, Stopped> {
         self.chan
-            .wait_for(on, deadline, self.spin(), attempt)
+            .wait_for(on, deadline, self.spin(), self.spin_history(on), attempt)
             .map_err(|e| Stopped::from_wait(e, waiting_for))
     }
 
@@ -578,7 +593,8 @@ impl Endpoint {
     pub(super) fn join_tasks(&self, deadline: Option<Instant>) -> Result<bool> {
         self.owner(deadline)?;
         let chan = &self.chan;
-        let waited = chan.wait_for(WaitOn::Tasks, deadline, self.spin(), || {
+        let on = WaitOn::Tasks;
+        let waited = chan.wait_for(on, deadline, self.spin(), self.spin_history(on), || {
             self.release_deferred();
             if chan.tasks_all_done() {
                 return Ok(Step::Ready(()));

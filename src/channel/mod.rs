@@ -80,14 +80,31 @@ macro_rules! handle_methods {
             self.ep.chan.stats()
         }
 
-        /// How long blocking calls of this handle family spin before sleeping on a futex
-        /// (default [`DEFAULT_SPIN`](crate::DEFAULT_SPIN)). `Duration::MAX` never sleeps:
-        /// lowest latency, one busy core per waiting thread.
+        /// How long, at most, blocking calls of this handle family spin before sleeping on a
+        /// futex (default [`DEFAULT_SPIN`](crate::DEFAULT_SPIN)). `Duration::MAX` never
+        /// sleeps: lowest latency, one busy core per waiting thread.
+        ///
+        /// While the family's waits on a condition end in their spin, each spins up to this
+        /// long. When they keep outlasting it (two in a row slept), the spin is cut to about
+        /// four times what the waits that ended in their spin took, at least 1 µs, and one
+        /// wait in 16 spins the full time again to find out whether waits became short; the
+        /// next wait that ends in its spin restores it. See
+        /// [`set_adaptive_spin`](Self::set_adaptive_spin).
         pub fn set_spin(&self, spin: std::time::Duration) {
             let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
             self.ep
                 .spin_ns
                 .store(ns, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        /// Whether blocking calls of this handle family cut their spin when it does not pay,
+        /// as [`set_spin`](Self::set_spin) describes (default `true`). `false` spins the full
+        /// time before every sleep: a core burnt per wait that outlasts it, for a partner
+        /// whose pace is known to be bursty.
+        pub fn set_adaptive_spin(&self, adaptive: bool) {
+            self.ep
+                .adaptive_spin
+                .store(adaptive, std::sync::atomic::Ordering::Relaxed);
         }
     };
 }
@@ -207,6 +224,7 @@ mod ring_model;
 mod select;
 mod select_macro;
 mod sender;
+mod spin;
 mod stats;
 mod tasks;
 #[cfg(feature = "serde")]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use super::layout::{
     C_ARENA_RETURNS, C_MEMBERSHIP_EPOCH, C_RETIRED_TASKS, C_WAIT_WORDS, WAIT_KINDS,
 };
+use super::spin::{SpinBudget, SpinOutcome};
 use super::view::Chan;
 use crate::error::{Error, Result};
 use crate::sys;
@@ -134,15 +135,18 @@ impl Chan {
         }
     }
 
-    /// Repeats `attempt` until it is ready, spinning for `spin` and then sleeping on the futex
-    /// word of `on`, until `deadline`. A sleep lasts at most `MAX_SLEEP`, so the attempt runs
-    /// at least that often; attempts re-check their peers' liveness (and reclaim the dead) at most
-    /// every 25 ms, which is how a blocked call notices a killed peer.
+    /// Repeats `attempt` until it is ready, spinning for up to `spin` and then sleeping on the
+    /// futex word of `on`, until `deadline`. With a `history`, the spin is what it allows of
+    /// `spin` (see spin.rs), and the wait is recorded in it. A sleep lasts at most
+    /// `MAX_SLEEP`, so the attempt runs at least that often; attempts re-check their peers'
+    /// liveness (and reclaim the dead) at most every 25 ms, which is how a blocked call
+    /// notices a killed peer.
     pub(crate) fn wait_for<T>(
         &self,
         on: WaitOn,
         deadline: Option<Instant>,
         spin: Duration,
+        history: Option<&SpinBudget>,
         mut attempt: impl FnMut() -> Result<Step<T>>,
     ) -> Result<T, WaitError> {
         let run = |attempt: &mut dyn FnMut() -> Result<Step<T>>| match attempt() {
@@ -161,6 +165,7 @@ impl Chan {
         // attempt only when it moved, or every 64 polls for conditions it does not show. (A
         // sender waiting for room watches `head`, which receivers publish every few takes:
         // it resumes when a run of slots is free, not at each one.)
+        let spin = history.map_or(spin, |h| h.budget(spin));
         let start = Instant::now();
         let progress = self.progress(on);
         let mut seen = progress.load(Ordering::Acquire);
@@ -172,11 +177,20 @@ impl Chan {
             if now != seen || polls.is_multiple_of(64) {
                 seen = now;
                 if let Some(done) = run(&mut attempt) {
+                    if let Some(h) = history {
+                        h.record(SpinOutcome::Paid(start.elapsed()));
+                    }
                     return done;
                 }
                 let elapsed = start.elapsed();
-                if elapsed >= spin || deadline.is_some_and(|d| Instant::now() >= d) {
+                if elapsed >= spin {
+                    if let Some(h) = history {
+                        h.record(SpinOutcome::Slept);
+                    }
                     break;
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break; // the caller's deadline, not the spin, ran out: nothing learnt
                 }
             }
         }
