@@ -514,6 +514,27 @@ impl Endpoint {
         sent
     }
 
+    /// One attempt of [`Endpoint::send_bytes`], for the `try_` form: a message of at most
+    /// [`INLINE_MAX`] bytes costs no clock read (a forked child's first call excepted, which
+    /// registers with a deadline of now), as [`Endpoint::try_receive`].
+    pub(super) fn try_send_bytes(&self, bytes: &[u8]) -> Result<(), Stopped> {
+        if bytes.len() > INLINE_MAX {
+            return self.send_bytes(bytes, Some(Instant::now()));
+        }
+        let owner = self.owner_by(|| Some(Instant::now()))?;
+        if self.peer_gone() {
+            return Err(Stopped::Disconnected);
+        }
+        if self
+            .chan
+            .try_publish(owner.slot, Place::Inline, bytes.len() as u64, bytes)?
+        {
+            Ok(())
+        } else {
+            Err(Stopped::Deadline(Some(Exhausted::Ring)))
+        }
+    }
+
     /// Sends a run of `messages` in order, waiting until `deadline` for room for the first:
     /// as many as fit then, and at least one. Small messages (at most [`INLINE_MAX`] bytes
     /// each) go in one run ([`Chan::publish_run`]); a larger first message goes alone, as by

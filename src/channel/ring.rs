@@ -624,6 +624,12 @@ impl Chan {
         inline: &mut InlineBuf,
         mut each: impl FnMut(Taken, &InlineBuf),
     ) -> Result<usize> {
+        // A look first, without the lock and the records: a receiver polling an empty ring
+        // (`try_recv` in a loop) then pays two loads a poll. Only a position not yet
+        // published ends it; whatever else the slot holds, the take below sorts out.
+        if matches!(self.at_head(self.take_start(false)), Ok(AtHead::NotReady)) {
+            return Ok(0);
+        }
         let _one_take = self.take_lock.lock();
         let taken_word = self.word(self.participant_index(slot, P_TAKEN));
         let base_word = self.word(self.participant_index(slot, P_TAKE_BASE));

@@ -73,7 +73,7 @@ impl Sender {
     /// Sends a copy of `bytes` if the channel has room now.
     pub fn try_send(&self, bytes: &[u8]) -> Result<(), TrySendError> {
         self.ep
-            .send_bytes(bytes, Some(Instant::now()))
+            .try_send_bytes(bytes)
             .map_err(|e| to_try_send(e, ()))
     }
 
