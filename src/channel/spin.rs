@@ -123,7 +123,7 @@ impl SpinBudget {
         self.0.store(history.pack(), Ordering::Relaxed);
     }
 
-    /// The history now (for tests and stats).
+    /// The history now (for the tests).
     #[cfg(test)]
     pub(crate) fn history(&self) -> SpinHistory {
         SpinHistory::unpack(self.0.load(Ordering::Relaxed))
