@@ -8,7 +8,6 @@ use crate::clock::monotonic_ns;
 use crate::error::BoxResult;
 use crate::plan::Plan;
 use crate::process::{report, Peer};
-use crate::stats;
 use crate::usage::Usage;
 
 /// The report word of a finished repetition: `done <end ns> <usage delta>`.
@@ -27,20 +26,6 @@ pub struct StreamResult {
     pub receiver_usage: Usage,
     /// Messages of the measured repetitions.
     pub messages: u64,
-}
-
-impl StreamResult {
-    /// Median seconds of one repetition.
-    pub fn median_seconds(&self) -> f64 {
-        stats::median(&mut self.seconds.clone()).unwrap_or(f64::NAN)
-    }
-
-    /// Seconds of the fastest and of the slowest repetition.
-    pub fn extreme_seconds(&self) -> (f64, f64) {
-        let fastest = self.seconds.iter().copied().fold(f64::INFINITY, f64::min);
-        let slowest = self.seconds.iter().copied().fold(0.0, f64::max);
-        (fastest, slowest)
-    }
 }
 
 /// Parent side of a stream: runs every repetition of `plan`, `send(seq)` sending message

@@ -14,6 +14,7 @@ mod contender;
 mod drive;
 mod error;
 mod iceoryx2_side;
+mod limits;
 mod options;
 mod pattern;
 mod plan;
@@ -89,27 +90,39 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
     let mut rows = Vec::new();
     let mut failures = 0;
     for (index, &cell) in options.cells.iter().enumerate() {
-        let mut row = Row {
-            cell,
-            shmq: None,
-            iceoryx2: None,
-        };
-        for contender in Contender::ALL {
-            eprintln!("shmq-peers: {} {} ...", contender.id(), cell.id());
-            let names = Names {
-                run: run.clone(),
-                measurement: format!("{run}-{index}-{}", contender.id()),
-            };
-            match measure(contender, cell, &names, options.quick) {
-                Ok(m) => match contender {
-                    Contender::Shmq => row.shmq = Some(m),
-                    Contender::Iceoryx2 => row.iceoryx2 = Some(m),
-                },
-                Err(e) => {
-                    failures += 1;
-                    eprintln!("shmq-peers: {} {} failed: {e}", contender.id(), cell.id());
+        let mut row = Row::new(cell);
+        for round in 0..options.rounds {
+            if matches!(cell, Cell::Latency { .. }) {
+                match limits::spin_ping_pong_one_way_ns(options.quick) {
+                    Ok(ns) => row.spin_ping_pong_ns.push(ns),
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!("shmq-peers: spin ping-pong failed: {e}");
+                    }
                 }
             }
+            let mut this_round = Vec::new();
+            for contender in Contender::in_round(round) {
+                eprintln!(
+                    "shmq-peers: {} {} (round {} of {}) ...",
+                    contender.id(),
+                    cell.id(),
+                    round + 1,
+                    options.rounds
+                );
+                let names = Names {
+                    run: run.clone(),
+                    measurement: format!("{run}-{index}-{round}-{}", contender.id()),
+                };
+                match measure(contender, cell, &names, options.quick) {
+                    Ok(m) => this_round.push((contender, m)),
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!("shmq-peers: {} {} failed: {e}", contender.id(), cell.id());
+                    }
+                }
+            }
+            row.add_round(this_round);
         }
         rows.push(row);
     }
@@ -120,6 +133,7 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
         load_at_start,
         load_at_end: report::load_average(),
         quick: options.quick,
+        rounds: options.rounds,
     };
     print!("{}", report::render(&rows, &info));
     print!("{}", report_leftovers(&run));

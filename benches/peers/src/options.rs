@@ -1,4 +1,4 @@
-//! The command line of a run: `[--quick] [--cells ID|PREFIX,...] [--list]`.
+//! The command line of a run: `[--quick] [--rounds N] [--cells ID|PREFIX,...] [--list]`.
 
 use crate::cell::Cell;
 use crate::error::BoxResult;
@@ -8,6 +8,9 @@ use crate::error::BoxResult;
 pub struct Options {
     /// Small counts, for a smoke test.
     pub quick: bool,
+    /// Rounds per cell: each round measures both contenders once, in alternating order, and
+    /// the table pools the rounds' samples.
+    pub rounds: u32,
     /// The cells to run, in table order.
     pub cells: Vec<Cell>,
     /// Print the cell ids and exit.
@@ -16,13 +19,19 @@ pub struct Options {
     pub help: bool,
 }
 
+/// Rounds per cell unless `--rounds` says otherwise: the fewest whose median is not one
+/// round's luck, on a machine whose placement of two processes changes from minute to minute.
+const DEFAULT_ROUNDS: u32 = 3;
+
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
-usage: shmq-peers [--quick] [--cells SELECTION[,SELECTION...]] [--list]
+usage: shmq-peers [--quick] [--rounds N] [--cells SELECTION[,SELECTION...]] [--list]
 
 Compares shmq with iceoryx2 between two processes and prints a markdown table.
 
   --quick          small counts: a smoke test, not a measurement
+  --rounds N       rounds per cell (default 3, 1 with --quick): each measures both
+                   contenders once, the first of them alternating; the table pools them
   --cells SEL,...  only the cells whose id starts with one of the selections
                    (e.g. `rate`, `latency-busy`, `throughput-1MiB`, `throughput-4KiB-loan-busy`)
   --list           print every cell id and exit";
@@ -31,6 +40,7 @@ impl Options {
     /// Parses the arguments after the program name.
     pub fn parse(args: &[String]) -> BoxResult<Options> {
         let mut quick = false;
+        let mut rounds = None;
         let mut list = false;
         let mut help = false;
         let mut selections: Vec<String> = Vec::new();
@@ -39,6 +49,17 @@ impl Options {
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--list" => list = true,
+                "--rounds" => {
+                    let value = args.next().ok_or("--rounds needs a value")?;
+                    match value.parse::<u32>() {
+                        Ok(n) if n > 0 => rounds = Some(n),
+                        _ => {
+                            return Err(
+                                format!("--rounds {value:?}: expected a count above 0").into()
+                            )
+                        }
+                    }
+                }
                 "--cells" => {
                     let value = args.next().ok_or("--cells needs a value")?;
                     selections.extend(value.split(',').map(str::to_owned));
@@ -62,6 +83,7 @@ impl Options {
         };
         Ok(Options {
             quick,
+            rounds: rounds.unwrap_or(if quick { 1 } else { DEFAULT_ROUNDS }),
             cells,
             list,
             help,

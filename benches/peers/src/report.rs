@@ -6,16 +6,62 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cell::Cell;
-use crate::contender::Measurement;
+use crate::contender::{Contender, Measurement};
+use crate::stats;
 
-/// One row of the table: a cell and what each contender measured (`None`: not run or failed).
+/// One row of the table: a cell and what each contender measured over the run's rounds
+/// (`None`: not run or failed in every round).
 pub struct Row {
     /// The cell.
     pub cell: Cell,
-    /// shmq's measurement.
+    /// shmq's measurement, every round's samples pooled.
     pub shmq: Option<Measurement>,
-    /// iceoryx2's measurement.
+    /// iceoryx2's measurement, every round's samples pooled.
     pub iceoryx2: Option<Measurement>,
+    /// shmq's median over iceoryx2's in each round where both were measured: the ratio of
+    /// two measurements a few seconds apart, which the machine's slower moods shift less.
+    pub round_ratios: Vec<f64>,
+    /// Latency cells: the machine's spinning ping-pong (see limits.rs), one way, in ns, once
+    /// per round.
+    pub spin_ping_pong_ns: Vec<f64>,
+}
+
+impl Row {
+    /// A row of `cell` with nothing measured yet.
+    pub fn new(cell: Cell) -> Row {
+        Row {
+            cell,
+            shmq: None,
+            iceoryx2: None,
+            round_ratios: Vec::new(),
+            spin_ping_pong_ns: Vec::new(),
+        }
+    }
+
+    /// Adds the measurements of one round.
+    pub fn add_round(&mut self, round: Vec<(Contender, Measurement)>) {
+        let median_of = |who: Contender| {
+            round
+                .iter()
+                .find(|(c, _)| *c == who)
+                .map(|(_, m)| m.median())
+        };
+        if let (Some(a), Some(b)) = (median_of(Contender::Shmq), median_of(Contender::Iceoryx2)) {
+            if b > 0.0 {
+                self.round_ratios.push(a / b);
+            }
+        }
+        for (contender, measurement) in round {
+            let pooled = match contender {
+                Contender::Shmq => &mut self.shmq,
+                Contender::Iceoryx2 => &mut self.iceoryx2,
+            };
+            *pooled = Some(match pooled.take() {
+                Some(before) => before.pooled(measurement),
+                None => measurement,
+            });
+        }
+    }
 }
 
 /// The commit of the source tree, `git rev-parse --short HEAD`, marked `+dirty` when the tree
@@ -93,18 +139,13 @@ type Figure = (&'static str, f64, Option<(f64, f64)>);
 /// and rate have one row, latency two (median and p99).
 fn figures(measurement: &Measurement) -> Vec<Figure> {
     match measurement {
-        Measurement::Throughput {
-            bytes_per_second,
-            range,
-        } => vec![("", *bytes_per_second, Some(*range))],
-        Measurement::Latency { median_ns, p99_ns } => {
-            vec![(" median", *median_ns, None), (" p99", *p99_ns, None)]
+        Measurement::Throughput { .. } | Measurement::Rate { .. } => {
+            vec![("", measurement.median(), Some(measurement.range()))]
         }
-        Measurement::Rate {
-            messages_per_second,
-            range,
-            ..
-        } => vec![("", *messages_per_second, Some(*range))],
+        Measurement::Latency { .. } => vec![
+            (" median", measurement.median(), None),
+            (" p99", measurement.quantile(0.99), None),
+        ],
     }
 }
 
@@ -142,14 +183,48 @@ fn cell_rows(row: &Row) -> String {
             (Some((_, a, _)), Some((_, b, _))) if *b > 0.0 => format!("{:.2}", a / b),
             _ => "-".to_owned(),
         };
+        // The rounds' ratios are of the medians: the first figure of a row.
+        let rounds = if i == 0 && !row.round_ratios.is_empty() {
+            let each: Vec<String> = row.round_ratios.iter().map(|r| format!("{r:.2}")).collect();
+            each.join(" / ")
+        } else {
+            "-".to_owned()
+        };
         out.push_str(&format!(
-            "| {}{suffix} | {} | {} | {ratio} |\n",
+            "| {}{suffix} | {} | {} | {ratio} | {rounds} |\n",
             row.cell,
             shown(&row.shmq, &shmq, i),
             shown(&row.iceoryx2, &iceoryx2, i)
         ));
     }
     out
+}
+
+/// The row of a latency cell in the table of the machine's limit: the spinning ping-pong of
+/// each round, and each contender's median as a multiple of the ping-pong's median; `None`
+/// for other cells.
+fn limit_row(row: &Row) -> Option<String> {
+    if row.spin_ping_pong_ns.is_empty() {
+        return None;
+    }
+    let ping_pong = stats::median(&mut row.spin_ping_pong_ns.clone())?;
+    let each: Vec<String> = row
+        .spin_ping_pong_ns
+        .iter()
+        .map(|ns| format!("{ns:.0}"))
+        .collect();
+    let multiple = |m: &Option<Measurement>| {
+        m.as_ref().map_or("-".to_owned(), |m| {
+            format!("{:.2}x", m.median() / ping_pong)
+        })
+    };
+    Some(format!(
+        "| {} | {ping_pong:.0} ns ({}) | {} | {} |\n",
+        row.cell,
+        each.join(" / "),
+        multiple(&row.shmq),
+        multiple(&row.iceoryx2)
+    ))
 }
 
 /// The receiver's counters per message of one contender in a rate cell; `None` for other
@@ -187,6 +262,8 @@ pub struct RunInfo {
     pub load_at_end: String,
     /// Whether the run was `--quick`.
     pub quick: bool,
+    /// Rounds per cell.
+    pub rounds: u32,
 }
 
 /// The whole report as markdown.
@@ -202,14 +279,30 @@ pub fn render(rows: &[Row], info: &RunInfo) -> String {
          end\n\n",
         info.commit, info.started, info.ended, info.load_at_start, info.load_at_end,
     ));
+    out.push_str(&format!(
+        "{} round(s) per cell, each measuring both contenders, the first of them alternating; \
+         the figures pool every round. GB/s and msg/s: median of the measured repetitions \
+         (slowest-fastest in brackets); shmq/iceoryx2 above 1 means shmq is faster. Latency: \
+         half the round trip; below 1 means shmq is faster. Per round: the ratio of the two \
+         medians in each round.\n\n",
+        info.rounds
+    ));
     out.push_str(
-        "GB/s and msg/s: median of the measured repetitions (slowest-fastest in brackets); \
-         shmq/iceoryx2 above 1 means shmq is faster. Latency: half the round trip; below 1 \
-         means shmq is faster.\n\n",
+        "| cell | shmq | iceoryx2 | shmq/iceoryx2 | per round |\n|---|---:|---:|---:|---|\n",
     );
-    out.push_str("| cell | shmq | iceoryx2 | shmq/iceoryx2 |\n|---|---:|---:|---:|\n");
     for row in rows {
         out.push_str(&cell_rows(row));
+    }
+    let limits: Vec<String> = rows.iter().filter_map(limit_row).collect();
+    if !limits.is_empty() {
+        out.push_str(
+            "\nThe machine's limit beside the latency cells: two processes spinning on one \
+             word, one way (the mean of a loop of round trips, halved, as machine-limits \
+             measures it), once per round just before the contenders; median, each round in \
+             brackets; each contender's median as a multiple of it:\n\n",
+        );
+        out.push_str("| cell | spin ping-pong | shmq | iceoryx2 |\n|---|---:|---:|---:|\n");
+        out.extend(limits);
     }
     let usage: Vec<String> = rows
         .iter()
