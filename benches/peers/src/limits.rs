@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::error::BoxResult;
+use crate::pinning::{self, Pinning};
 
 /// Round trips of one measurement (machine-limits runs 200,000).
 const ROUND_TRIPS: u64 = 200_000;
@@ -19,9 +20,10 @@ const QUICK_ROUND_TRIPS: u64 = 2_000;
 /// numbers, the child answers each with the next even one, and this (odd) one tells it to go.
 const STOP: u64 = u64::MAX;
 
-/// One way of a spinning ping-pong on one word between this process and a forked child,
-/// nanoseconds: the mean over the round trips, halved.
-pub fn spin_ping_pong_one_way_ns(quick: bool) -> BoxResult<f64> {
+/// One way of a spinning ping-pong on one word between this process and a forked child
+/// (on the child's CPU of `pinning`, as the contenders' children), nanoseconds: the mean over
+/// the round trips, halved.
+pub fn spin_ping_pong_one_way_ns(quick: bool, pinning: Option<Pinning>) -> BoxResult<f64> {
     let round_trips = if quick {
         QUICK_ROUND_TRIPS
     } else {
@@ -31,14 +33,19 @@ pub fn spin_ping_pong_one_way_ns(quick: bool) -> BoxResult<f64> {
     let word = page.word();
     word.store(0, Ordering::Relaxed);
     let parent = std::process::id();
-    // SAFETY: fork(2) has no preconditions. The child below only loads and stores an atomic
-    // in memory mapped before the fork, calls getppid and _exit: it allocates nothing and
-    // takes no lock, so it is sound in the child of a process with other threads.
+    // SAFETY: fork(2) has no preconditions. The child below only pins itself
+    // (sched_setaffinity), loads and stores an atomic in memory mapped before the fork, calls
+    // getppid and _exit: it allocates nothing on success and takes no lock, so it is sound
+    // in the child of a process with other threads.
     let child = unsafe { libc::fork() };
     if child < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()).into());
     }
     if child == 0 {
+        if let Some(pins) = pinning {
+            // A failure leaves the child where the parent is: slower, never wrong.
+            let _ = pinning::pin_to(pins.child);
+        }
         answer_pings(word, parent);
     }
     let start = Instant::now();

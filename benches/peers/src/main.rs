@@ -17,6 +17,7 @@ mod iceoryx2_side;
 mod limits;
 mod options;
 mod pattern;
+mod pinning;
 mod plan;
 mod process;
 mod report;
@@ -32,6 +33,7 @@ use contender::{Contender, Measurement};
 use drive::READY;
 use error::BoxResult;
 use options::Options;
+use pinning::Pinning;
 use plan::Plan;
 use process::{ChildArgs, Peer, CHILD_COMMAND};
 use report::{Row, RunInfo};
@@ -59,6 +61,9 @@ fn main() {
 fn child_main(args: &[String]) -> BoxResult<()> {
     process::die_with_parent();
     let args = ChildArgs::parse(args)?;
+    if let Some(cpu) = args.cpu {
+        pinning::pin_to(cpu)?;
+    }
     let plan = Plan::new(args.cell, args.quick);
     args.contender.serve(args.cell, &plan, &args.names)
 }
@@ -75,6 +80,10 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
             println!("{}", cell.id());
         }
         return Ok(());
+    }
+    let pinning = if options.pin { Pinning::choose() } else { None };
+    if let Some(pins) = pinning {
+        pinning::pin_to(pins.parent)?;
     }
     let _sweeper = ShmqSweeper;
     let run = cleanup::run_id();
@@ -93,7 +102,7 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
         let mut row = Row::new(cell);
         for round in 0..options.rounds {
             if matches!(cell, Cell::Latency { .. }) {
-                match limits::spin_ping_pong_one_way_ns(options.quick) {
+                match limits::spin_ping_pong_one_way_ns(options.quick, pinning) {
                     Ok(ns) => row.spin_ping_pong_ns.push(ns),
                     Err(e) => {
                         failures += 1;
@@ -114,7 +123,7 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
                     run: run.clone(),
                     measurement: format!("{run}-{index}-{round}-{}", contender.id()),
                 };
-                match measure(contender, cell, &names, options.quick) {
+                match measure(contender, cell, &names, options.quick, pinning) {
                     Ok(m) => this_round.push((contender, m)),
                     Err(e) => {
                         failures += 1;
@@ -134,6 +143,7 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
         load_at_end: report::load_average(),
         quick: options.quick,
         rounds: options.rounds,
+        pinning,
     };
     print!("{}", report::render(&rows, &info));
     print!("{}", report_leftovers(&run));
@@ -178,13 +188,20 @@ fn report_leftovers(run: &str) -> String {
 
 /// One contender in one cell: its channels or services under `names`, and a child that
 /// receives.
-fn measure(contender: Contender, cell: Cell, names: &Names, quick: bool) -> BoxResult<Measurement> {
+fn measure(
+    contender: Contender,
+    cell: Cell,
+    names: &Names,
+    quick: bool,
+    pinning: Option<Pinning>,
+) -> BoxResult<Measurement> {
     let plan = Plan::new(cell, quick);
     let args = ChildArgs {
         contender,
         cell,
         names: names.clone(),
         quick,
+        cpu: pinning.map(|pins| pins.child),
     };
     let start_child = || -> BoxResult<Peer> {
         let mut peer = Peer::spawn(&args, measurement_deadline(quick), cleanup::after_failure)?;

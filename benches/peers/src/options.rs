@@ -1,4 +1,4 @@
-//! The command line of a run: `[--quick] [--rounds N] [--cells ID|PREFIX,...] [--list]`.
+//! The command line of a run: `[--quick] [--rounds N] [--no-pin] [--cells ID|PREFIX,...] [--list]`.
 
 use crate::cell::Cell;
 use crate::error::BoxResult;
@@ -11,6 +11,8 @@ pub struct Options {
     /// Rounds per cell: each round measures both contenders once, in alternating order, and
     /// the table pools the rounds' samples.
     pub rounds: u32,
+    /// Pin the two processes of each measurement to two CPUs (see pinning.rs).
+    pub pin: bool,
     /// The cells to run, in table order.
     pub cells: Vec<Cell>,
     /// Print the cell ids and exit.
@@ -25,13 +27,15 @@ const DEFAULT_ROUNDS: u32 = 3;
 
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
-usage: shmq-peers [--quick] [--rounds N] [--cells SELECTION[,SELECTION...]] [--list]
+usage: shmq-peers [--quick] [--rounds N] [--no-pin] [--cells SELECTION[,SELECTION...]] [--list]
 
 Compares shmq with iceoryx2 between two processes and prints a markdown table.
 
   --quick          small counts: a smoke test, not a measurement
   --rounds N       rounds per cell (default 3, 1 with --quick): each measures both
                    contenders once, the first of them alternating; the table pools them
+  --no-pin         leave both processes of a measurement to the scheduler (by default
+                   the parent runs on the first CPU it may use, the child on the second)
   --cells SEL,...  only the cells whose id starts with one of the selections
                    (e.g. `rate`, `latency-busy`, `throughput-1MiB`, `throughput-4KiB-loan-busy`)
   --list           print every cell id and exit";
@@ -41,6 +45,7 @@ impl Options {
     pub fn parse(args: &[String]) -> BoxResult<Options> {
         let mut quick = false;
         let mut rounds = None;
+        let mut pin = true;
         let mut list = false;
         let mut help = false;
         let mut selections: Vec<String> = Vec::new();
@@ -49,6 +54,7 @@ impl Options {
             match arg.as_str() {
                 "--quick" => quick = true,
                 "--list" => list = true,
+                "--no-pin" => pin = false,
                 "--rounds" => {
                     let value = args.next().ok_or("--rounds needs a value")?;
                     match value.parse::<u32>() {
@@ -83,6 +89,7 @@ impl Options {
         };
         Ok(Options {
             quick,
+            pin,
             rounds: rounds.unwrap_or(if quick { 1 } else { DEFAULT_ROUNDS }),
             cells,
             list,

@@ -31,6 +31,8 @@ pub struct ChildArgs {
     pub names: Names,
     /// Whether the run is `--quick`.
     pub quick: bool,
+    /// The CPU the child pins itself to, if the run pins.
+    pub cpu: Option<usize>,
 }
 
 impl ChildArgs {
@@ -44,6 +46,9 @@ impl ChildArgs {
         ];
         if self.quick {
             args.push("--quick".to_owned());
+        }
+        if let Some(cpu) = self.cpu {
+            args.push(format!("--cpu={cpu}"));
         }
         args
     }
@@ -64,6 +69,10 @@ impl ChildArgs {
                 measurement: measurement.clone(),
             },
             quick: rest.iter().any(|a| a == "--quick"),
+            cpu: match rest.iter().find_map(|a| a.strip_prefix("--cpu=")) {
+                Some(cpu) => Some(cpu.parse().map_err(|_| format!("bad child CPU {cpu:?}"))?),
+                None => None,
+            },
         })
     }
 }

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cell::Cell;
 use crate::contender::{Contender, Measurement};
+use crate::pinning::Pinning;
 use crate::stats;
 
 /// One row of the table: a cell and what each contender measured over the run's rounds
@@ -264,6 +265,8 @@ pub struct RunInfo {
     pub quick: bool,
     /// Rounds per cell.
     pub rounds: u32,
+    /// The CPUs of the two processes, if pinned.
+    pub pinning: Option<Pinning>,
 }
 
 /// The whole report as markdown.
@@ -274,9 +277,13 @@ pub fn render(rows: &[Row], info: &RunInfo) -> String {
     } else {
         ""
     };
+    let placement = match info.pinning {
+        Some(pins) => format!("pinned to CPUs {} (sender) and {}", pins.parent, pins.child),
+        None => "not pinned".to_owned(),
+    };
     out.push_str(&format!(
-        "commit {}, {} to {}{quick}, two processes; load average {} at the start, {} at the \
-         end\n\n",
+        "commit {}, {} to {}{quick}, two processes {placement}; load average {} at the start, \
+         {} at the end\n\n",
         info.commit, info.started, info.ended, info.load_at_start, info.load_at_end,
     ));
     out.push_str(&format!(
