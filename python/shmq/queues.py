@@ -313,12 +313,14 @@ class Queue(_ChannelQueue):
         then the count of those put by then, the first ones (the rest were not put). If not
         even the first went in by then, raises ``queue.Full``, as ``put`` does. An empty
         ``items`` returns 0. Raises ``ValueError`` after ``close()`` and for a NaN timeout.
-        If a signal handler raises (Ctrl-C) while the call waits, the items before the one
-        it waited for are in the queue already.
+        If a signal handler raises (``KeyboardInterrupt``) while the call waits, the items
+        before the one it waited for are in the queue already.
 
-        Small objects go into the queue in runs: one call into shared memory, and one wake-up
-        of a waiting consumer, per run rather than per item. A ``JoinableQueue`` counts one
-        task per item put, as ``put`` does.
+        The whole batch is one call into the compiled library, and small objects (messages of
+        up to 96 bytes: ints, short strings and tuples) go into the queue in runs, one pass
+        over the ring and one wake-up of a waiting consumer per run rather than per item.
+        Large ones (arrays) are copied one at a time, as by ``put``. A ``JoinableQueue``
+        counts one task per item put, as ``put`` does.
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
