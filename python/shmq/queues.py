@@ -193,7 +193,7 @@ class _ChannelQueue:
 
     def _put_many(self, items: Iterable[Any], block: bool, timeout: float | None) -> int:
         # Every item is pickled before the first is sent: a pickling error sends nothing.
-        frames = [_pickle.dumps_frame(obj) for obj in items]
+        frames = _pickle.dumps_frames(items)
         if not frames:
             return 0
         sent = self._channel().send_frames(frames, bool(block), timeout)

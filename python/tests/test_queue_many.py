@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import shmq
+from shmq import _pickle
 
 from _queue_helpers import inside_mapping, make_queue  # noqa: F401  (a fixture)
 
@@ -49,6 +50,23 @@ def assert_same_items(got: list[Any], expected: list[Any]) -> None:
             assert a.dtype == b.dtype and np.array_equal(a, b), position
         else:
             assert a == b, position
+
+
+def test_batch_pickling_makes_the_frames_put_makes() -> None:
+    objs = mixed_items() + [
+        list(range(50_000)),  # a pickle of over 64 KiB: it keeps its stream
+        {"shared": [1, 2], "again": "shared"},  # memo entries: must not leak into the next
+        "shared",
+        memoryview(b"a bare memoryview"),
+        pickle.PickleBuffer(bytearray(10_000)),  # out of band
+        (np.arange(10), np.arange(10_000)),  # in band, then out of band
+    ]
+    batch = _pickle.dumps_frames(iter(objs))
+    assert len(batch) == len(objs)
+    for obj, (kind, data, buffers) in zip(objs, batch):
+        one_kind, one_data, one_buffers = _pickle.dumps_frame(obj)
+        assert kind == one_kind and bytes(data) == bytes(one_data), obj
+        assert [bytes(b) for b in buffers] == [bytes(b) for b in one_buffers], obj
 
 
 def _put_many_in_chunks(q: shmq.Queue, chunk: int) -> None:
