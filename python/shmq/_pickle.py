@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.reduction import ForkingPickler
 from pickle import PickleBuffer
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "INBAND_BELOW",
     "array_template",
     "dumps_frame",
+    "dumps_frames",
     "get_copy_threshold",
     "loads_frame",
     "set_copy_threshold",
@@ -120,22 +121,30 @@ class Pickler(ForkingPickler):
         return NotImplemented
 
 
-def dumps_frame(obj: Any, *, raw: bool = True) -> tuple[int, Any, list[Any]]:
-    """``(kind, pickle, buffers)`` for ``Channel.send_frame``: the pickle (a bytes-like object)
-    and the out-of-band buffers (one-dimensional byte memoryviews) of ``obj``. Raises what
-    pickling raises (``TypeError``, ``PicklingError``, ``AttributeError``...).
+Frame = tuple[int, Any, list[Any]]
+"""``(kind, pickle, buffers)``, what ``Channel.send_frame`` takes."""
 
-    ``raw=False`` pickles top-level ``bytes``, ``bytearray`` and ``memoryview`` objects too
-    (kind ``KIND_PICKLE`` always), for a receiver that needs every object as a pickle (a
-    ``Connection``, whose ``recv_bytes`` returns the pickle of what ``send`` sent)."""
-    kind = type(obj) if raw else None  # None: no raw path
+REUSED_STREAM_BELOW = 64 << 10
+""":func:`dumps_frames` copies a pickle smaller than this out of the stream it shares between
+objects; a larger one keeps the stream (no copy), and the next object gets a new one."""
+
+
+def _raw_frame(obj: Any) -> Frame | None:
+    """The frame of a top-level ``bytes``, ``bytearray`` or one-dimensional byte
+    ``memoryview`` (no pickling at all); ``None`` for any other object."""
+    kind = type(obj)
     if kind is bytes:
         return KIND_BYTES, b"", [obj]
     if kind is bytearray:
         return KIND_BYTEARRAY, b"", [obj]
     if kind is memoryview and obj.ndim == 1 and obj.format == "B" and obj.c_contiguous:
         return KIND_MEMORYVIEW, b"", [obj]
-    buffers: list[Any] = []
+    return None
+
+
+def _out_of_band_into(buffers: list[Any]) -> Callable[[PickleBuffer], bool]:
+    """A pickler's ``buffer_callback`` that keeps buffers of ``INBAND_BELOW`` bytes or more
+    out of band, appended to ``buffers``, and pickles smaller ones in-band."""
 
     def out_of_band(buffer: PickleBuffer) -> bool:
         raw = buffer.raw()
@@ -144,9 +153,53 @@ def dumps_frame(obj: Any, *, raw: bool = True) -> tuple[int, Any, list[Any]]:
         buffers.append(raw)
         return False
 
+    return out_of_band
+
+
+def dumps_frame(obj: Any, *, raw: bool = True) -> Frame:
+    """``(kind, pickle, buffers)`` for ``Channel.send_frame``: the pickle (a bytes-like object)
+    and the out-of-band buffers (one-dimensional byte memoryviews) of ``obj``. Raises what
+    pickling raises (``TypeError``, ``PicklingError``, ``AttributeError``...).
+
+    ``raw=False`` pickles top-level ``bytes``, ``bytearray`` and ``memoryview`` objects too
+    (kind ``KIND_PICKLE`` always), for a receiver that needs every object as a pickle (a
+    ``Connection``, whose ``recv_bytes`` returns the pickle of what ``send`` sent)."""
+    if raw and (frame := _raw_frame(obj)) is not None:
+        return frame
+    buffers: list[Any] = []
     stream = io.BytesIO()
-    Pickler(stream, 5, True, out_of_band).dump(obj)
+    Pickler(stream, 5, True, _out_of_band_into(buffers)).dump(obj)
     return KIND_PICKLE, stream.getbuffer(), buffers
+
+
+def dumps_frames(objs: Iterable[Any]) -> list[Frame]:
+    """:func:`dumps_frame` of each of ``objs``, in order: the same frames, byte for byte, made
+    with one pickler for them all. A new pickler per object costs more than pickling a small
+    one does (``ForkingPickler`` copies its dispatch table each time); the shared one has its
+    memo cleared between objects, so that each pickle stands alone. Raises what pickling
+    raises, at the first object that fails."""
+    frames: list[Frame] = []
+    collected: list[Any] = []
+    stream = io.BytesIO()
+    pickler = Pickler(stream, 5, True, _out_of_band_into(collected))
+    for obj in objs:
+        frame = _raw_frame(obj)
+        if frame is not None:
+            frames.append(frame)
+            continue
+        pickler.dump(obj)
+        pickler.clear_memo()
+        buffers = collected.copy()
+        collected.clear()
+        if stream.tell() < REUSED_STREAM_BELOW:
+            frames.append((KIND_PICKLE, stream.getvalue(), buffers))
+            stream.seek(0)
+            stream.truncate()
+        else:
+            frames.append((KIND_PICKLE, stream.getbuffer(), buffers))
+            stream = io.BytesIO()
+            pickler = Pickler(stream, 5, True, _out_of_band_into(collected))
+    return frames
 
 
 def loads_frame(kind: int, data: Any, buffers: Sequence[Any]) -> Any:

@@ -99,6 +99,12 @@ class Channel:
         block: bool = True,
         timeout: float | None = None,
     ) -> bool: ...
+    def send_frames(
+        self,
+        frames: Iterable[tuple[int, Buffer, Iterable[Buffer]]],
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> int: ...
     def recv_frame(
         self,
         block: bool = True,
@@ -106,6 +112,14 @@ class Channel:
         copy: bool = False,
         copy_below: int = 65536,
     ) -> tuple[int, bytes | MessageBuffer, list[MessageBuffer | bytes | bytearray]] | None: ...
+    def recv_frames(
+        self,
+        max_items: int,
+        block: bool = True,
+        timeout: float | None = None,
+        copy: bool = False,
+        copy_below: int = 65536,
+    ) -> list[tuple[int, bytes | MessageBuffer, list[MessageBuffer | bytes | bytearray]]]: ...
     def send_raw(self, data: Buffer, block: bool = True, timeout: float | None = None) -> bool: ...
     def recv_raw(self, block: bool = True, timeout: float | None = None) -> bytes | None: ...
     def loan(

@@ -12,7 +12,8 @@ process that touches every element (it sums the array), through
   queue's memory and sent without a further copy).
 
 Small objects: a short tuple, for per-message latency (half a ping-pong round trip through two
-queues) and rate (a one-way stream).
+queues) and rate (a one-way stream); the rate also through ``shmq.Queue.put_many`` and
+``get_many`` in runs of 64 ("shmq.Queue runs").
 
 Every figure is the median of several repetitions in this one run (latencies interleaved across
 transports, since wake-up times between two processes drift during a run); throughput is payload bytes
@@ -22,7 +23,10 @@ moves arrays of that size would size them; payloads larger than a queue's arena 
 more slowly, in segments of their own.
 
 Options: ``--quick`` (1 MiB only, few messages: a smoke test), ``--sizes 1,64`` (MiB),
-``--repeats N``, ``--json`` (machine-readable output).
+``--repeats N``, ``--json`` (machine-readable output). ``--runs`` measures only the rate of
+small items, one by one against runs: ``--count`` of them (default 100,000), an ``int`` and then
+a 64-byte ``bytes``, through ``multiprocessing.Queue``, ``shmq.Queue`` ``put``/``get`` and
+``shmq.Queue`` ``put_many``/``get_many`` in runs of 64.
 """
 
 from __future__ import annotations
@@ -51,6 +55,13 @@ is not what limits any transport."""
 LARGE_TRANSPORTS = ("mp.Queue", "mp.Pipe", "mp.shared_memory", "shmq.Queue", "shmq loan")
 SMALL_TRANSPORTS = ("mp.Queue", "mp.Pipe", "shmq.Queue", "shmq.Pipe")
 SMALL_OBJECT = (1, 2.0, "three")
+RUNS = "shmq.Queue runs"
+"""The transport of the rate cells that put and get in runs (``put_many``/``get_many``)."""
+RUN_LENGTH = 64
+"""Items per ``put_many`` and at most per ``get_many`` call of :data:`RUNS`."""
+RUNS_TRANSPORTS = ("mp.Queue", "shmq.Queue", RUNS)
+RUNS_PAYLOADS: dict[str, Any] = {"int": 12345, "64 B bytes": bytes(range(64))}
+"""What ``--runs`` sends, by the name its table gives it."""
 
 
 def _messages_for(size: int, quick: bool) -> int:
@@ -182,6 +193,12 @@ def _echo(kind: str, inbox: Any, outbox: Any, n: int) -> None:
 
 def _sink(kind: str, inbox: Any, acks: Any, n: int) -> None:
     """Stream consumer: takes `n` objects, then acknowledges."""
+    if kind == RUNS:
+        taken = 0
+        while taken < n:
+            taken += len(inbox.get_many(RUN_LENGTH))
+        acks.send(n)
+        return
     receive = inbox.recv if kind.endswith("Pipe") else inbox.get
     for _ in range(n):
         receive()
@@ -193,7 +210,7 @@ def _small_pair(kind: str, ctx: Any) -> tuple[Any, Any, Any]:
     if kind == "mp.Queue":
         q = ctx.Queue()
         return q, q, q
-    if kind == "shmq.Queue":
+    if kind in ("shmq.Queue", RUNS):
         sq = shmq.Queue()
         return sq, sq, sq
     if kind == "mp.Pipe":
@@ -240,7 +257,20 @@ def _run_latency(kind: str, n: int) -> float:
     return statistics.median(rtts) / 2
 
 
-def _run_rate(kind: str, n: int, reps: int) -> float:
+def _send_stream(kind: str, tx: Any, obj: Any, n: int) -> None:
+    """Sends `n` copies of `obj` through `kind`: one call each, or in runs for :data:`RUNS`."""
+    if kind == RUNS:
+        full_runs, rest = divmod(n, RUN_LENGTH)
+        run = [obj] * RUN_LENGTH
+        for _ in range(full_runs):
+            tx.put_many(run)
+        tx.put_many(run[:rest])
+        return
+    for _ in range(n):
+        _send_small(kind, tx, obj)
+
+
+def _run_rate(kind: str, n: int, reps: int, obj: Any = SMALL_OBJECT) -> float:
     """Median messages per second of a one-way stream of `n` small objects."""
     ctx = multiprocessing.get_context("fork")
     rates = []
@@ -251,8 +281,7 @@ def _run_rate(kind: str, n: int, reps: int) -> float:
         sink.start()
         try:
             start = time.perf_counter()
-            for _ in range(n):
-                _send_small(kind, tx, SMALL_OBJECT)
+            _send_stream(kind, tx, obj, n)
             ack_recv.recv()
             rates.append(n / (time.perf_counter() - start))
             sink.join(60)
@@ -329,6 +358,29 @@ def run(sizes_mib: list[int], repeats: int, quick: bool) -> list[Cell]:
         cells.append(Cell("rate", kind, "tuple", rate / 1e3, "k msg/s"))
         cells[-1].ratio = rate / base_rate if base_rate else None
         print(f"  tuple     {kind:<17} {latency * 1e6:8.1f} µs  {rate:10.0f} msg/s", file=sys.stderr)
+    rate = _run_rate(RUNS, n_rate, repeats)
+    cells.append(Cell("rate", RUNS, "tuple", rate / 1e3, "k msg/s"))
+    cells[-1].ratio = rate / base_rate if base_rate else None
+    print(f"  tuple     {RUNS:<17} {'':>11}  {rate:10.0f} msg/s", file=sys.stderr)
+    return cells
+
+
+def run_runs(count: int, repeats: int) -> list[Cell]:
+    """``--runs``: the rate of `count` small items of each of :data:`RUNS_PAYLOADS` through
+    each of :data:`RUNS_TRANSPORTS`, the median of `repeats` streams, interleaved across the
+    transports (the machine drifts during a run more than one stream lasts)."""
+    cells: list[Cell] = []
+    for label, obj in RUNS_PAYLOADS.items():
+        rates: dict[str, list[float]] = {kind: [] for kind in RUNS_TRANSPORTS}
+        for _ in range(repeats):
+            for kind in RUNS_TRANSPORTS:
+                rates[kind].append(_run_rate(kind, count, 1, obj))
+        base_rate = statistics.median(rates["mp.Queue"])
+        for kind in RUNS_TRANSPORTS:
+            rate = statistics.median(rates[kind])
+            cells.append(Cell("rate", kind, label, rate / 1e3, "k msg/s", rate / base_rate))
+            spread = ", ".join(f"{r:.0f}" for r in sorted(rates[kind]))
+            print(f"  {label:<10} {kind:<17} {rate:10.0f} msg/s  ({spread})", file=sys.stderr)
     return cells
 
 
@@ -357,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default=None, help="payload sizes in MiB, comma-separated")
     parser.add_argument("--repeats", type=int, default=None, help="repetitions per cell")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--runs", action="store_true", help="only small items, one by one against runs of 64"
+    )
+    parser.add_argument(
+        "--count", type=int, default=100_000, help="items per stream of --runs (100000)"
+    )
     args = parser.parse_args(argv)
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
@@ -364,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [1] if args.quick else [1, 16, 64, 256]
     repeats = args.repeats or (1 if args.quick else 3)
     memcpy = _memcpy_gbps()
-    cells = run(sizes, repeats, args.quick)
+    if args.runs:
+        cells = run_runs(args.count, args.repeats or 5)
+    else:
+        cells = run(sizes, repeats, args.quick)
     if args.json:
         print(json.dumps({"memcpy_gbps": memcpy, "cells": [c.__dict__ for c in cells]}, indent=1))
     else:

@@ -30,7 +30,7 @@ import math
 import operator
 import os
 import types
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from queue import Empty, Full
 from typing import Any, SupportsIndex
 
@@ -95,6 +95,32 @@ def _timeout(block: bool, timeout: Any) -> float | None:
     if not block:
         return None
     return seconds if math.isnan(seconds) else max(seconds, 0.0)
+
+
+def _max_items(max_items: int) -> int:
+    """``get_many``'s ``max_items``, checked: an integer of at least 1."""
+    count = operator.index(max_items)
+    if count < 1:
+        raise ValueError(f"max_items must be at least 1, not {count}")
+    return count
+
+
+def _loads_all(frames: list[Any]) -> list[Any]:
+    """The objects of received frames, in order. If one fails to unpickle, its exception
+    propagates, with a note of how many other objects taken with it are lost."""
+    objects = []
+    for index, frame in enumerate(frames):
+        try:
+            objects.append(_pickle.loads_frame(*frame))
+        except BaseException as e:
+            lost = len(frames) - 1
+            if lost:
+                e.add_note(
+                    f"get_many: item {index} of {len(frames)} taken failed to unpickle; "
+                    f"the other {lost} taken with it are lost"
+                )
+            raise
+    return objects
 
 
 def _rebuild(cls: type[_ChannelQueue], name: str, incarnation: int | None, state: dict[str, Any]) -> Any:
@@ -164,6 +190,26 @@ class _ChannelQueue:
         if frame is None:
             raise Empty
         return _pickle.loads_frame(*frame)
+
+    def _put_many(self, items: Iterable[Any], block: bool, timeout: float | None) -> int:
+        # Every item is pickled before the first is sent: a pickling error sends nothing.
+        frames = _pickle.dumps_frames(items)
+        if not frames:
+            return 0
+        sent = self._channel().send_frames(frames, bool(block), timeout)
+        if sent == 0:
+            raise Full
+        return sent
+
+    def _get_many(
+        self, max_items: int, block: bool, timeout: float | None, copy: bool
+    ) -> list[Any]:
+        frames = self._channel().recv_frames(
+            max_items, bool(block), timeout, bool(copy), _pickle.copy_below
+        )
+        if not frames:
+            raise Empty
+        return _loads_all(frames)
 
     def _release(self) -> None:
         # The channel may be shared with other handles of this process (the cache): only this
@@ -253,6 +299,62 @@ class Queue(_ChannelQueue):
         if seconds is not None and math.isnan(seconds):
             raise ValueError("cannot convert float NaN to integer")  # as multiprocessing's poll
         return self._get(block, seconds, copy)
+
+    def put_many(
+        self, items: Iterable[Any], block: bool = True, timeout: float | None = None
+    ) -> int:
+        """Puts every object of ``items`` into the queue, in order; returns how many were put
+        (a shmq extension).
+
+        Every item is pickled first: if pickling any of them raises, nothing is put and the
+        exception propagates. Then they go in order, waiting as ``put`` waits while the queue
+        is full, for at most ``timeout`` seconds in all if it is not ``None`` (without
+        ``block``: no wait). It returns the number of items, unless the deadline passed first:
+        then the count of those put by then, the first ones (the rest were not put). If not
+        even the first went in by then, raises ``queue.Full``, as ``put`` does. An empty
+        ``items`` returns 0. Raises ``ValueError`` after ``close()`` and for a NaN timeout.
+        If a signal handler raises (``KeyboardInterrupt``) while the call waits, the items
+        before the one it waited for are in the queue already.
+
+        The whole batch is one call into the compiled library, and small objects (messages of
+        up to 96 bytes: ints, short strings and tuples) go into the queue in runs, one pass
+        over the ring and one wake-up of a waiting consumer per run rather than per item.
+        Large ones (arrays) are copied one at a time, as by ``put``. A ``JoinableQueue``
+        counts one task per item put, as ``put`` does.
+        """
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        seconds = _timeout(block, timeout)
+        if seconds is not None and math.isnan(seconds):
+            raise ValueError("put_many takes no NaN timeout")
+        return self._put_many(items, block, seconds)
+
+    def get_many(
+        self,
+        max_items: int,
+        block: bool = True,
+        timeout: float | None = None,
+        *,
+        copy: bool = False,
+    ) -> list[Any]:
+        """Removes and returns the items ready in the queue, at least one and at most
+        ``max_items`` (a shmq extension).
+
+        Waits for the first item as ``get`` does (``queue.Empty`` when none came within
+        ``timeout`` seconds, or at once without ``block``), then takes every item that is
+        there right now, up to ``max_items``, in the queue's order, in one call. Each is
+        decoded as ``get`` decodes it (large numpy arrays in place; ``copy=True`` for private
+        copies). ``max_items`` below 1 is a ``ValueError``; so are a NaN timeout and any
+        call after ``close()``. If an item fails to unpickle, its exception propagates and
+        the other items taken with it are lost (the exception's note says how many).
+        """
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        count = _max_items(max_items)
+        seconds = _timeout(block, timeout)
+        if seconds is not None and math.isnan(seconds):
+            raise ValueError("cannot convert float NaN to integer")  # as get
+        return self._get_many(count, block, seconds, copy)
 
     def put_nowait(self, obj: Any) -> None:
         """``put(obj, False)``."""
@@ -447,6 +549,17 @@ class SimpleQueue(_ChannelQueue):
         """Removes and returns an item, waiting until one is there (see :meth:`Queue.get` for
         zero-copy arrays and ``copy``)."""
         return self._get(True, None, copy)
+
+    def put_many(self, items: Iterable[Any]) -> int:
+        """Puts every object of ``items``, in order, waiting while the queue's memory is full;
+        returns how many (all). Every item is pickled first: a pickling error puts nothing.
+        Small objects go in runs, as :meth:`Queue.put_many` sends them."""
+        return self._put_many(items, True, None)
+
+    def get_many(self, max_items: int, *, copy: bool = False) -> list[Any]:
+        """Waits for an item, then removes and returns every item there now, at most
+        ``max_items`` (at least 1), in order (see :meth:`Queue.get_many`)."""
+        return self._get_many(_max_items(max_items), True, None, copy)
 
     def empty(self) -> bool:
         """Whether the queue is empty."""

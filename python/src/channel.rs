@@ -355,6 +355,62 @@ impl Channel {
         Ok(sent.is_some())
     }
 
+    /// Sends `run`, small messages (frames assembled in bytes), in order through the core's
+    /// batch send, waiting until `deadline` (`None`: for ever) whenever the channel is full.
+    /// Returns how many were sent: all of them, unless the deadline passed first.
+    fn send_run(
+        &self,
+        py: Python<'_>,
+        run: &[&[u8]],
+        deadline: Option<Instant>,
+    ) -> PyResult<usize> {
+        let tx = self.sender(py)?;
+        let mut sent = 0;
+        self.wait_until(py, deadline, |until| {
+            // One call sends as many as fit once the first does (inline ones in one pass, a
+            // larger one alone): call again on the rest until none is left or time is up.
+            while sent < run.len() {
+                match tx.send_many_deadline(&run[sent..], until) {
+                    Ok(count) => sent += count,
+                    Err(e) => return sort_send_error(e).1.map_or(Ok(None), Err),
+                }
+            }
+            Ok(Some(()))
+        })?;
+        Ok(sent)
+    }
+
+    /// Sends a frame too large to assemble on the heap: room is reserved in the channel, the
+    /// frame is built straight into it and published, waiting until `deadline` for each.
+    /// `Ok(false)` when the deadline passed first (the room is given back).
+    fn send_large(
+        &self,
+        py: Python<'_>,
+        frame: &LargeFrame,
+        deadline: Option<Instant>,
+    ) -> PyResult<bool> {
+        let (kind, layout, parts) = (frame.kind, &frame.layout, &frame.parts);
+        let Some((loan, _tx)) = self.reserve(py, layout.total, deadline)? else {
+            return Ok(false);
+        };
+        let mut slot = Some(loan);
+        if let Some(loan) = slot.as_mut() {
+            let fill = |loan: &mut shmq::Loan| {
+                // SAFETY: every part is the memory of an export held in `frame._exports`, which
+                // stays taken (and so alive and unmoved) while the copy runs, with or without
+                // the GIL: `frame` is borrowed for this whole call.
+                unsafe { fill_frame(&mut loan[..], kind, layout, parts) }
+            };
+            if layout.total >= DETACHED_COPY {
+                py.detach(|| fill(loan));
+            } else {
+                fill(loan);
+            }
+        }
+        // The loan is dropped unsent (its room given back) if the deadline passes first.
+        self.publish(py, &mut slot, deadline)
+    }
+
     /// Reserves `len` bytes of the channel's memory, waiting until `deadline` (`None`: for
     /// ever) for room. `Ok(None)` when the deadline passed first.
     pub(crate) fn reserve(
@@ -419,6 +475,29 @@ impl Channel {
         })
     }
 
+    /// Receives the messages ready now, up to `max` and at least one, waiting until
+    /// `deadline` (`None`: for ever) for the first: an empty list when the deadline passed
+    /// first. Messages taken in the same run as a payload lost for good are returned, and the
+    /// loss dropped; the loss is raised only when nothing else came with it.
+    fn receive_many(
+        &self,
+        py: Python<'_>,
+        max: usize,
+        deadline: Option<Instant>,
+    ) -> PyResult<Vec<shmq::Message>> {
+        let rx = self.receiver(py)?;
+        let mut taken = Vec::new();
+        self.wait_until(py, deadline, |until| {
+            match rx.recv_many_deadline(&mut taken, max, until) {
+                Ok(_) => Ok(Some(())),
+                // The core appends what it took before reporting a lost payload.
+                Err(_) if !taken.is_empty() => Ok(Some(())),
+                Err(e) => sort_recv_error(e).map_or(Ok(None), Err),
+            }
+        })?;
+        Ok(taken)
+    }
+
     /// The arena size (opening a side if none is open yet: the figure is learnt then).
     fn arena_bytes(&self, py: Python<'_>) -> PyResult<u64> {
         if let Some(facts) = self.facts.get() {
@@ -436,6 +515,73 @@ pub(crate) fn call_deadline(block: bool, timeout: Option<f64>) -> PyResult<Optio
         deadline_after(timeout)
     } else {
         Ok(Some(Instant::now()))
+    }
+}
+
+/// A frame checked and ready to send.
+enum Outgoing {
+    /// A frame of at most [`SMALL_FRAME`] bytes, assembled on the heap: it goes with one
+    /// copying send (inline in the ring slot when it is 96 bytes or less).
+    Small(Vec<u8>),
+    /// A larger frame, built straight in the channel's memory when it is sent.
+    Large(LargeFrame),
+}
+
+/// A frame larger than [`SMALL_FRAME`]: where its parts come from and where they go.
+struct LargeFrame {
+    kind: u8,
+    layout: frame::Layout,
+    /// `(source address, length, offset in the frame)` of the pickle and of each buffer, the
+    /// memory of `exports`.
+    parts: Vec<(usize, usize, usize)>,
+    /// The buffer exports `parts` point into, never read: held so that the memory stays
+    /// alive and unmoved until the frame is dropped.
+    _exports: Vec<ReadBuffer>,
+}
+
+impl Outgoing {
+    /// Takes the exports of `pickle` and of each of `buffers`, checks that they make a frame,
+    /// and assembles it now if it is small.
+    fn prepare(
+        kind: u8,
+        pickle: &Bound<'_, PyAny>,
+        buffers: &Bound<'_, PyAny>,
+    ) -> PyResult<Outgoing> {
+        let pickle = ReadBuffer::get(pickle)?;
+        let mut exports: Vec<ReadBuffer> = buffers
+            .try_iter()?
+            .map(|b| ReadBuffer::get(&b?))
+            .collect::<PyResult<_>>()?;
+        let lens: Vec<usize> = exports.iter().map(ReadBuffer::len).collect();
+        let layout =
+            frame::layout(pickle.len(), &lens).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let mut parts = Vec::with_capacity(exports.len() + 1);
+        parts.push((pickle.addr(), pickle.len(), layout.pickle_offset));
+        for (buffer, &(offset, _)) in exports.iter().zip(&layout.buffers) {
+            parts.push((buffer.addr(), buffer.len(), offset));
+        }
+        if layout.total <= SMALL_FRAME {
+            let mut small = vec![0u8; layout.total];
+            // SAFETY: every part is the memory of a ReadBuffer in `pickle` or `exports`, alive
+            // until this function returns.
+            unsafe { fill_frame(&mut small, kind, &layout, &parts) };
+            return Ok(Outgoing::Small(small));
+        }
+        exports.push(pickle);
+        Ok(Outgoing::Large(LargeFrame {
+            kind,
+            layout,
+            parts,
+            _exports: exports,
+        }))
+    }
+
+    /// The assembled bytes of a small frame; `None` for a large one.
+    fn small_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Outgoing::Small(bytes) => Some(bytes),
+            Outgoing::Large(_) => None,
+        }
     }
 }
 
@@ -538,44 +684,56 @@ impl Channel {
         timeout: Option<f64>,
     ) -> PyResult<bool> {
         let deadline = call_deadline(block, timeout)?;
-        let pickle = ReadBuffer::get(pickle)?;
-        let held: Vec<ReadBuffer> = buffers
+        match Outgoing::prepare(kind, pickle, buffers)? {
+            Outgoing::Small(bytes) => self.send_copy(py, &bytes, deadline),
+            Outgoing::Large(frame) => self.send_large(py, &frame, deadline),
+        }
+    }
+
+    /// Sends `frames`, an iterable of `(kind, pickle, buffers)` as `send_frame` takes them,
+    /// in order, waiting until one deadline for all of them (`block=False`: none). Every frame
+    /// is checked (and each small one assembled) before the first is sent, so a bad one sends
+    /// nothing. Returns how many were sent: all of them, unless the deadline passed first.
+    ///
+    /// Each run of consecutive small frames goes through the core's batch send
+    /// (`Sender::send_many_deadline`): one pass over the ring and one wake-up of a sleeping
+    /// receiver per run of inline messages, where `send_frame` in a loop pays both per frame.
+    /// Large frames are built in a loan one at a time, as by `send_frame`.
+    #[pyo3(signature = (frames, block = true, timeout = None))]
+    fn send_frames(
+        &self,
+        py: Python<'_>,
+        frames: &Bound<'_, PyAny>,
+        block: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<usize> {
+        let deadline = call_deadline(block, timeout)?;
+        let outgoing: Vec<Outgoing> = frames
             .try_iter()?
-            .map(|b| ReadBuffer::get(&b?))
+            .map(|item| {
+                let (kind, pickle, buffers): (u8, Bound<'_, PyAny>, Bound<'_, PyAny>) =
+                    item?.extract()?;
+                Outgoing::prepare(kind, &pickle, &buffers)
+            })
             .collect::<PyResult<_>>()?;
-        let lens: Vec<usize> = held.iter().map(ReadBuffer::len).collect();
-        let layout =
-            frame::layout(pickle.len(), &lens).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let mut parts = Vec::with_capacity(held.len() + 1);
-        parts.push((pickle.addr(), pickle.len(), layout.pickle_offset));
-        for (buffer, &(offset, _)) in held.iter().zip(&layout.buffers) {
-            parts.push((buffer.addr(), buffer.len(), offset));
-        }
-        if layout.total <= SMALL_FRAME {
-            let mut small = vec![0u8; layout.total];
-            // SAFETY: every part is the memory of a ReadBuffer in `pickle` or `held`, alive
-            // until this function returns.
-            unsafe { fill_frame(&mut small, kind, &layout, &parts) };
-            return self.send_copy(py, &small, deadline);
-        }
-        let Some((loan, _tx)) = self.reserve(py, layout.total, deadline)? else {
-            return Ok(false);
-        };
-        let mut slot = Some(loan);
-        if let Some(loan) = slot.as_mut() {
-            let fill = |loan: &mut shmq::Loan| {
-                // SAFETY: as above; the exports stay taken (in `pickle` and `held`) while the
-                // copy runs, with or without the GIL.
-                unsafe { fill_frame(&mut loan[..], kind, &layout, &parts) }
+        let mut sent = 0;
+        while let Some(next) = outgoing.get(sent) {
+            let (attempted, done) = match next {
+                Outgoing::Large(frame) => (1, usize::from(self.send_large(py, frame, deadline)?)),
+                Outgoing::Small(_) => {
+                    let run: Vec<&[u8]> = outgoing[sent..]
+                        .iter()
+                        .map_while(Outgoing::small_bytes)
+                        .collect();
+                    (run.len(), self.send_run(py, &run, deadline)?)
+                }
             };
-            if layout.total >= DETACHED_COPY {
-                py.detach(|| fill(loan));
-            } else {
-                fill(loan);
+            sent += done;
+            if done < attempted {
+                break; // the deadline passed: what follows stays unsent, so order holds
             }
         }
-        // The loan is dropped unsent (its room given back) if the deadline passes first.
-        self.publish(py, &mut slot, deadline)
+        Ok(sent)
     }
 
     /// Receives one frame: `(kind, pickle, buffers)`, or `None` if nothing came by the
@@ -599,6 +757,33 @@ impl Channel {
         };
         let delivery = Delivery { copy, copy_below };
         message::decode(py, &self.name, msg, delivery).map(Some)
+    }
+
+    /// Receives up to `max_items` frames (at least 1): waits until the deadline (`block=False`:
+    /// not at all) for the first, then takes every message ready now, up to `max_items`, in
+    /// one call of the core's batch receive (`Receiver::recv_many_deadline`). Returns them in
+    /// order, each decoded as `recv_frame` decodes it; an empty list if nothing came by the
+    /// deadline. A message whose payload was lost for good (see `recv_frame`) is skipped when
+    /// others were taken with it, and raised when it came alone.
+    #[pyo3(signature = (max_items, block = true, timeout = None, copy = false, copy_below = 65536))]
+    fn recv_frames<'py>(
+        &self,
+        py: Python<'py>,
+        max_items: usize,
+        block: bool,
+        timeout: Option<f64>,
+        copy: bool,
+        copy_below: usize,
+    ) -> PyResult<Vec<Decoded<'py>>> {
+        if max_items == 0 {
+            return Err(PyValueError::new_err("max_items must be at least 1"));
+        }
+        let deadline = call_deadline(block, timeout)?;
+        let delivery = Delivery { copy, copy_below };
+        self.receive_many(py, max_items, deadline)?
+            .into_iter()
+            .map(|msg| message::decode(py, &self.name, msg, delivery))
+            .collect()
     }
 
     /// Sends `data` (any bytes-like object) as a message of its own, with no frame: for tests

@@ -47,3 +47,17 @@ def test_benchmark_quick() -> None:
     for transport in ("mp.Queue", "mp.Pipe", "mp.shared_memory", "shmq.Queue", "shmq loan"):
         assert f"| {transport} |" in table
     assert "| latency (one way) | tuple | shmq.Queue |" in table
+    assert "| rate | tuple | shmq.Queue runs |" in table
+
+
+def test_benchmark_runs_small() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "shmq.bench", "--runs", "--count", "1000", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    for size in ("int", "64 B bytes"):
+        for transport in ("mp.Queue", "shmq.Queue", "shmq.Queue runs"):
+            assert f"| rate | {size} | {transport} |" in run.stdout

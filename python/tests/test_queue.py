@@ -424,7 +424,7 @@ def test_exports_and_docstring_example() -> None:
     for name in shmq.__all__:
         assert getattr(shmq, name).__doc__, name
     for method in ("put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full", "close",
-                   "join_thread", "cancel_join_thread", "loan"):
+                   "join_thread", "cancel_join_thread", "loan", "put_many", "get_many"):
         assert getattr(shmq.Queue, method).__doc__, method
     failures, tried = doctest.testmod(shmq, verbose=False)[:2]
     assert tried >= 3 and failures == 0
