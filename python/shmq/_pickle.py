@@ -22,8 +22,10 @@ This module is shared by every shmq object that carries Python objects (queues, 
 
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from multiprocessing.reduction import ForkingPickler
 from pickle import PickleBuffer
@@ -156,6 +158,36 @@ def _out_of_band_into(buffers: list[Any]) -> Callable[[PickleBuffer], bool]:
     return out_of_band
 
 
+class _ThreadPickler(threading.local):
+    """The pickler :func:`dumps_frame` reuses, one per thread: making a new one costs more than
+    pickling a small object does (``ForkingPickler`` copies its dispatch tables each time). It
+    is made again when the registered reducers changed since (``ForkingPickler.register``,
+    ``copyreg.pickle``: a pickler copies them when made), after a pickling error (its state is
+    then unknown), and after a large pickle kept its stream; a nested call (an object whose
+    reduction puts into a queue) gets a pickler of its own."""
+
+    pickler: Pickler | None = None
+    stream: io.BytesIO
+    buffers: list[Any]
+    reducers: tuple[dict[Any, Any], dict[Any, Any]] = ({}, {})
+    busy: bool = False
+
+    def ready(self) -> Pickler:
+        """The reusable pickler, made anew if the registered reducers changed."""
+        # ForkingPickler.register's table: private, and not in the type stubs.
+        extra: dict[Any, Any] = getattr(ForkingPickler, "_extra_reducers", {})
+        seen_extra, seen_copyreg = self.reducers
+        if self.pickler is None or extra != seen_extra or copyreg.dispatch_table != seen_copyreg:
+            self.stream = io.BytesIO()
+            self.buffers = []
+            self.pickler = Pickler(self.stream, 5, True, _out_of_band_into(self.buffers))
+            self.reducers = (dict(extra), dict(copyreg.dispatch_table))
+        return self.pickler
+
+
+_reused = _ThreadPickler()
+
+
 def dumps_frame(obj: Any, *, raw: bool = True) -> Frame:
     """``(kind, pickle, buffers)`` for ``Channel.send_frame``: the pickle (a bytes-like object)
     and the out-of-band buffers (one-dimensional byte memoryviews) of ``obj``. Raises what
@@ -166,10 +198,33 @@ def dumps_frame(obj: Any, *, raw: bool = True) -> Frame:
     ``Connection``, whose ``recv_bytes`` returns the pickle of what ``send`` sent)."""
     if raw and (frame := _raw_frame(obj)) is not None:
         return frame
-    buffers: list[Any] = []
-    stream = io.BytesIO()
-    Pickler(stream, 5, True, _out_of_band_into(buffers)).dump(obj)
-    return KIND_PICKLE, stream.getbuffer(), buffers
+    reused = _reused
+    if reused.busy:
+        buffers: list[Any] = []
+        stream = io.BytesIO()
+        Pickler(stream, 5, True, _out_of_band_into(buffers)).dump(obj)
+        return KIND_PICKLE, stream.getbuffer(), buffers
+    pickler = reused.ready()
+    reused.busy = True
+    try:
+        pickler.dump(obj)
+    except BaseException:
+        reused.pickler = None
+        raise
+    finally:
+        reused.busy = False
+    pickler.clear_memo()  # each pickle stands alone
+    buffers = reused.buffers.copy()
+    reused.buffers.clear()
+    stream = reused.stream
+    if stream.tell() < REUSED_STREAM_BELOW:
+        data: Any = stream.getvalue()
+        stream.seek(0)
+        stream.truncate()
+    else:
+        data = stream.getbuffer()  # no copy: the stream goes with it, the next call makes one
+        reused.pickler = None
+    return KIND_PICKLE, data, buffers
 
 
 def dumps_frames(objs: Iterable[Any]) -> list[Frame]:

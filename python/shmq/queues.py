@@ -29,6 +29,7 @@ import errno
 import math
 import operator
 import os
+import threading
 import types
 from collections.abc import Iterable, Sequence
 from queue import Empty, Full
@@ -105,22 +106,38 @@ def _max_items(max_items: int) -> int:
     return count
 
 
-def _loads_all(frames: list[Any]) -> list[Any]:
-    """The objects of received frames, in order. If one fails to unpickle, its exception
-    propagates, with a note of how many other objects taken with it are lost."""
-    objects = []
-    for index, frame in enumerate(frames):
-        try:
-            objects.append(_pickle.loads_frame(*frame))
-        except BaseException as e:
-            lost = len(frames) - 1
-            if lost:
-                e.add_note(
-                    f"get_many: item {index} of {len(frames)} taken failed to unpickle; "
-                    f"the other {lost} taken with it are lost"
-                )
-            raise
-    return objects
+class _Held:
+    """What a batch receive took from the ring and has not handed over yet: the entries
+    (frames, or the exceptions ``Channel.recv_frames`` put in the place of those it could not
+    decode) after an item that failed, or after ``max_items``, and the objects decoded before a
+    ``KeyboardInterrupt``. The next ``get`` or ``get_many`` of the handle hands them over first,
+    in order, so that one bad item costs that item alone. They belong to the process that
+    took them: a child forked meanwhile starts with none."""
+
+    __slots__ = ("entries", "lock", "pid")
+
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+
+    def here(self) -> bool:
+        """Whether any entries are held for this process (after a fork: none, and a fresh lock,
+        since a thread of the parent may have held the old one)."""
+        if self.pid != os.getpid():
+            self.entries = []
+            self.lock = threading.Lock()
+            self.pid = os.getpid()
+        return bool(self.entries)
+
+
+class _Decoded:
+    """A held object already decoded (by a call that a ``KeyboardInterrupt`` ended)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
 
 
 def _rebuild(cls: type[_ChannelQueue], name: str, incarnation: int | None, state: dict[str, Any]) -> Any:
@@ -137,6 +154,7 @@ class _ChannelQueue:
     _name: str
     _incarnation: int | None
     _closed: bool
+    _held: _Held
 
     def _create(self, name: str | None, ring: int, capacity_bytes: int | None) -> None:
         name = name if name is not None else _channels.auto_name("pyq")
@@ -147,6 +165,7 @@ class _ChannelQueue:
         self._name = chan.name
         self._incarnation = chan.incarnation
         self._closed = False
+        self._held = _Held()
         self._setstate(state)
 
     def _setstate(self, state: dict[str, Any]) -> None:
@@ -186,6 +205,10 @@ class _ChannelQueue:
             raise Full
 
     def _get(self, block: bool, timeout: float | None, copy: bool) -> Any:
+        if self._held.here():
+            held = self._take_held()
+            if held:
+                return self._hand_over(held, 1)[0]
         frame = self._channel().recv_frame(bool(block), timeout, bool(copy), _pickle.copy_below)
         if frame is None:
             raise Empty
@@ -204,12 +227,63 @@ class _ChannelQueue:
     def _get_many(
         self, max_items: int, block: bool, timeout: float | None, copy: bool
     ) -> list[Any]:
-        frames = self._channel().recv_frames(
-            max_items, bool(block), timeout, bool(copy), _pickle.copy_below
-        )
-        if not frames:
+        entries = self._take_held() if self._held.here() else []
+        if not entries:
+            entries = self._channel().recv_frames(
+                max_items, bool(block), timeout, bool(copy), _pickle.copy_below
+            )
+        if not entries:
             raise Empty
-        return _loads_all(frames)
+        return self._hand_over(entries, max_items)
+
+    def _take_held(self) -> list[Any]:
+        """Every entry held for the next call (see :class:`_Held`), no longer held."""
+        held = self._held
+        with held.lock:
+            entries, held.entries = held.entries, []
+        return entries
+
+    def _hold(self, entries: list[Any]) -> None:
+        """Holds ``entries`` for the next call, before any held since (by other threads)."""
+        if entries:
+            held = self._held
+            with held.lock:
+                held.entries[:0] = entries
+
+    def _hand_over(self, entries: list[Any], max_items: int) -> list[Any]:
+        """The objects of the first ``entries``, up to ``max_items`` and at least one, in order;
+        the rest held for the next call. An entry that fails (an exception in its place, or an
+        unpickling error) is lost alone: it raises now if no object comes before it, else it
+        is held, to raise first in the next call. A ``KeyboardInterrupt`` (or another
+        ``BaseException``) while decoding loses nothing: all of them are held, and it raises."""
+        objects: list[Any] = []
+        for index, entry in enumerate(entries):
+            if len(objects) == max_items:
+                self._hold(entries[index:])
+                break
+            try:
+                if isinstance(entry, _Decoded):
+                    objects.append(entry.obj)
+                    continue
+                if isinstance(entry, BaseException):
+                    raise entry
+                objects.append(_pickle.loads_frame(*entry))
+            except Exception as e:
+                rest = entries[index + 1 :]
+                if objects:
+                    self._hold([e, *rest])
+                    return objects
+                self._hold(rest)
+                raise
+            except BaseException:
+                self._hold([_Decoded(obj) for obj in objects] + entries[index:])
+                raise
+        return objects
+
+    def _held_count(self) -> int:
+        """Items this process took in a batch and holds for the next call (an exception held
+        in the place of an item counts as one: the call that raises it hands nothing over)."""
+        return len(self._held.entries) if self._held.here() else 0
 
     def _release(self) -> None:
         # The channel may be shared with other handles of this process (the cache): only this
@@ -345,8 +419,15 @@ class Queue(_ChannelQueue):
         there right now, up to ``max_items``, in the queue's order, in one call. Each is
         decoded as ``get`` decodes it (large numpy arrays in place; ``copy=True`` for private
         copies). ``max_items`` below 1 is a ``ValueError``; so are a NaN timeout and any
-        call after ``close()``. If an item fails to unpickle, its exception propagates and
-        the other items taken with it are lost (the exception's note says how many).
+        call after ``close()``.
+
+        An item that fails (it cannot be unpickled here, or its payload was lost) costs that
+        item alone: the items before it are returned, and its exception is raised by the next
+        ``get`` or ``get_many`` of this handle, which then hands over the items taken after it
+        (they are held by this process meanwhile, and counted by ``qsize()``); an exception at
+        the first item raises at once, the rest held the same way. Held items come as the call
+        that took them decoded them (``copy`` included). A ``KeyboardInterrupt`` while decoding
+        loses nothing: every item taken stays held for the next call.
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
@@ -365,12 +446,14 @@ class Queue(_ChannelQueue):
         return self.get(False)
 
     def qsize(self) -> int:
-        """The number of items in the queue (approximate while others put and get)."""
-        return self._channel().len()
+        """The number of items in the queue (approximate while others put and get), with
+        those this process took in a ``get_many`` and holds for its next call."""
+        return self._channel().len() + self._held_count()
 
     def empty(self) -> bool:
-        """Whether the queue is empty (approximate while others put and get)."""
-        return self._channel().len() == 0
+        """Whether the queue is empty (approximate while others put and get): no item in it,
+        and none held by this process for its next ``get`` (see ``get_many``)."""
+        return self.qsize() == 0
 
     def full(self) -> bool:
         """Whether the queue holds ``maxsize`` items (for ``maxsize <= 0``: all 65536 slots).
@@ -562,8 +645,9 @@ class SimpleQueue(_ChannelQueue):
         return self._get_many(_max_items(max_items), True, None, copy)
 
     def empty(self) -> bool:
-        """Whether the queue is empty."""
-        return self._channel().len() == 0
+        """Whether the queue is empty: no item in it, and none held by this process for its
+        next ``get`` (see :meth:`Queue.get_many`)."""
+        return self._channel().len() + self._held_count() == 0
 
     def close(self) -> None:
         """Releases this process's handles on the queue; later calls raise ``OSError``.

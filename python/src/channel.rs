@@ -477,25 +477,29 @@ impl Channel {
 
     /// Receives the messages ready now, up to `max` and at least one, waiting until
     /// `deadline` (`None`: for ever) for the first: an empty list when the deadline passed
-    /// first. Messages taken in the same run as a payload lost for good are returned, and the
-    /// loss dropped; the loss is raised only when nothing else came with it.
+    /// first. A payload lost for good among them is reported after the run (the core appends
+    /// every message it took first): it comes back beside them, for the caller to raise once
+    /// it has handed them over, not instead of them.
     fn receive_many(
         &self,
         py: Python<'_>,
         max: usize,
         deadline: Option<Instant>,
-    ) -> PyResult<Vec<shmq::Message>> {
+    ) -> PyResult<(Vec<shmq::Message>, Option<Stop>)> {
         let rx = self.receiver(py)?;
         let mut taken = Vec::new();
+        let mut after_run = None;
         self.wait_until(py, deadline, |until| {
             match rx.recv_many_deadline(&mut taken, max, until) {
                 Ok(_) => Ok(Some(())),
-                // The core appends what it took before reporting a lost payload.
-                Err(_) if !taken.is_empty() => Ok(Some(())),
+                Err(e) if !taken.is_empty() => {
+                    after_run = sort_recv_error(e);
+                    Ok(Some(()))
+                }
                 Err(e) => sort_recv_error(e).map_or(Ok(None), Err),
             }
         })?;
-        Ok(taken)
+        Ok((taken, after_run))
     }
 
     /// The arena size (opening a side if none is open yet: the figure is learnt then).
@@ -763,8 +767,10 @@ impl Channel {
     /// not at all) for the first, then takes every message ready now, up to `max_items`, in
     /// one call of the core's batch receive (`Receiver::recv_many_deadline`). Returns them in
     /// order, each decoded as `recv_frame` decodes it; an empty list if nothing came by the
-    /// deadline. A message whose payload was lost for good (see `recv_frame`) is skipped when
-    /// others were taken with it, and raised when it came alone.
+    /// deadline. A message that cannot be decoded (a corrupted frame) is, in its place, the
+    /// exception `recv_frame` would raise for it, and a payload lost for good in the run is
+    /// such an exception after the rest: the caller raises them in turn, without losing the
+    /// messages taken with them.
     #[pyo3(signature = (max_items, block = true, timeout = None, copy = false, copy_below = 65536))]
     fn recv_frames<'py>(
         &self,
@@ -774,16 +780,24 @@ impl Channel {
         timeout: Option<f64>,
         copy: bool,
         copy_below: usize,
-    ) -> PyResult<Vec<Decoded<'py>>> {
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
         if max_items == 0 {
             return Err(PyValueError::new_err("max_items must be at least 1"));
         }
         let deadline = call_deadline(block, timeout)?;
         let delivery = Delivery { copy, copy_below };
-        self.receive_many(py, max_items, deadline)?
-            .into_iter()
-            .map(|msg| message::decode(py, &self.name, msg, delivery))
-            .collect()
+        let (taken, after_run) = self.receive_many(py, max_items, deadline)?;
+        let mut entries = Vec::with_capacity(taken.len() + 1);
+        for msg in taken {
+            entries.push(match message::decode(py, &self.name, msg, delivery) {
+                Ok(frame) => frame.into_pyobject(py)?.into_any(),
+                Err(e) => e.into_value(py).into_bound(py).into_any(),
+            });
+        }
+        if let Some(stop) = after_run {
+            entries.push(stop.into_py().into_value(py).into_bound(py).into_any());
+        }
+        Ok(entries)
     }
 
     /// Sends `data` (any bytes-like object) as a message of its own, with no frame: for tests

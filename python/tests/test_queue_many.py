@@ -3,7 +3,10 @@ processes, with deadlines, pickling errors, task counts and closed queues."""
 
 from __future__ import annotations
 
+import copyreg
+import io
 import multiprocessing
+import os
 import pickle
 import queue
 from typing import Any
@@ -322,10 +325,173 @@ def _fail_to_load() -> Any:
     raise RuntimeError("cannot load")
 
 
-def test_an_unpickling_error_propagates_with_a_note(make_queue: Any) -> None:
+def test_an_unpickling_error_costs_that_item_alone(make_queue: Any) -> None:
+    q = make_queue()
+    q.put_many([1, Unloadable(), 2, 3])
+    assert q.get_many(10) == [1]
+    # The failed item and the two after it were taken: held for the next calls, and counted.
+    assert q.qsize() == 3 and not q.empty()
+    with pytest.raises(RuntimeError, match="cannot load"):
+        q.get_many(10)
+    assert q.get_many(10) == [2, 3]
+    assert q.empty()
+    with pytest.raises(queue.Empty):
+        q.get_many(10, block=False)
+
+
+def test_an_unpickling_error_at_the_first_item_raises_at_once(make_queue: Any) -> None:
+    q = make_queue()
+    q.put_many([Unloadable(), 1, 2, 3])
+    with pytest.raises(RuntimeError, match="cannot load"):
+        q.get_many(10)
+    # What came after it is handed over by get as by get_many, in order, up to max_items.
+    assert q.get() == 1
+    assert q.get_many(1) == [2]
+    assert q.get_many(10) == [3]
+    assert q.empty()
+
+
+def test_simple_queue_holds_after_an_unpickling_error(make_queue: Any) -> None:
+    q = make_queue(cls=shmq.SimpleQueue)
+    q.put_many(["a", Unloadable(), "b"])
+    assert q.get_many(10) == ["a"]
+    assert not q.empty()
+    with pytest.raises(RuntimeError, match="cannot load"):
+        q.get()
+    assert q.get() == "b"
+    assert q.empty()
+
+
+INTERRUPTS_LEFT = [1]
+"""How many more times :func:`_interrupt_once` interrupts (a Ctrl-C comes once)."""
+
+
+def _interrupt_once() -> str:
+    if INTERRUPTS_LEFT[0] > 0:
+        INTERRUPTS_LEFT[0] -= 1
+        raise KeyboardInterrupt
+    return "loaded after the interrupt"
+
+
+class InterruptsOnce:
+    def __reduce__(self) -> Any:
+        return (_interrupt_once, ())
+
+
+def test_an_interrupt_while_decoding_loses_nothing(make_queue: Any) -> None:
+    INTERRUPTS_LEFT[0] = 1
+    q = make_queue()
+    q.put_many([1, InterruptsOnce(), 2])
+    with pytest.raises(KeyboardInterrupt):
+        q.get_many(10)
+    assert q.get_many(10) == [1, "loaded after the interrupt", 2]
+    assert q.empty()
+
+
+def _expect_nothing_held(q: shmq.Queue) -> None:
+    # The parent's held items are not this process's: the queue is empty here.
+    try:
+        q.get_many(10, timeout=0.2)
+    except queue.Empty:
+        os._exit(0 if q.qsize() == 0 else 2)
+    os._exit(1)
+
+
+def test_held_items_stay_with_the_process_that_took_them(
+    reaper: list, make_queue: Any
+) -> None:
     q = make_queue()
     q.put_many([1, Unloadable(), 2])
-    with pytest.raises(RuntimeError, match="cannot load") as raised:
+    assert q.get_many(10) == [1]
+    child = multiprocessing.get_context("fork").Process(target=_expect_nothing_held, args=(q,))
+    reaper.append(child)
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    with pytest.raises(RuntimeError, match="cannot load"):
         q.get_many(10)
-    assert any("the other 2 taken with it are lost" in note for note in raised.value.__notes__)
+    assert q.get_many(10) == [2]
+
+
+# ----- the pickler put reuses (one per thread) --------------------------------------------
+
+
+def _fresh_frame(obj: Any) -> tuple[int, bytes, list[bytes]]:
+    """The frame of ``obj`` by a pickler made for it alone, as put made them before."""
+    buffers: list[Any] = []
+    stream = io.BytesIO()
+    _pickle.Pickler(stream, 5, True, _pickle._out_of_band_into(buffers)).dump(obj)
+    return _pickle.KIND_PICKLE, stream.getvalue(), [bytes(b) for b in buffers]
+
+
+def _as_bytes(frame: Any) -> tuple[int, bytes, list[bytes]]:
+    kind, data, buffers = frame
+    return kind, bytes(data), [bytes(b) for b in buffers]
+
+
+def test_the_reused_pickler_makes_the_frames_a_fresh_one_makes() -> None:
+    shared = ["shared"]
+    objs = [
+        {"a": shared, "b": shared},  # memo entries: must not leak into the next pickle
+        shared,
+        list(range(50_000)),  # a pickle of over 64 KiB, which keeps its stream
+        (np.arange(10), np.arange(10_000)),  # in band, then out of band
+        {"a": shared, "b": shared},
+    ]
+    for obj in objs + objs:
+        assert _as_bytes(_pickle.dumps_frame(obj)) == _fresh_frame(obj)
+
+
+class Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+
+def _point_from(text: str) -> str:
+    return f"reduced {text}"
+
+
+def test_a_reducer_registered_after_a_put_is_used(make_queue: Any) -> None:
+    q = make_queue()
+    q.put(Point(1))
+    assert q.get().x == 1
+    copyreg.pickle(Point, lambda p: (_point_from, (str(p.x),)))
+    try:
+        q.put(Point(2))
+        assert q.get() == "reduced 2"
+    finally:
+        del copyreg.dispatch_table[Point]
+    q.put(Point(3))
+    assert q.get().x == 3
+
+
+class Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("not this one")
+
+
+def test_a_pickling_error_leaves_the_next_put_whole(make_queue: Any) -> None:
+    q = make_queue()
+    with pytest.raises(TypeError, match="not this one"):
+        q.put({"before": list(range(100)), "bad": Unpicklable()})
+    q.put({"after": [1, 2, 3]})
+    assert q.get() == {"after": [1, 2, 3]}
     assert q.empty()
+
+
+class PutsWhilePickled:
+    """An object whose reduction puts into a queue: a pickle made inside another."""
+
+    def __init__(self, q: shmq.Queue) -> None:
+        self.q = q
+
+    def __reduce__(self) -> Any:
+        self.q.put(("inner", list(range(10))))
+        return (str, ("outer",))
+
+
+def test_a_put_inside_a_pickling_gets_a_pickler_of_its_own(make_queue: Any) -> None:
+    inner, outer = make_queue(), make_queue()
+    outer.put(["first", PutsWhilePickled(inner), "last"])
+    assert inner.get() == ("inner", list(range(10)))
+    assert outer.get() == ["first", "outer", "last"]
