@@ -204,26 +204,32 @@ def dumps_frame(obj: Any, *, raw: bool = True) -> Frame:
         stream = io.BytesIO()
         Pickler(stream, 5, True, _out_of_band_into(buffers)).dump(obj)
         return KIND_PICKLE, stream.getbuffer(), buffers
-    pickler = reused.ready()
+    # Busy from before ready() until the stream is reset: a put from a signal handler or a
+    # finaliser that runs meanwhile gets a pickler of its own.
     reused.busy = True
     try:
-        pickler.dump(obj)
-    except BaseException:
-        reused.pickler = None
-        raise
+        pickler = reused.ready()
+        stream, collected = reused.stream, reused.buffers
+        try:
+            pickler.dump(obj)
+        except BaseException:
+            collected.clear()  # no export of the caller's buffers is kept
+            reused.pickler = None
+            raise
+        pickler.clear_memo()  # each pickle stands alone
+        buffers = collected.copy()
+        collected.clear()
+        if stream.tell() < REUSED_STREAM_BELOW:
+            data: Any = stream.getvalue()
+            stream.seek(0)
+            stream.truncate()
+        else:
+            # No copy: the stream goes with the frame, and the next call makes a new one.
+            data = stream.getbuffer()
+            reused.pickler = None
+            reused.stream = io.BytesIO()
     finally:
         reused.busy = False
-    pickler.clear_memo()  # each pickle stands alone
-    buffers = reused.buffers.copy()
-    reused.buffers.clear()
-    stream = reused.stream
-    if stream.tell() < REUSED_STREAM_BELOW:
-        data: Any = stream.getvalue()
-        stream.seek(0)
-        stream.truncate()
-    else:
-        data = stream.getbuffer()  # no copy: the stream goes with it, the next call makes one
-        reused.pickler = None
     return KIND_PICKLE, data, buffers
 
 

@@ -25,11 +25,14 @@ a channel whose every user has gone is removed.
 
 from __future__ import annotations
 
+import collections
 import errno
 import math
 import operator
 import os
+import sys
 import threading
+import time
 import types
 from collections.abc import Iterable, Sequence
 from queue import Empty, Full
@@ -103,7 +106,7 @@ def _max_items(max_items: int) -> int:
     count = operator.index(max_items)
     if count < 1:
         raise ValueError(f"max_items must be at least 1, not {count}")
-    return count
+    return min(count, sys.maxsize)  # more than the ring holds in any case
 
 
 class _Held:
@@ -111,24 +114,42 @@ class _Held:
     (frames, or the exceptions ``Channel.recv_frames`` put in the place of those it could not
     decode) after an item that failed, or after ``max_items``, and the objects decoded before a
     ``KeyboardInterrupt``. The next ``get`` or ``get_many`` of the handle hands them over first,
-    in order, so that one bad item costs that item alone. They belong to the process that
-    took them: a child forked meanwhile starts with none."""
+    in order, so that one bad item costs that item alone. ``receiving`` serialises the receives
+    of the handle's threads (as multiprocessing's queues do), so that no thread takes a newer
+    item from the ring while older ones are held. They belong to the process that took them: a
+    child forked meanwhile starts with none."""
 
-    __slots__ = ("entries", "lock", "pid")
+    __slots__ = ("entries", "receiving", "pid")
 
     def __init__(self) -> None:
-        self.entries: list[Any] = []
-        self.lock = threading.Lock()
+        self.entries: collections.deque[Any] = collections.deque()
+        self.receiving = threading.Lock()
         self.pid = os.getpid()
 
-    def here(self) -> bool:
-        """Whether any entries are held for this process (after a fork: none, and a fresh lock,
-        since a thread of the parent may have held the old one)."""
+    def here(self) -> _Held:
+        """This, for this process (after a fork: emptied, with a fresh lock, since a thread
+        of the parent may have held the old one)."""
         if self.pid != os.getpid():
-            self.entries = []
-            self.lock = threading.Lock()
+            self.entries = collections.deque()
+            self.receiving = threading.Lock()
             self.pid = os.getpid()
-        return bool(self.entries)
+        return self
+
+    def start(self, block: bool, timeout: float | None) -> float | None:
+        """Takes ``receiving``, waiting as the receive may (``queue.Empty`` if it cannot by
+        the deadline); returns what is left of ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if block:
+            # Lock.acquire takes no timeout past TIMEOUT_MAX (an infinite one included).
+            if timeout is None or timeout > threading.TIMEOUT_MAX:
+                taken = self.receiving.acquire(True)
+            else:
+                taken = self.receiving.acquire(True, timeout)
+        else:
+            taken = self.receiving.acquire(False)
+        if not taken:
+            raise Empty
+        return None if deadline is None else max(deadline - time.monotonic(), 0.0)
 
 
 class _Decoded:
@@ -205,11 +226,16 @@ class _ChannelQueue:
             raise Full
 
     def _get(self, block: bool, timeout: float | None, copy: bool) -> Any:
-        if self._held.here():
-            held = self._take_held()
-            if held:
+        held = self._held.here()
+        timeout = held.start(block, timeout)
+        try:
+            if held.entries:
                 return self._hand_over(held, 1)[0]
-        frame = self._channel().recv_frame(bool(block), timeout, bool(copy), _pickle.copy_below)
+            frame = self._channel().recv_frame(
+                bool(block), timeout, bool(copy), _pickle.copy_below
+            )
+        finally:
+            held.receiving.release()
         if frame is None:
             raise Empty
         return _pickle.loads_frame(*frame)
@@ -227,63 +253,59 @@ class _ChannelQueue:
     def _get_many(
         self, max_items: int, block: bool, timeout: float | None, copy: bool
     ) -> list[Any]:
-        entries = self._take_held() if self._held.here() else []
-        if not entries:
-            entries = self._channel().recv_frames(
-                max_items, bool(block), timeout, bool(copy), _pickle.copy_below
-            )
-        if not entries:
-            raise Empty
-        return self._hand_over(entries, max_items)
+        held = self._held.here()
+        timeout = held.start(block, timeout)
+        try:
+            if not held.entries:
+                held.entries.extend(
+                    self._channel().recv_frames(
+                        max_items, bool(block), timeout, bool(copy), _pickle.copy_below
+                    )
+                )
+            if not held.entries:
+                raise Empty
+            return self._hand_over(held, max_items)
+        finally:
+            held.receiving.release()
 
-    def _take_held(self) -> list[Any]:
-        """Every entry held for the next call (see :class:`_Held`), no longer held."""
-        held = self._held
-        with held.lock:
-            entries, held.entries = held.entries, []
-        return entries
-
-    def _hold(self, entries: list[Any]) -> None:
-        """Holds ``entries`` for the next call, before any held since (by other threads)."""
-        if entries:
-            held = self._held
-            with held.lock:
-                held.entries[:0] = entries
-
-    def _hand_over(self, entries: list[Any], max_items: int) -> list[Any]:
-        """The objects of the first ``entries``, up to ``max_items`` and at least one, in order;
-        the rest held for the next call. An entry that fails (an exception in its place, or an
-        unpickling error) is lost alone: it raises now if no object comes before it, else it
-        is held, to raise first in the next call. A ``KeyboardInterrupt`` (or another
-        ``BaseException``) while decoding loses nothing: all of them are held, and it raises."""
+    @staticmethod
+    def _hand_over(held: _Held, max_items: int) -> list[Any]:
+        """The objects of the first held entries, up to ``max_items`` and at least one, in
+        order; the rest stay held for the next call (the caller holds ``held.receiving``). An
+        entry that fails (an exception in its place, or an unpickling error) is lost alone: it
+        raises now if no object comes before it, else it is held, to raise first in the next
+        call. A ``KeyboardInterrupt`` while an entry is decoded keeps it, and the objects
+        decoded before it, held."""
+        entries = held.entries
         objects: list[Any] = []
-        for index, entry in enumerate(entries):
-            if len(objects) == max_items:
-                self._hold(entries[index:])
-                break
+        while entries and len(objects) < max_items:
+            entry = entries[0]
             try:
                 if isinstance(entry, _Decoded):
-                    objects.append(entry.obj)
-                    continue
-                if isinstance(entry, BaseException):
+                    obj = entry.obj
+                elif isinstance(entry, BaseException):
                     raise entry
-                objects.append(_pickle.loads_frame(*entry))
-            except Exception as e:
-                rest = entries[index + 1 :]
-                if objects:
-                    self._hold([e, *rest])
-                    return objects
-                self._hold(rest)
+                else:
+                    obj = _pickle.loads_frame(*entry)
+            except KeyboardInterrupt:
+                entries.extendleft(_Decoded(o) for o in reversed(objects))
                 raise
-            except BaseException:
-                self._hold([_Decoded(obj) for obj in objects] + entries[index:])
-                raise
+            except BaseException as e:
+                entries.popleft()
+                # Without this frame, whose locals would keep the objects handed over alive.
+                error = e.with_traceback(e.__traceback__.tb_next if e.__traceback__ else None)
+                if not objects:
+                    raise error
+                entries.appendleft(error)
+                return objects
+            entries.popleft()
+            objects.append(obj)
         return objects
 
     def _held_count(self) -> int:
         """Items this process took in a batch and holds for the next call (an exception held
         in the place of an item counts as one: the call that raises it hands nothing over)."""
-        return len(self._held.entries) if self._held.here() else 0
+        return len(self._held.here().entries)
 
     def _release(self) -> None:
         # The channel may be shared with other handles of this process (the cache): only this
@@ -387,8 +409,9 @@ class Queue(_ChannelQueue):
         then the count of those put by then, the first ones (the rest were not put). If not
         even the first went in by then, raises ``queue.Full``, as ``put`` does. An empty
         ``items`` returns 0. Raises ``ValueError`` after ``close()`` and for a NaN timeout.
-        If a signal handler raises (``KeyboardInterrupt``) while the call waits, the items
-        before the one it waited for are in the queue already.
+        If the call raises for another reason while it waits (a signal handler's
+        ``KeyboardInterrupt``, the peer gone, a corrupted queue), the items before the one it
+        waited for are in the queue already, and their count is not reported.
 
         The whole batch is one call into the compiled library, and small objects (messages of
         up to 96 bytes: ints, short strings and tuples) go into the queue in runs, one pass
@@ -421,13 +444,17 @@ class Queue(_ChannelQueue):
         copies). ``max_items`` below 1 is a ``ValueError``; so are a NaN timeout and any
         call after ``close()``.
 
-        An item that fails (it cannot be unpickled here, or its payload was lost) costs that
-        item alone: the items before it are returned, and its exception is raised by the next
-        ``get`` or ``get_many`` of this handle, which then hands over the items taken after it
-        (they are held by this process meanwhile, and counted by ``qsize()``); an exception at
-        the first item raises at once, the rest held the same way. Held items come as the call
-        that took them decoded them (``copy`` included). A ``KeyboardInterrupt`` while decoding
-        loses nothing: every item taken stays held for the next call.
+        An item that cannot be unpickled here costs that item alone: the items before it are
+        returned, and its exception is raised by the next ``get`` or ``get_many`` of this
+        handle, which then hands over the items taken after it (they are held by this process
+        meanwhile, counted by ``qsize()``, and dropped by ``close()``); an exception at the
+        first item raises at once, the rest held the same way. A payload lost for good (its
+        segment removed) is reported the same way, after the other items of its batch. Held
+        items come as the call that took them decoded them (``copy`` included). A
+        ``KeyboardInterrupt`` while an item is unpickled keeps it, and the items decoded before
+        it, held for the next call (one that comes while the library is receiving loses the
+        batch, as it loses the item of a ``get``). The receives of a handle's threads take
+        turns, as multiprocessing's do.
         """
         if self._closed:
             raise ValueError(f"Queue {self!r} is closed")
@@ -464,8 +491,8 @@ class Queue(_ChannelQueue):
 
     def close(self) -> None:
         """Indicates that this process will use the queue no more: later ``put`` and ``get``
-        raise ``ValueError``. Items already put stay in the queue for the other processes.
-        This process's handles on the shared memory are released (arrays received from the
+        raise ``ValueError``. Items already put stay in the queue for the other processes
+        (items a ``get_many`` of this handle took and holds are dropped). This process's handles on the shared memory are released (arrays received from the
         queue stay valid). Closing twice is allowed."""
         self._release()
 
@@ -650,6 +677,7 @@ class SimpleQueue(_ChannelQueue):
         return self._channel().len() + self._held_count() == 0
 
     def close(self) -> None:
-        """Releases this process's handles on the queue; later calls raise ``OSError``.
-        Closing twice is allowed."""
+        """Releases this process's handles on the queue; later calls raise ``OSError``
+        (items a ``get_many`` of this handle took and holds are dropped). Closing twice is
+        allowed."""
         self._release()

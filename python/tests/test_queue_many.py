@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import pickle
 import queue
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -384,8 +386,40 @@ def test_an_interrupt_while_decoding_loses_nothing(make_queue: Any) -> None:
     q.put_many([1, InterruptsOnce(), 2])
     with pytest.raises(KeyboardInterrupt):
         q.get_many(10)
-    assert q.get_many(10) == [1, "loaded after the interrupt", 2]
+    # The item decoded before the interrupt is held, decoded, in its place.
+    assert q.qsize() == 3
+    assert q.get_many(1) == [1]
+    assert q.get_many(10) == ["loaded after the interrupt", 2]
     assert q.empty()
+
+
+def test_a_corrupted_message_in_a_batch_costs_that_message_alone(make_queue: Any) -> None:
+    q = make_queue()
+    q.put(1)
+    q._channel().send_raw(b"not a frame")  # no frame header: cannot be decoded
+    q.put(2)
+    assert q.get_many(10) == [1]
+    with pytest.raises(shmq.CorruptedError):
+        q.get_many(10)
+    assert q.get_many(10) == [2]
+    assert q.empty()
+
+
+def test_receives_of_one_handle_take_turns(make_queue: Any) -> None:
+    q = make_queue()
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(q.get(timeout=30)))
+    waiter.start()
+    time.sleep(0.2)  # the waiter is inside its receive, and holds the turn
+    started = time.monotonic()
+    with pytest.raises(queue.Empty):
+        q.get_many(10, timeout=0.3)
+    assert time.monotonic() - started >= 0.25  # it waited for its turn, then gave up
+    with pytest.raises(queue.Empty):
+        q.get_nowait()  # no wait for the turn at all
+    q.put("for the waiter")
+    waiter.join(30)
+    assert got == ["for the waiter"]
 
 
 def _expect_nothing_held(q: shmq.Queue) -> None:
@@ -438,8 +472,10 @@ def test_the_reused_pickler_makes_the_frames_a_fresh_one_makes() -> None:
         (np.arange(10), np.arange(10_000)),  # in band, then out of band
         {"a": shared, "b": shared},
     ]
-    for obj in objs + objs:
-        assert _as_bytes(_pickle.dumps_frame(obj)) == _fresh_frame(obj)
+    # Every frame kept to the end: a later call must not change an earlier frame.
+    frames = [_pickle.dumps_frame(obj) for obj in objs + objs]
+    for obj, frame in zip(objs + objs, frames):
+        assert _as_bytes(frame) == _fresh_frame(obj)
 
 
 class Point:
