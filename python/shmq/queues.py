@@ -492,8 +492,9 @@ class Queue(_ChannelQueue):
     def close(self) -> None:
         """Indicates that this process will use the queue no more: later ``put`` and ``get``
         raise ``ValueError``. Items already put stay in the queue for the other processes
-        (items a ``get_many`` of this handle took and holds are dropped). This process's handles on the shared memory are released (arrays received from the
-        queue stay valid). Closing twice is allowed."""
+        (items a ``get_many`` of this handle took and holds are dropped). This process's
+        handles on the shared memory are released (arrays received from the queue stay
+        valid). Closing twice is allowed."""
         self._release()
 
     def join_thread(self) -> None:

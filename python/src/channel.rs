@@ -398,7 +398,9 @@ impl Channel {
             let fill = |loan: &mut shmq::Loan| {
                 // SAFETY: every part is the memory of an export held in `frame._exports`, which
                 // stays taken (and so alive and unmoved) while the copy runs, with or without
-                // the GIL: `frame` is borrowed for this whole call.
+                // the GIL: `frame` is borrowed for this whole call. Unwritten, as `fill_frame`
+                // also asks, is the caller's part: the buffer protocol cannot stop another
+                // Python thread writing a buffer that is being put (as for `send_frame`).
                 unsafe { fill_frame(&mut loan[..], kind, layout, parts) }
             };
             if layout.total >= DETACHED_COPY {
