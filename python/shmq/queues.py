@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import types
+import weakref
 from collections.abc import Iterable, Sequence
 from queue import Empty, Full
 from typing import Any, SupportsIndex
@@ -117,23 +118,20 @@ class _Held:
     in order, so that one bad item costs that item alone. ``receiving`` serialises the receives
     of the handle's threads (as multiprocessing's queues do), so that no thread takes a newer
     item from the ring while older ones are held. They belong to the process that took them: a
-    child forked meanwhile starts with none."""
+    child forked meanwhile starts with none (``_forget_held_in_child``)."""
 
-    __slots__ = ("entries", "receiving", "pid")
+    __slots__ = ("entries", "receiving", "__weakref__")
 
     def __init__(self) -> None:
         self.entries: collections.deque[Any] = collections.deque()
         self.receiving = threading.Lock()
-        self.pid = os.getpid()
+        _every_held.add(self)
 
-    def here(self) -> _Held:
-        """This, for this process (after a fork: emptied, with a fresh lock, since a thread
-        of the parent may have held the old one)."""
-        if self.pid != os.getpid():
-            self.entries = collections.deque()
-            self.receiving = threading.Lock()
-            self.pid = os.getpid()
-        return self
+    def forget(self) -> None:
+        """Starts over empty, with a fresh lock (a thread of the parent may have held the old
+        one when the process forked)."""
+        self.entries = collections.deque()
+        self.receiving = threading.Lock()
 
     def start(self, block: bool, timeout: float | None) -> float | None:
         """Takes ``receiving``, waiting as the receive may (``queue.Empty`` if it cannot by
@@ -150,6 +148,20 @@ class _Held:
         if not taken:
             raise Empty
         return None if deadline is None else max(deadline - time.monotonic(), 0.0)
+
+
+_every_held: weakref.WeakSet[_Held] = weakref.WeakSet()
+"""Every handle's ``_Held`` in this process, for the child of a fork to empty."""
+
+
+def _forget_held_in_child() -> None:
+    # Right after the fork, before any other thread can exist in the child: no receive races
+    # the reset, and no receive pays for a check of which process it runs in.
+    for held in list(_every_held):
+        held.forget()
+
+
+os.register_at_fork(after_in_child=_forget_held_in_child)
 
 
 class _Decoded:
@@ -226,7 +238,7 @@ class _ChannelQueue:
             raise Full
 
     def _get(self, block: bool, timeout: float | None, copy: bool) -> Any:
-        held = self._held.here()
+        held = self._held
         timeout = held.start(block, timeout)
         try:
             if held.entries:
@@ -253,7 +265,7 @@ class _ChannelQueue:
     def _get_many(
         self, max_items: int, block: bool, timeout: float | None, copy: bool
     ) -> list[Any]:
-        held = self._held.here()
+        held = self._held
         timeout = held.start(block, timeout)
         try:
             if not held.entries:
@@ -305,7 +317,7 @@ class _ChannelQueue:
     def _held_count(self) -> int:
         """Items this process took in a batch and holds for the next call (an exception held
         in the place of an item counts as one: the call that raises it hands nothing over)."""
-        return len(self._held.here().entries)
+        return len(self._held.entries)
 
     def _release(self) -> None:
         # The channel may be shared with other handles of this process (the cache): only this
