@@ -226,6 +226,23 @@ class _ChannelQueue:
         """The name of the queue's shared memory (``/dev/shm/shmq.<name>``)."""
         return self._name
 
+    def set_spin(self, seconds: float) -> None:
+        """How long, at most, a blocking ``put`` or ``get`` spins before it sleeps, in
+        seconds (default 20 µs): for every handle of this queue in this process (not in
+        other processes, nor in a handle pickled to one). ``math.inf`` never sleeps: the
+        lowest latency, for one busy core per waiting thread. Raises ``ValueError`` for a
+        negative number or NaN. A shmq extension: multiprocessing's queues have no such
+        setting."""
+        self._channel().set_spin(float(seconds))
+
+    def set_adaptive_spin(self, adaptive: bool) -> None:
+        """Whether blocking calls cut their spin while it does not pay (default ``True``):
+        after two waits in a row that outlasted it, to about four times what the waits that
+        ended in their spin took, with one wait in 16 spinning the full time again. ``False``
+        spins the full time before every sleep. For every handle of this queue in this
+        process, as ``set_spin``."""
+        self._channel().set_adaptive_spin(bool(adaptive))
+
     def _channel(self) -> Channel:
         chan = self._chan
         if chan is None:
