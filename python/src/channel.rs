@@ -303,8 +303,10 @@ impl Channel {
         }
         .py_err()?;
         self.learn_facts(HandleRef::Tx(&tx))?;
+        let tx = lock(&self.sender).get_or_insert(tx).clone();
+        // After it is in place: a `set_waiting` now either finds it or is seen here.
         lock(&self.waiting).apply_to_sender(&tx);
-        Ok(lock(&self.sender).get_or_insert(tx).clone())
+        Ok(tx)
     }
 
     /// This process's receiver, opened now if it has none.
@@ -322,8 +324,10 @@ impl Channel {
         }
         .py_err()?;
         self.learn_facts(HandleRef::Rx(&rx))?;
+        let rx = lock(&self.receiver).get_or_insert(rx).clone();
+        // After it is in place: a `set_waiting` now either finds it or is seen here.
         lock(&self.waiting).apply_to_receiver(&rx);
-        Ok(lock(&self.receiver).get_or_insert(rx).clone())
+        Ok(rx)
     }
 
     /// A handle of either side for queries (the sender, opened if neither is).
