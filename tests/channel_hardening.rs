@@ -145,14 +145,16 @@ fn assert_lock_timeout(e: &Error, lock: &str, holder: u32) {
 // ----- children -------------------------------------------------------------------------------
 
 /// Sends and receives arena payloads as fast as it can: the allocator lock is held a good part
-/// of the time.
+/// of the time. The payloads alternate between one and two pages, so that no send finds a
+/// chunk of its length given back to take back without the lock (arena.rs): each allocates
+/// under the lock, and frees the chunk given back before.
 fn churn(name: &str) {
     let tx = Sender::open(name).expect("open sender");
     let rx = Receiver::open(name).expect("open receiver");
     common::signal_parent("ready");
-    let payload = vec![7u8; 4 * KIB];
-    loop {
-        let _ = tx.try_send(&payload);
+    let payloads = [vec![7u8; 4 * KIB], vec![7u8; 8 * KIB]];
+    for payload in payloads.iter().cycle() {
+        let _ = tx.try_send(payload);
         drop(rx.try_recv());
     }
 }
@@ -324,8 +326,10 @@ fn a_stopped_allocator_lock_holder_does_not_freeze_senders_or_message_drops() {
         channel_stats(&name).allocator_lock_holder == Some(pid)
     });
 
+    // Three pages: a length no chunk given back has (the child's are one and two pages, the
+    // held messages' two), so the send needs the lock instead of taking a chunk back.
     let t = tx.clone();
-    let (r, took) = timed("try_send", move || t.try_send(&[1u8; 4 * KIB]));
+    let (r, took) = timed("try_send", move || t.try_send(&[1u8; 12 * KIB]));
     match r {
         Err(TrySendError::Failed(e, ())) => assert_lock_timeout(&e, "allocator", pid),
         other => panic!("try_send of an arena payload: {other:?}"),
@@ -333,7 +337,7 @@ fn a_stopped_allocator_lock_holder_does_not_freeze_senders_or_message_drops() {
     assert!(took < SLACK, "try_send took {took:?}");
     let t = tx.clone();
     let (r, took) = timed("loan_timeout", move || {
-        t.loan_timeout(4 * KIB, Duration::from_millis(100))
+        t.loan_timeout(12 * KIB, Duration::from_millis(100))
             .map(drop)
     });
     match r {

@@ -26,6 +26,9 @@ use shmq::{channel, ChannelConfig, Receiver, RecvTimeoutError, Sender};
 const CAPACITY: usize = 32;
 /// Arena of the trials' channels; overflow payloads are larger.
 const ARENA: usize = 256 * KIB;
+/// Bound for the send of a message as long as the arena after a death: all the room is free
+/// by then, or the send times out.
+const WHOLE_ARENA_BOUND: Duration = Duration::from_secs(5);
 /// Messages a receiver trial queues before its receiver starts.
 const QUEUED: u64 = 12;
 /// Bound for one wait of a trial (a death, a message): turns a hang into a failure.
@@ -107,6 +110,33 @@ fn child_entry() {
                     );
                 }
             }
+            "take_back_sender" => {
+                // Sends to its own receiver and drops each message before the next send, so
+                // that every send after the first takes back the chunk the drop gave back.
+                let tx = Sender::open(name).expect("open sender");
+                let rx = tx.open_receiver().expect("open receiver");
+                for seq in 0..CAPACITY as u64 {
+                    let mut bytes = vec![0; size];
+                    fill_pattern(&mut bytes, seq);
+                    tx.send(&bytes).expect("send");
+                    let message = rx.recv_timeout(BOUND).expect("recv");
+                    assert!(check_pattern(&message, seq), "message {seq} corrupted");
+                }
+            }
+            "freeing_sender" => {
+                // Gives back a chunk of `size` bytes, then sends a page more: no returned chunk
+                // has that length, so the allocation takes the lock and frees the returned
+                // one first (where the crash point kills it, holding the lock).
+                let tx = Sender::open(name).expect("open sender");
+                let rx = tx.open_receiver().expect("open receiver");
+                let mut bytes = vec![0; size];
+                fill_pattern(&mut bytes, 0);
+                tx.send(&bytes).expect("send");
+                drop(rx.recv_timeout(BOUND).expect("recv"));
+                let mut longer = vec![0; size + 4 * KIB];
+                fill_pattern(&mut longer, 1);
+                tx.send(&longer).expect("send a longer message");
+            }
             other => panic!("unknown role {other}"),
         }
         // Reaching here means the crash point was never passed: the parent fails the trial.
@@ -174,6 +204,17 @@ fn check_ring_recovered(name: &str, rx: &Receiver, size: usize, what: &str) {
             "{what}: message {seq} corrupted"
         );
     }
+    // One message as long as the arena needs every page of it free and in one run: room
+    // counted as free but never freed (a returned chunk nobody frees) fails here.
+    let mut whole = vec![0; ARENA];
+    fill_pattern(&mut whole, 7);
+    tx.send_timeout(&whole, WHOLE_ARENA_BOUND)
+        .unwrap_or_else(|e| panic!("{what}: an arena-long send after the death: {e:?}"));
+    let message = rx
+        .recv_timeout(BOUND)
+        .unwrap_or_else(|e| panic!("{what}: the arena-long receive: {e:?}"));
+    assert!(check_pattern(&message, 7), "{what}: arena-long message");
+    drop(message);
     let stats = rx.stats();
     assert_eq!(stats.messages_in_flight, 0, "{what}: {stats:?}");
     assert_eq!(stats.queued, 0, "{what}: {stats:?}");
@@ -336,4 +377,44 @@ fn a_receiver_killed_giving_back_a_chunk_leaves_the_arena_whole() {
             &what,
         );
     }
+}
+
+/// A sender killed right after taking back, without the allocator lock, a chunk a receiver
+/// gave back (its owner word CASed from returned to the sender): the chunk is the dead
+/// sender's, and its reclaim frees it. Every message before was delivered whole, and the arena
+/// is whole again.
+#[test]
+fn a_sender_killed_taking_back_a_chunk_leaves_the_arena_whole() {
+    let (_, size) = SIZES[1];
+    for pass in [1, 3] {
+        let what = format!("sender killed at take-back-claimed#{pass}");
+        let name = unique_name("cp-take-back");
+        let (tx, rx) = channel(&name, config()).expect("create channel");
+        drop(tx); // the child is the only sender: its death disconnects
+        run_until_death("take_back_sender", &name, size, "take-back-claimed", pass);
+        // The child received what it sent; the message it was sending never went out.
+        let got = receive_all(&rx, size, 0);
+        assert!(got.is_empty(), "{what}: received {got:?}");
+        check_ring_recovered(&name, &rx, size, &what);
+        drop(rx);
+        assert_gone(&name);
+    }
+}
+
+/// The allocator lock's holder killed after marking a returned chunk `FREEING`, before its
+/// free committed: the next holder gets the lock with its owner dead, and the chunk is freed
+/// again (by the dead participant's sweep, which walks every chunk), so the arena is whole.
+#[test]
+fn a_lock_holder_killed_freeing_a_returned_chunk_leaves_the_arena_whole() {
+    let (_, size) = SIZES[1];
+    let what = "sender killed at return-freeing#1";
+    let name = unique_name("cp-freeing");
+    let (tx, rx) = channel(&name, config()).expect("create channel");
+    drop(tx);
+    run_until_death("freeing_sender", &name, size, "return-freeing", 1);
+    let got = receive_all(&rx, size, 0);
+    assert!(got.is_empty(), "{what}: received {got:?}");
+    check_ring_recovered(&name, &rx, size, what);
+    drop(rx);
+    assert_gone(&name);
 }

@@ -171,7 +171,7 @@ const CAPACITY: u32 = 64;
 const DATA_OFFSET: u64 = 8192;
 
 /// The layout version this build writes and accepts (docs/design.md, header).
-const LAYOUT_VERSION: u32 = 6;
+const LAYOUT_VERSION: u32 = 7;
 
 /// A segment header as docs/design.md lays it out, for crafting files by hand.
 #[derive(Clone, Copy, Debug)]

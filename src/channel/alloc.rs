@@ -7,7 +7,8 @@
 //! page); allocation is first fit and cuts the chunk from the end of the run it takes, so that
 //! the run stays in the list. Each chunk's first page also has an `owner` word: the participant
 //! responsible for freeing it if it dies (0 while the chunk sits in the ring), with the
-//! [`RETURNED`] bit once that participant has given it back without the lock (see `arena.rs`).
+//! [`RETURNED`] bit once that participant has given it back without the lock (see `arena.rs`),
+//! and [`FREEING`] beside it while the allocator lock's holder frees it.
 //!
 //! Every operation computes its writes into a [`Txn`] (journal.rs) and commits them through the
 //! allocator lock's journal, so a process that dies mid-operation leaves nothing half-written.
@@ -22,8 +23,14 @@ const USED: u64 = 1 << 63;
 const LEN_MASK: u64 = (1 << 40) - 1;
 const NONE: u64 = 0;
 /// Owner-word bit of a chunk its owner (the participant in the low bits) has given back: free
-/// for whoever holds the allocator lock to free, and owned by nobody else meanwhile.
+/// for whoever holds the allocator lock to free, or for a sender to take back without the lock
+/// (one CAS from exactly `RETURNED | participant`), and owned by nobody else meanwhile.
 pub(crate) const RETURNED: u64 = 1 << 62;
+/// Owner-word bit, beside [`RETURNED`], of a returned chunk the allocator lock's holder is
+/// freeing: set by CAS before the free, so that no sender takes the chunk back meanwhile. Found
+/// by a later holder, it is the mark of a holder that died before its free committed, and the
+/// chunk is freed again.
+pub(crate) const FREEING: u64 = 1 << 61;
 
 use super::journal::{Txn, Words, JOURNAL_CAPACITY};
 

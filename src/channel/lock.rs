@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::journal::{replay_journal, Txn};
-use super::layout::{C_ALLOC_LOCK, C_RECLAIM_EPOCH, C_RETIRED, LOCK_SPIN_TRIES};
+use super::layout::{
+    C_ALLOC_LOCK, C_ARENA_HINTS_MISSED, C_RECLAIM_EPOCH, C_RETIRED, LOCK_SPIN_TRIES,
+};
 use super::view::Chan;
 use super::wait::ALL_WAITS;
 use crate::error::{Error, Result};
@@ -93,6 +95,11 @@ impl Chan {
             LockOutcome::OwnerDied => {
                 // The previous holder died inside its critical section: finish what it committed.
                 replay_journal(self, journal / 8, self.journal_span());
+                // It may have died freeing a returned chunk before its free committed, leaving
+                // the chunk marked FREEING where no hint shows it any more (arena.rs): the
+                // next allocator out of room walks the chunks and frees it.
+                self.word(C_ARENA_HINTS_MISSED / 8)
+                    .store(1, Ordering::Relaxed);
                 // It may have died inside retire_participant with the epoch odd.
                 let epoch = self.word(C_RECLAIM_EPOCH / 8);
                 let value = epoch.load(Ordering::Acquire);

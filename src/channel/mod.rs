@@ -204,6 +204,8 @@ use task_methods;
 
 mod alloc;
 mod arena;
+#[cfg(test)]
+mod arena_model;
 mod config;
 mod endpoint;
 mod errors;

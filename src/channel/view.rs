@@ -45,6 +45,9 @@ pub(crate) struct Chan {
     /// it back; and the count of such rewinds it last saw.
     pub(super) take_hint: AtomicU64,
     pub(super) rewinds_seen: AtomicU64,
+    /// The next return (a number of `C_ARENA_RETURNS`) this process's senders look at for a
+    /// chunk to take back without the allocator lock (see `arena.rs`).
+    pub(super) take_back_from: AtomicU64,
     /// Serialises this process's takes: a participant records one take in progress at a time
     /// (see `ring.rs`).
     pub(super) take_lock: TakeLock,
@@ -103,6 +106,7 @@ impl Chan {
             head_seen: AtomicU64::new(0),
             take_hint: AtomicU64::new(NO_HINT),
             rewinds_seen: AtomicU64::new(0),
+            take_back_from: AtomicU64::new(0),
             take_lock: TakeLock::default(),
         }
     }

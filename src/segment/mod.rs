@@ -74,7 +74,15 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"SHMQseg\0");
 /// and their journals are gone, and participant records hold the take in progress. A version-4
 /// process would take the ring's locks, which nobody else takes, and read descriptors where
 /// state words now are.
-pub(crate) const LAYOUT_VERSION: u32 = 6;
+///
+/// 6 since receivers give arena chunks back without the allocator lock (the `RETURNED` bit
+/// of a chunk's owner word, the returns count and hints of the config area): a version-5
+/// process would neither free a returned chunk nor count it as free.
+///
+/// 7 since senders take returned chunks back without the lock, by CAS of the owner word,
+/// and the lock's holder marks a returned chunk `FREEING` by CAS before it frees it: a
+/// version-6 holder would free a chunk that a version-7 sender has just taken back.
+pub(crate) const LAYOUT_VERSION: u32 = 7;
 /// Granularity of the data area's placement.
 pub(crate) const PAGE: usize = 4096;
 /// Bytes of the header at offset 0.
