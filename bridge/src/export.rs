@@ -58,6 +58,21 @@ fn lock(table: &Table) -> MutexGuard<'_, Importers> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Waits up to `timeout` for the table to change (or a spurious wake-up), and gives the lock
+/// back.
+fn wait_for_change<'a>(
+    table: &'a Table,
+    importers: MutexGuard<'a, Importers>,
+    timeout: Duration,
+) -> MutexGuard<'a, Importers> {
+    // Poisoning: as in `lock`.
+    table
+        .1
+        .wait_timeout(importers, timeout)
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .0
+}
+
 /// The exporting half of a bridge: takes messages from a local channel and sends them to the
 /// importers of a Zenoh key.
 ///
@@ -270,12 +285,7 @@ impl Exporter {
                 return Some(found);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            importers = self
-                .table
-                .1
-                .wait_timeout(importers, left)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            importers = wait_for_change(&self.table, importers, left);
         }
     }
 
@@ -319,12 +329,7 @@ impl Exporter {
             if self.stopper.is_stopped() {
                 return false;
             }
-            importers = self
-                .table
-                .1
-                .wait_timeout(importers, POLL)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            importers = wait_for_change(&self.table, importers, POLL);
         }
         let sent = importers.sent_counts();
         drop(importers);
@@ -352,12 +357,7 @@ impl Exporter {
                 tracing::warn!("not every importer acknowledged the end of the stream");
                 break;
             }
-            importers = self
-                .table
-                .1
-                .wait_timeout(importers, POLL)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .0;
+            importers = wait_for_change(&self.table, importers, POLL);
         }
         tracing::info!("local channel disconnected and every message confirmed");
         true
