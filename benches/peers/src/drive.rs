@@ -45,10 +45,20 @@ pub fn drive_stream(
     for repetition in 0..plan.total_repetitions() {
         let first = u64::from(repetition) * n;
         let start_ns = monotonic_ns();
+        let sender_before = Usage::now();
         for seq in first..first + n {
             send(seq)?;
         }
         let (end_ns, usage) = parse_done(&peer.expect(DONE)?)?;
+        if plan.print_each {
+            print_repetition(
+                repetition,
+                plan,
+                end_ns.saturating_sub(start_ns),
+                usage,
+                Usage::now() - sender_before,
+            );
+        }
         if repetition >= plan.warm_up_repetitions {
             result
                 .seconds
@@ -58,6 +68,24 @@ pub fn drive_stream(
         }
     }
     Ok(result)
+}
+
+/// One line on stderr for repetition `repetition` of a stream (see [`Plan::print_each`]).
+fn print_repetition(repetition: u32, plan: &Plan, ns: u64, receiver: Usage, sender: Usage) {
+    let kind = if repetition < plan.warm_up_repetitions {
+        "warm-up"
+    } else {
+        "measured"
+    };
+    eprintln!(
+        "shmq-peers:   repetition {repetition} ({kind}): {:.3} ms; receiver {} voluntary / {} \
+         involuntary switches, sender {} / {}",
+        ns as f64 / 1e6,
+        receiver.voluntary_switches,
+        receiver.involuntary_switches,
+        sender.voluntary_switches,
+        sender.involuntary_switches,
+    );
 }
 
 /// Child side of a stream: receives and checks every message of every repetition of

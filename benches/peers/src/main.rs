@@ -123,7 +123,7 @@ fn parent_main(args: &[String]) -> BoxResult<()> {
                     run: run.clone(),
                     measurement: format!("{run}-{index}-{round}-{}", contender.id()),
                 };
-                match measure(contender, cell, &names, options.quick, pinning) {
+                match measure(contender, cell, &names, &options, pinning) {
                     Ok(m) => this_round.push((contender, m)),
                     Err(e) => {
                         failures += 1;
@@ -192,10 +192,14 @@ fn measure(
     contender: Contender,
     cell: Cell,
     names: &Names,
-    quick: bool,
+    options: &Options,
     pinning: Option<Pinning>,
 ) -> BoxResult<Measurement> {
-    let plan = Plan::new(cell, quick);
+    let quick = options.quick;
+    let plan = Plan {
+        print_each: options.each,
+        ..Plan::new(cell, quick)
+    };
     let args = ChildArgs {
         contender,
         cell,

@@ -1,4 +1,5 @@
-//! The command line of a run: `[--quick] [--rounds N] [--no-pin] [--cells ID|PREFIX,...] [--list]`.
+//! The command line of a run: `[--quick] [--rounds N] [--no-pin] [--each] [--cells ID|PREFIX,...]
+//! [--list]`.
 
 use crate::cell::Cell;
 use crate::error::BoxResult;
@@ -13,6 +14,8 @@ pub struct Options {
     pub rounds: u32,
     /// Pin the two processes of each measurement to two CPUs (see pinning.rs).
     pub pin: bool,
+    /// Print each repetition of the stream cells to stderr (see `Plan::print_each`).
+    pub each: bool,
     /// The cells to run, in table order.
     pub cells: Vec<Cell>,
     /// Print the cell ids and exit.
@@ -27,7 +30,8 @@ const DEFAULT_ROUNDS: u32 = 3;
 
 /// The usage text of `--help`.
 pub const USAGE: &str = "\
-usage: shmq-peers [--quick] [--rounds N] [--no-pin] [--cells SELECTION[,SELECTION...]] [--list]
+usage: shmq-peers [--quick] [--rounds N] [--no-pin] [--each] [--cells SELECTION[,SELECTION...]]
+                  [--list]
 
 Compares shmq with iceoryx2 between two processes and prints a markdown table.
 
@@ -36,6 +40,8 @@ Compares shmq with iceoryx2 between two processes and prints a markdown table.
                    contenders once, the first of them alternating; the table pools them
   --no-pin         leave both processes of a measurement to the scheduler (by default
                    the parent runs on the first CPU it may use, the child on the second)
+  --each           print each repetition of the throughput and rate cells to stderr: its
+                   time and both processes' voluntary and involuntary context switches
   --cells SEL,...  only the cells whose id starts with one of the selections
                    (e.g. `rate`, `latency-busy`, `throughput-1MiB`, `throughput-4KiB-loan-busy`)
   --list           print every cell id and exit";
@@ -46,6 +52,7 @@ impl Options {
         let mut quick = false;
         let mut rounds = None;
         let mut pin = true;
+        let mut each = false;
         let mut list = false;
         let mut help = false;
         let mut selections: Vec<String> = Vec::new();
@@ -55,6 +62,7 @@ impl Options {
                 "--quick" => quick = true,
                 "--list" => list = true,
                 "--no-pin" => pin = false,
+                "--each" => each = true,
                 "--rounds" => {
                     let value = args.next().ok_or("--rounds needs a value")?;
                     match value.parse::<u32>() {
@@ -90,6 +98,7 @@ impl Options {
         Ok(Options {
             quick,
             pin,
+            each,
             rounds: rounds.unwrap_or(if quick { 1 } else { DEFAULT_ROUNDS }),
             cells,
             list,

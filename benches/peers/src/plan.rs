@@ -17,6 +17,10 @@ pub struct Plan {
     pub warm_up_repetitions: u32,
     /// Repetitions measured; the table shows their median (latency: all their round trips).
     pub measured_repetitions: u32,
+    /// Print each repetition of a stream to stderr (`--each`): its time and the context
+    /// switches of both processes, to tell a slow phase of the machine (both sides preempted,
+    /// neither sleeping more) from a contender that sleeps.
+    pub print_each: bool,
 }
 
 /// Payload bytes in flight that the queue depth of a large-payload cell aims at: deep
@@ -53,6 +57,7 @@ impl Plan {
             messages_per_repetition,
             warm_up_repetitions: 1,
             measured_repetitions,
+            print_each: false,
         }
     }
 
