@@ -44,20 +44,17 @@ pub fn drive_stream(
     };
     for repetition in 0..plan.total_repetitions() {
         let first = u64::from(repetition) * n;
+        // Only for `--each`, and before the clock starts: a getrusage call is no part of a
+        // repetition.
+        let sender_before = plan.print_each.then(Usage::now);
         let start_ns = monotonic_ns();
-        let sender_before = Usage::now();
         for seq in first..first + n {
             send(seq)?;
         }
         let (end_ns, usage) = parse_done(&peer.expect(DONE)?)?;
-        if plan.print_each {
-            print_repetition(
-                repetition,
-                plan,
-                end_ns.saturating_sub(start_ns),
-                usage,
-                Usage::now() - sender_before,
-            );
+        if let Some(before) = sender_before {
+            let ns = end_ns.saturating_sub(start_ns);
+            print_repetition(repetition, plan, ns, usage, Usage::now() - before);
         }
         if repetition >= plan.warm_up_repetitions {
             result
